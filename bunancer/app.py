@@ -1,0 +1,212 @@
+"""Builds the balancer from a `Config` and runs it on one uvloop loop.
+
+Owns the lifecycle: listeners up (a port in use is a clear `StartupError`), a start-up
+banner, SIGINT/SIGTERM handling, and graceful shutdown: stop accepting, let requests in
+flight finish up to the drain timeout, close what is left, close upstream pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .core.headers import ForwardingOptions
+from .core.pool import ServerPool
+from .core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
+from .core.routing import Route, RouteTable
+from .core.server import Server
+from .core.upstream import UpstreamPool, UpstreamSettings
+
+log = logging.getLogger("bunancer")
+
+
+class StartupError(Exception):
+    """The balancer cannot start (port in use, bad state dir); phrased for the user."""
+
+
+@dataclass
+class Listener:
+    address: str
+    host: str
+    port: int
+    ctx: ListenerContext
+    server: asyncio.Server | None = None
+
+    @property
+    def bound(self) -> str:
+        """The address actually bound (port 0 becomes a real port)."""
+        if self.server is None or not self.server.sockets:
+            return self.address
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Balancer:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        timeouts, limits, upstream = config.timeouts, config.limits, config.upstream
+        self.upstream_settings = UpstreamSettings(
+            connect_timeout=timeouts.connect,
+            response_timeout=timeouts.upstream_response,
+            idle_timeout=upstream.idle_timeout,
+            max_idle=upstream.max_idle,
+            max_connections=upstream.max_connections,
+            write_buffer_high=limits.write_buffer_high,
+            write_buffer_low=limits.write_buffer_low,
+        )
+        self.pools: dict[str, ServerPool] = {}
+        for name, pool_config in config.pools.items():
+            pool = ServerPool(name, pool_config.algorithm)
+            for server_config in pool_config.servers:
+                host, port = server_config.host_port
+                server_id = server_config.id or server_config.address.removeprefix("http://")
+                pool.add(self.make_server(server_id, host, port, server_config.weight, name))
+            self.pools[name] = pool
+        settings = ListenerSettings(
+            header_timeout=timeouts.header,
+            body_idle_timeout=timeouts.body_idle,
+            keepalive_timeout=timeouts.keepalive,
+            max_request_line=limits.max_request_line,
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            max_body_bytes=limits.max_body_bytes,
+            max_pipelined=limits.max_pipelined,
+            write_buffer_high=limits.write_buffer_high,
+            write_buffer_low=limits.write_buffer_low,
+            forwarding=ForwardingOptions(
+                forwarded=config.headers.forwarded,
+                x_forwarded=config.headers.x_forwarded,
+                via=config.headers.via,
+            ),
+        )
+        routes = [
+            Route(
+                self.pools[r.pool],
+                r.host.encode() if r.host else None,
+                r.path_prefix.encode(),
+            )
+            for r in config.routes
+        ]
+        self.listeners: list[Listener] = []
+        for listener_config in config.listeners:
+            host, port = listener_config.host_port
+            table = RouteTable(routes, self.pools[listener_config.default_pool])
+            ctx = ListenerContext(loop, table, settings)
+            self.listeners.append(Listener(listener_config.address, host, port, ctx))
+        self._stopping: asyncio.Event | None = None
+
+    def make_server(self, server_id: str, host: str, port: int, weight: int, pool: str) -> Server:
+        server = Server(server_id, host, port, weight, pool)
+        server.connections = UpstreamPool(server, self.upstream_settings, self.loop)
+        return server
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._prepare_state_dir()
+        for listener in self.listeners:
+            ctx = listener.ctx
+            try:
+                listener.server = await self.loop.create_server(
+                    lambda ctx=ctx: DownstreamProtocol(ctx),  # type: ignore[misc]
+                    listener.host,
+                    listener.port,
+                    reuse_address=True,
+                    backlog=4096,
+                )
+            except OSError as error:
+                await self.close_listeners()
+                raise StartupError(_bind_problem(listener.address, error)) from None
+
+    def _prepare_state_dir(self) -> None:
+        path = Path(self.config.state_dir)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise StartupError(f"state dir {path}: {error.strerror}") from None
+
+    async def close_listeners(self) -> None:
+        for listener in self.listeners:
+            if listener.server is not None:
+                listener.server.close()
+        for listener in self.listeners:
+            if listener.server is not None:
+                await listener.server.wait_closed()
+
+    async def run_until_stopped(self) -> None:
+        """Serve until SIGINT/SIGTERM (or `stop()`), then shut down gracefully."""
+        self._stopping = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(signum, self.stop)
+        try:
+            await self._stopping.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.loop.remove_signal_handler(signum)
+        await self.shutdown()
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def shutdown(self) -> None:
+        log.info("shutting down: draining connections for up to %.1fs", self.config.timeouts.drain)
+        for listener in self.listeners:
+            if listener.server is not None:
+                listener.server.close()
+        for listener in self.listeners:
+            listener.ctx.drain()
+        deadline = self.loop.time() + self.config.timeouts.drain
+        while any(listener.ctx.connections for listener in self.listeners):
+            if self.loop.time() >= deadline:
+                left = sum(len(listener.ctx.connections) for listener in self.listeners)
+                log.warning("drain timeout: closing %d connection(s) still busy", left)
+                for listener in self.listeners:
+                    for conn in list(listener.ctx.connections):
+                        if conn.transport is not None:
+                            conn.transport.abort()
+                break
+            await asyncio.sleep(0.05)
+        for pool in self.pools.values():
+            for server in pool.servers.values():
+                if server.connections is not None:
+                    server.connections.close()
+        log.info("stopped")
+
+
+def _bind_problem(address: str, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"cannot listen on {address}: the port is already in use"
+    if error.errno == errno.EACCES:
+        return f"cannot listen on {address}: permission denied (ports below 1024 need root)"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+        return f"cannot listen on {address}: no such local address"
+    return f"cannot listen on {address}: {error.strerror or error}"
+
+
+def install_uvloop() -> None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def serve(config: Config, on_ready: Callable[[Balancer], None] | None = None) -> None:
+    """Run the balancer in this process until a signal stops it."""
+    install_uvloop()
+
+    async def main() -> None:
+        balancer = Balancer(config, asyncio.get_running_loop())
+        await balancer.start()
+        if on_ready is not None:
+            on_ready(balancer)
+        await balancer.run_until_stopped()
+
+    asyncio.run(main())

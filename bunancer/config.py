@@ -1,0 +1,290 @@
+"""Configuration: TOML file -> typed, validated `Config`, with embedded defaults.
+
+Every problem becomes a `ConfigError` whose message names the file, the key and the
+problem, e.g. ``bunancer.toml: pools.web.servers[0].weight: must be >= 1``; the CLI
+prints it and exits with code 2. Flags are applied on top of the file by `apply_overrides`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_POOL = "default"
+DEFAULT_STATE_DIR = ".bunancer"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the user (file: key: problem)."""
+
+
+def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` or ``:PORT`` too) and check the port."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        host = default_host
+    if any(c.isspace() or c in "/@?#" for c in host):
+        raise ValueError(f"invalid host {host!r}")
+    return host, port
+
+
+def parse_backend_url(text: str) -> tuple[str, int]:
+    """Accept ``http://HOST:PORT`` or a bare ``HOST:PORT`` for an upstream server."""
+    rest = text
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme != "http":
+            raise ValueError(f"unsupported scheme {scheme!r} in {text!r} (only http:// for now)")
+        rest = rest.rstrip("/")
+        if "/" in rest:
+            raise ValueError(f"a backend address has no path: {text!r}")
+    host, port = parse_hostport(rest)
+    if port == 0:
+        raise ValueError(f"a backend needs a port other than 0: {text!r}")
+    return host, port
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class ListenerConfig(_Section):
+    address: str = DEFAULT_LISTEN
+    mode: Literal["http"] = "http"
+    default_pool: str = DEFAULT_POOL
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_hostport(self.address)
+
+
+class ServerConfig(_Section):
+    address: str
+    id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    weight: int = Field(default=1, ge=1, le=10000)
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        parse_backend_url(value)
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_backend_url(self.address)
+
+
+class PoolConfig(_Section):
+    algorithm: Literal["round-robin"] = "round-robin"
+    servers: list[ServerConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_servers(self) -> PoolConfig:
+        seen_ids: set[str] = set()
+        seen_addresses: set[tuple[str, int]] = set()
+        for server in self.servers:
+            if server.id is not None:
+                if server.id in seen_ids:
+                    raise ValueError(f"duplicate server id {server.id!r}")
+                seen_ids.add(server.id)
+            if server.host_port in seen_addresses:
+                raise ValueError(f"duplicate server address {server.address!r}")
+            seen_addresses.add(server.host_port)
+        return self
+
+
+class RouteConfig(_Section):
+    pool: str
+    host: str | None = Field(default=None, min_length=1)
+    path_prefix: str = "/"
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        if value is not None and ("*" in value.removeprefix("*.") or value == "*."):
+            raise ValueError("use an exact host or '*.suffix'")
+        return value
+
+
+class TimeoutsConfig(_Section):
+    connect: Seconds = 3.0
+    header: Seconds = 10.0
+    body_idle: Seconds = 30.0
+    upstream_response: Seconds = 60.0
+    keepalive: Seconds = 75.0
+    drain: Seconds = 10.0
+
+
+class LimitsConfig(_Section):
+    max_request_line: int = Field(default=8 * 1024, ge=64, le=1024 * 1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+    max_headers: int = Field(default=100, ge=1, le=10000)
+    max_body_bytes: int = Field(default=0, ge=0, description="0 means no limit")
+    write_buffer_high: int = Field(default=256 * 1024, ge=4096)
+    write_buffer_low: int = Field(default=64 * 1024, ge=0)
+    max_pipelined: int = Field(default=32, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> LimitsConfig:
+        if self.write_buffer_low > self.write_buffer_high:
+            raise ValueError("write_buffer_low must not exceed write_buffer_high")
+        return self
+
+
+class UpstreamConfig(_Section):
+    max_idle: int = Field(default=64, ge=0, le=100000)
+    # Shorter than the keep-alive timeout of common backends (Node.js: 5 s), so an idle
+    # connection is closed by us before the backend closes it under a request in flight.
+    idle_timeout: Seconds = 4.0
+    max_connections: int = Field(default=0, ge=0, description="0 means no limit")
+
+
+class HeadersConfig(_Section):
+    forwarded: bool = True
+    x_forwarded: bool = True
+    via: bool = True
+
+
+class Config(_Section):
+    state_dir: str = DEFAULT_STATE_DIR
+    listeners: list[ListenerConfig] = Field(
+        default_factory=lambda: [ListenerConfig()], min_length=1
+    )
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    headers: HeadersConfig = Field(default_factory=HeadersConfig)
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, pools: dict[str, PoolConfig]) -> dict[str, PoolConfig]:
+        for name in pools:
+            if not name or not all(c.isalnum() or c in "._-" for c in name):
+                raise ValueError(f"pool name {name!r} may hold only letters, digits, '.', '_', '-'")
+        return pools
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        # The default pool always exists, empty if the file does not fill it.
+        if DEFAULT_POOL not in self.pools:
+            self.pools[DEFAULT_POOL] = PoolConfig()
+        for index, route in enumerate(self.routes):
+            if route.pool not in self.pools:
+                raise _KeyedError(f"routes[{index}].pool", f"unknown pool {route.pool!r}")
+        for index, listener in enumerate(self.listeners):
+            if listener.default_pool not in self.pools:
+                raise _KeyedError(
+                    f"listeners[{index}].default_pool", f"unknown pool {listener.default_pool!r}"
+                )
+        seen: set[tuple[str, int]] = set()
+        for index, listener in enumerate(self.listeners):
+            if listener.host_port in seen:
+                raise _KeyedError(f"listeners[{index}].address", "listed twice")
+            seen.add(listener.host_port)
+        return self
+
+
+class _KeyedError(ValueError):
+    """A cross-field problem that knows the key it belongs to."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        ctx_error = (item.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _KeyedError):
+            lines.append(f"{source}: {ctx_error.key}: {ctx_error.problem}")
+            continue
+        key = _format_location(tuple(item["loc"])) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def build_config(data: dict[str, Any], source: str = "<defaults>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a TOML file, or return the embedded defaults when `path` is None."""
+    if path is None:
+        return build_config({})
+    source = str(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: invalid TOML: {error}") from None
+    return build_config(data, source)
+
+
+def apply_overrides(
+    config: Config,
+    *,
+    listen: str | None = None,
+    backends: tuple[str, ...] = (),
+    state_dir: str | None = None,
+) -> Config:
+    """Apply command-line flags on top of a loaded config: flags win over the file."""
+    data = config.model_dump(exclude_none=True)
+    if listen is not None:
+        data["listeners"][0]["address"] = listen
+    if backends:
+        pool_name = config.listeners[0].default_pool
+        data["pools"].setdefault(pool_name, {})["servers"] = [{"address": b} for b in backends]
+    if state_dir is not None:
+        data["state_dir"] = state_dir
+    return build_config(data, "command line")

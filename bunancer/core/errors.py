@@ -1,0 +1,70 @@
+"""The one place that maps proxy errors to HTTP statuses and canned responses.
+
+Every error the data plane answers itself (bad request, limits, timeouts, no server,
+upstream failures) is a `ProxyError` carrying the status to answer with, like h11's
+`error_status_hint`. Responses are pre-built bytes, built once per status.
+"""
+
+from __future__ import annotations
+
+from functools import cache, lru_cache
+
+REASONS: dict[int, bytes] = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    201: b"Created",
+    202: b"Accepted",
+    204: b"No Content",
+    206: b"Partial Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    304: b"Not Modified",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    409: b"Conflict",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    415: b"Unsupported Media Type",
+    422: b"Unprocessable Content",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself with `status` (and closes the connection)."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(detail or REASONS.get(status, b"Error").decode())
+        self.status = status
+        self.detail = detail
+
+
+@cache
+def error_response(status: int, keep_alive: bool = False) -> bytes:
+    """A complete small plain-text response for `status`, built once."""
+    reason = REASONS.get(status, b"Error")
+    body = b"%d %s\n" % (status, reason)
+    extra = b"Retry-After: 1\r\n" if status == 503 else b""
+    connection = b"keep-alive" if keep_alive else b"close"
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+        b"%sConnection: %s\r\n\r\n%s" % (status, reason, len(body), extra, connection, body)
+    )
+
+
+@lru_cache(maxsize=256)  # bounded: the reason phrase comes from the backend
+def status_line(status: int, reason: bytes) -> bytes:
+    """``HTTP/1.1 <status> <reason>\\r\\n``, cached: backends repeat a handful of these."""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason or REASONS.get(status, b""))

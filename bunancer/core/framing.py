@@ -1,0 +1,93 @@
+"""Sans-I/O HTTP/1.1 message framing rules (RFC 9112 section 6) and strictness checks.
+
+httptools (llhttp) already rejects most smuggling vectors on its own: Content-Length with
+Transfer-Encoding, differing or repeated Content-Length, a Transfer-Encoding whose last
+coding is not chunked, bad chunk lines, control characters in header values and whitespace
+before the colon. The checks here cover what it lets through: the request version, a
+missing or repeated Host, fragments and malformed request targets.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+
+from .errors import ProxyError
+
+
+class Body(IntEnum):
+    """How a message body is delimited on the wire."""
+
+    NONE = 0
+    LENGTH = 1
+    CHUNKED = 2
+    UNTIL_CLOSE = 3
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body; the caller never passes an empty `data`."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def response_body(status: int, head_request: bool, has_length: bool, chunked: bool) -> Body:
+    """How the upstream delimits its response body (RFC 9112 section 6.3)."""
+    if head_request or status < 200 or status in (204, 304):
+        return Body.NONE
+    if chunked:
+        return Body.CHUNKED
+    if has_length:
+        return Body.LENGTH
+    return Body.UNTIL_CLOSE
+
+
+def downstream_body(upstream: Body, client_http11: bool) -> Body:
+    """How we delimit the same body towards the client.
+
+    Length-delimited bodies pass as they are. Chunked and close-delimited bodies are sent
+    chunked to HTTP/1.1 clients (so their connection survives) and close-delimited to
+    HTTP/1.0 clients, which do not know chunked coding.
+    """
+    if upstream is Body.NONE or upstream is Body.LENGTH:
+        return upstream
+    return Body.CHUNKED if client_http11 else Body.UNTIL_CLOSE
+
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+def check_version(version: str) -> bool:
+    """Return True for HTTP/1.1, False for HTTP/1.0; reject every other version."""
+    if version == "1.1":
+        return True
+    if version == "1.0":
+        return False
+    raise ProxyError(505, f"HTTP/{version} is not supported")
+
+
+def check_target(method: bytes, target: bytes) -> None:
+    """Accept origin-form, absolute-form (http/https) and OPTIONS's asterisk-form."""
+    if b"#" in target:
+        raise ProxyError(400, "request target has a fragment")
+    if method == b"CONNECT":
+        raise ProxyError(405, "CONNECT is not supported")
+    if target[:1] == b"/":
+        return
+    if target == b"*" and method == b"OPTIONS":
+        return
+    lowered = target[:8].lower()
+    if lowered.startswith((b"http://", b"https://")):
+        return
+    raise ProxyError(400, "malformed request target")
+
+
+# A bare authority: no whitespace, path, userinfo, query or list. Empty is allowed
+# (RFC 9112 section 3.2: a target without authority is sent with an empty Host).
+_HOST_VALUE = re.compile(rb"[^\s/\\@?#,]*")
+
+
+def check_host(host: bytes) -> None:
+    if _HOST_VALUE.fullmatch(host) is None:
+        raise ProxyError(400, "invalid Host header")

@@ -1,0 +1,191 @@
+"""Header handling between the two sides: hop-by-hop filtering and head serialisation.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1) are dropped in both directions: Connection and
+every header it names, Keep-Alive, Proxy-Connection, TE, Trailer, and Upgrade when the
+exchange is not an upgrade. Framing headers (Content-Length, Transfer-Encoding) are
+regenerated for each side by the proxy, which re-frames bodies. On requests, the client
+address goes into X-Forwarded-For and Forwarded, and Via names the proxy.
+
+Heads are built as flat lists of byte pieces joined once: a few hundred nanoseconds a
+header, measured against per-line formatting (about the same) and concatenation (slower).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ProxyError
+from .framing import check_host
+
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
+)
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_REQUEST_REPLACED = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+# Every request header name that needs more than copying.
+_REQUEST_SPECIAL = (
+    HOP_BY_HOP
+    | _FRAMING
+    | _REQUEST_REPLACED
+    | {b"host", b"x-forwarded-for", b"forwarded", b"expect"}
+)
+_RESPONSE_SPECIAL = HOP_BY_HOP | _FRAMING
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingOptions:
+    forwarded: bool = True
+    x_forwarded: bool = True
+    via: bool = True
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+class RequestHead:
+    """What the proxy learned from a request's headers, and the lines it forwards."""
+
+    __slots__ = (
+        "content_length",
+        "expect_continue",
+        "forwarded",
+        "host",
+        "lines",
+        "transfer_encoding",
+        "upgrade",
+        "x_forwarded_for",
+    )
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.host: bytes | None = None
+        # llhttp has checked both: one valid Content-Length, or a Transfer-Encoding ending
+        # in chunked, never the two together.
+        self.content_length: bytes | None = None
+        self.transfer_encoding: bytes | None = None
+        self.x_forwarded_for: bytes | None = None
+        self.forwarded: bytes | None = None
+        self.expect_continue = False
+        self.upgrade = False
+
+
+def scan_request_headers(
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
+) -> RequestHead:
+    """Split request headers into forwarded lines and facts; raise ProxyError on bad Host."""
+    head = RequestHead()
+    lines = head.lines
+    named: set[bytes] | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered not in _REQUEST_SPECIAL:
+            if lowered not in drop:
+                lines.extend((name, b": ", value, b"\r\n"))
+            continue
+        if lowered == b"host":
+            if head.host is not None:
+                raise ProxyError(400, "more than one Host header")
+            check_host(value)
+            head.host = value
+            lines.extend((name, b": ", value, b"\r\n"))
+        elif lowered == b"content-length":
+            head.content_length = value.strip()
+        elif lowered == b"transfer-encoding":
+            head.transfer_encoding = value.strip()
+        elif lowered == b"connection":
+            tokens = _connection_tokens(value)
+            if b"upgrade" in tokens:
+                head.upgrade = True
+            extra = tokens - HOP_BY_HOP - {b"close"}
+            if extra:
+                named = extra if named is None else named | extra
+        elif lowered == b"x-forwarded-for":
+            head.x_forwarded_for = (
+                value if head.x_forwarded_for is None else head.x_forwarded_for + b", " + value
+            )
+        elif lowered == b"forwarded":
+            head.forwarded = value if head.forwarded is None else head.forwarded + b", " + value
+        elif lowered == b"expect":
+            if value.lower() == b"100-continue":
+                head.expect_continue = True
+            lines.extend((name, b": ", value, b"\r\n"))
+        # Hop-by-hop, framing and replaced X-Forwarded-* headers are dropped here.
+    if named and not drop:
+        # Rare: Connection names end-to-end-looking headers; filter them in a second pass.
+        return scan_request_headers(headers, frozenset(named - _REQUEST_SPECIAL))
+    return head
+
+
+def _forwarded_node(ip: str) -> bytes:
+    return b'"[%s]"' % ip.encode() if ":" in ip else ip.encode()
+
+
+def build_request_head(
+    method: bytes,
+    target: bytes,
+    head: RequestHead,
+    client_ip: str,
+    body_framing: bytes,
+    options: ForwardingOptions,
+) -> bytes:
+    """Serialise the request head sent upstream (always HTTP/1.1, persistent).
+
+    `body_framing` is the framing header line(s) for the body as it will be sent upstream
+    (``Content-Length: N\\r\\n``, ``Transfer-Encoding: chunked\\r\\n`` or empty).
+    """
+    parts = [method, b" ", target, b" HTTP/1.1\r\n", *head.lines]
+    if options.x_forwarded:
+        ip = client_ip.encode()
+        xff = ip if head.x_forwarded_for is None else head.x_forwarded_for + b", " + ip
+        parts.extend((b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: http\r\n"))
+        if head.host:
+            parts.extend((b"X-Forwarded-Host: ", head.host, b"\r\n"))
+    if options.forwarded:
+        node = b"for=" + _forwarded_node(client_ip) + b";proto=http"
+        if head.host:
+            node += b';host="' + head.host + b'"'
+        value = node if head.forwarded is None else head.forwarded + b", " + node
+        parts.extend((b"Forwarded: ", value, b"\r\n"))
+    if options.via:
+        parts.append(b"Via: 1.1 bunancer\r\n")
+    parts.append(body_framing)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class ResponseHead:
+    """Response header lines to forward, and the framing facts of the upstream message."""
+
+    __slots__ = ("chunked", "content_length", "lines")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.content_length: bytes | None = None
+        self.chunked = False
+
+
+def scan_response_headers(
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
+) -> ResponseHead:
+    head = ResponseHead()
+    lines = head.lines
+    named: set[bytes] | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered not in _RESPONSE_SPECIAL:
+            if lowered not in drop:
+                lines.extend((name, b": ", value, b"\r\n"))
+        elif lowered == b"content-length":
+            head.content_length = value
+        elif lowered == b"transfer-encoding":
+            # llhttp only accepts a Transfer-Encoding whose last coding is chunked... for
+            # requests; a response may end with another coding and is then close-delimited.
+            head.chunked = value.rstrip().lower().endswith(b"chunked")
+        elif lowered == b"connection":
+            extra = _connection_tokens(value) - HOP_BY_HOP - {b"close"}
+            if extra:
+                named = extra if named is None else named | extra
+    if named and not drop:
+        return scan_response_headers(headers, frozenset(named - _RESPONSE_SPECIAL))
+    return head

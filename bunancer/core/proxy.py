@@ -1,0 +1,746 @@
+"""Downstream side: one Protocol per client connection, and the exchange of one request.
+
+`DownstreamProtocol` parses requests with httptools callbacks (no task or coroutine per
+request), routes each to a pool, and answers pipelined requests in order: the first is
+active, the next ones wait in a queue with their bodies buffered up to a bound (reading
+pauses beyond it). `Exchange` ties one request to one upstream connection: it writes the
+request head and streams the body up, re-frames the response and streams it down, and
+couples each side's write buffer to the other side's reading (backpressure both ways).
+
+Outgoing response bytes produced while one upstream read is parsed are gathered and
+written once, so a small response costs one send() on the client socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .deadline import Deadline
+from .errors import ProxyError, error_response, status_line
+from .framing import (
+    IDEMPOTENT_METHODS,
+    LAST_CHUNK,
+    Body,
+    check_target,
+    check_version,
+    downstream_body,
+    encode_chunk,
+    response_body,
+)
+from .headers import (
+    ForwardingOptions,
+    RequestHead,
+    build_request_head,
+    scan_request_headers,
+    scan_response_headers,
+)
+from .routing import RouteTable
+
+if TYPE_CHECKING:
+    from .pool import ServerPool
+    from .server import Server
+    from .upstream import UpstreamProtocol
+
+log = logging.getLogger("bunancer.proxy")
+
+# Why the client side's reading is paused (several reasons can hold at once).
+_PAUSE_UPSTREAM_FULL = 1  # the upstream write buffer is over its high-water mark
+_PAUSE_PENDING = 2  # body bytes are buffered while no upstream connection is attached
+_PAUSE_PIPELINE = 4  # too many pipelined requests wait behind the active one
+_PAUSE_DONE = 8  # no more requests will be read on this connection
+
+# What the single downstream deadline currently means.
+_T_NONE, _T_HEADER, _T_BODY, _T_KEEPALIVE, _T_SEND = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    header_timeout: float = 10.0
+    body_idle_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_body_bytes: int = 0  # 0: no limit
+    max_pipelined: int = 32
+    write_buffer_high: int = 256 * 1024
+    write_buffer_low: int = 64 * 1024
+    forwarding: ForwardingOptions = field(default_factory=ForwardingOptions)
+
+
+class ListenerContext:
+    """What every connection of one listener shares."""
+
+    __slots__ = ("connections", "draining", "loop", "routes", "settings")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        routes: RouteTable[ServerPool],
+        settings: ListenerSettings,
+    ) -> None:
+        self.loop = loop
+        self.routes = routes
+        self.settings = settings
+        self.connections: set[DownstreamProtocol] = set()
+        self.draining = False
+
+    def drain(self) -> None:
+        """Stop keeping connections alive: idle ones close now, busy ones after their reply."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+
+class Exchange:
+    """One request and its response, from selection to the last byte."""
+
+    __slots__ = (
+        "body_size",
+        "chunked_request",
+        "done",
+        "down",
+        "head",
+        "head_request",
+        "http11",
+        "idempotent",
+        "keep_alive",
+        "local_status",
+        "method",
+        "out",
+        "out_body",
+        "pending",
+        "pending_size",
+        "pool",
+        "req_body_sent",
+        "req_complete",
+        "resp_started",
+        "retried",
+        "server",
+        "stale_retries",
+        "up",
+        "up_body",
+        "wants_connection",
+    )
+
+    def __init__(
+        self,
+        down: DownstreamProtocol,
+        pool: ServerPool | None,
+        method: bytes,
+        head: bytes,
+        http11: bool,
+        keep_alive: bool,
+        chunked_request: bool,
+    ) -> None:
+        self.down = down
+        self.pool = pool
+        self.method = method
+        self.head = head
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.chunked_request = chunked_request
+        self.head_request = method == b"HEAD"
+        self.idempotent = method in IDEMPOTENT_METHODS
+        self.server: Server | None = None
+        self.up: UpstreamProtocol | None = None
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.req_complete = False
+        self.req_body_sent = False
+        self.resp_started = False
+        self.done = False
+        self.wants_connection = True
+        self.retried = False
+        self.stale_retries = 0
+        self.local_status = 0
+        self.out: list[bytes] = []
+        self.up_body = Body.NONE
+        self.out_body = Body.NONE
+        self.body_size = 0
+
+    # -- start and selection ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.done:
+            return
+        if self.local_status:
+            self.fail(self.local_status)
+            return
+        pool = self.pool
+        server = pool.pick() if pool is not None else None
+        if server is None:
+            self.fail(503)
+            return
+        self._use(server)
+
+    def _use(self, server: Server) -> None:
+        self.server = server
+        server.in_flight += 1
+        assert server.connections is not None
+        server.connections.acquire(self)
+
+    def _release_server(self) -> None:
+        server = self.server
+        if server is not None:
+            server.in_flight -= 1
+            self.server = None
+
+    def attach(self, conn: UpstreamProtocol) -> None:
+        """The pool gives us a connection: send the head and what body we have."""
+        if self.done:
+            conn.pool.release(conn, True)
+            return
+        self.up = conn
+        conn.begin(self)
+        pending = self.pending
+        if pending:
+            conn.write(b"".join((self.head, *pending)))
+            self.req_body_sent = True
+            self.pending = []
+            self.pending_size = 0
+            self.down.set_paused(_PAUSE_PENDING, False)
+        else:
+            conn.write(self.head)
+        if self.down.write_paused:
+            conn.pause_reading(True)
+
+    def connect_failed(self, server: Server, error: BaseException) -> None:
+        if self.done:
+            return
+        log.debug("connect to %s failed: %r", server.address, error)
+        self._release_server()
+        # Nothing was sent: one retry on another server is always safe.
+        if not self.retried and self.pool is not None:
+            self.retried = True
+            other = self.pool.pick(avoid=server)
+            if other is not None and other is not server:
+                self._use(other)
+                return
+        self.fail(504 if isinstance(error, TimeoutError) else 502)
+
+    # -- request body, from the client parser ----------------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        if self.chunked_request:
+            data = encode_chunk(data)
+        up = self.up
+        if up is not None:
+            up.write(data)
+            self.req_body_sent = True
+        elif not self.done:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > self.down.ctx.settings.write_buffer_high:
+                self.down.set_paused(_PAUSE_PENDING, True)
+
+    def request_complete(self) -> None:
+        self.req_complete = True
+        if self.chunked_request:
+            if self.up is not None:
+                self.up.write(LAST_CHUNK)
+            elif not self.done:
+                self.pending.append(LAST_CHUNK)
+
+    def upstream_paused(self, paused: bool) -> None:
+        self.down.set_paused(_PAUSE_UPSTREAM_FULL, paused)
+
+    # -- response, from the upstream parser ------------------------------------------------
+
+    def interim_response(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        if not self.http11 or self.resp_started:
+            return  # HTTP/1.0 clients do not take 1xx responses
+        head = scan_response_headers(headers)
+        self.out.append(b"".join((status_line(status, reason), *head.lines, b"\r\n")))
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        head = scan_response_headers(headers)
+        up_body = response_body(
+            status, self.head_request, head.content_length is not None, head.chunked
+        )
+        out_body = downstream_body(up_body, self.http11)
+        self.up_body = up_body
+        self.out_body = out_body
+        down = self.down
+        keep = (
+            self.keep_alive
+            and self.req_complete
+            and out_body is not Body.UNTIL_CLOSE
+            and not down.ctx.draining
+            and not down.client_eof
+        )
+        self.keep_alive = keep
+        parts = [status_line(status, reason), *head.lines]
+        if out_body is Body.CHUNKED:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif head.content_length is not None and (
+            out_body is Body.LENGTH or self.head_request or status == 304
+        ):
+            # HEAD and 304 keep the length of the representation they describe.
+            parts.extend((b"Content-Length: ", head.content_length, b"\r\n"))
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+        elif not self.http11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+        self.resp_started = True
+
+    def response_body(self, data: bytes) -> None:
+        if self.out_body is Body.CHUNKED:
+            self.out.extend((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.out.append(data)
+
+    def response_complete(self, reusable: bool) -> None:
+        if self.out_body is Body.CHUNKED:
+            self.out.append(LAST_CHUNK)
+        self.flush()
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.pool.release(
+                up, reusable and self.req_complete and self.up_body is not Body.UNTIL_CLOSE
+            )
+        self._finish()
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.down.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def upstream_lost(self, conn: UpstreamProtocol) -> None:
+        """The upstream connection closed while serving us."""
+        if self.done:
+            return
+        self.up = None
+        if self.resp_started:
+            if self.up_body is Body.UNTIL_CLOSE:
+                self.response_complete(False)  # the close is the end of this body
+            else:
+                self.flush()
+                self.abort_client()  # never present a truncated body as complete
+            return
+        if (
+            conn.reused
+            and not conn.got_bytes
+            and not self.req_body_sent
+            and self.idempotent
+            and self.stale_retries < 2
+            and self.server is not None
+        ):
+            # A kept-alive connection the backend closed as we reused it: nothing was
+            # processed, so the request can go on a fresh connection.
+            self.stale_retries += 1
+            assert self.server.connections is not None
+            self.server.connections.acquire(self)
+            return
+        self.fail(502)
+
+    def upstream_failed(self, status: int, detail: str) -> None:
+        if self.done:
+            return
+        log.debug("upstream failure (%d): %s", status, detail)
+        if self.resp_started:
+            self.flush()
+            self.abort_client()
+        else:
+            self.fail(status)
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def fail(self, status: int) -> None:
+        """Answer `status` ourselves (if no response byte went out yet) and end."""
+        if self.done:
+            return
+        self._drop_upstream()
+        down = self.down
+        if self.resp_started:
+            self.flush()
+            self.abort_client()
+            return
+        keep = (
+            status in (502, 503, 504)
+            and self.req_complete
+            and self.keep_alive
+            and not down.ctx.draining
+            and not down.client_eof
+        )
+        self.keep_alive = keep
+        self.resp_started = True
+        down.write(error_response(status, keep))
+        self._finish()
+
+    def abort_client(self) -> None:
+        self._drop_upstream()
+        self.done = True
+        self._release_server()
+        self.down.close()
+
+    def _drop_upstream(self) -> None:
+        up = self.up
+        self.up = None
+        self.wants_connection = False
+        if up is not None:
+            up.exchange = None
+            up.abort()
+        elif self.server is not None and self.server.connections is not None:
+            self.server.connections.cancel(self)
+
+    def _finish(self) -> None:
+        self.done = True
+        self.wants_connection = False
+        self._release_server()
+        self.down.exchange_done(self)
+
+    def client_lost(self) -> None:
+        if not self.done:
+            self._drop_upstream()
+            self.done = True
+            self._release_server()
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    __slots__ = (
+        # per connection
+        "_pause",
+        "active",
+        "client_eof",
+        "client_ip",
+        "closed",
+        "ctx",
+        "deadline",
+        "draining",
+        "head_raw",
+        "head_size",
+        "headers",
+        "in_head",
+        "parser",
+        "parsing",
+        "queue",
+        "timeout_kind",
+        "transport",
+        "url",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.deadline = Deadline(ctx.loop, self._on_deadline)
+        self.timeout_kind = _T_NONE
+        self.client_ip = ""
+        self.closed = False
+        self.client_eof = False
+        self.draining = False
+        self.write_paused = False
+        self._pause = 0
+        self.active: Exchange | None = None  # the exchange whose response is being sent
+        self.queue: deque[Exchange] = deque()  # pipelined exchanges waiting their turn
+        self.parsing: Exchange | None = None  # the exchange whose request body is being read
+        # the request head being read
+        self.in_head = False
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.head_raw = 0
+
+    # -- connection events ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport subclasses
+        settings = self.ctx.settings
+        transport.set_write_buffer_limits(settings.write_buffer_high, settings.write_buffer_low)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else "unknown"
+        self.ctx.connections.add(self)
+        # The first request must arrive as fast as any later one's head.
+        self._set_deadline(_T_HEADER, settings.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._pause & _PAUSE_DONE:
+            return  # an error ended reading; what follows is not parsed
+        was_in_head = self.in_head
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._after_upgrade(data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserCallbackError as error:
+            cause = error.__context__
+            if isinstance(cause, ProxyError):
+                self._reject(cause.status)
+            else:
+                log.exception("internal error while handling a request", exc_info=cause)
+                self._reject(500)
+            return
+        except httptools.HttpParserError:
+            self._reject(400)
+            return
+        if self.in_head and was_in_head:
+            # A head still incomplete after this read: bound what the parser buffers.
+            self.head_raw += len(data)
+            if self.head_raw > self.ctx.settings.max_header_bytes:
+                self._reject(431)
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        # Half-closed with a request in flight: answer it, then close. Otherwise close now.
+        return self.active is not None or self.parsing is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.deadline.cancel()
+        self.ctx.connections.discard(self)
+        for exchange in (self.active, self.parsing, *self.queue):
+            if exchange is not None:
+                exchange.client_lost()
+        self.active = self.parsing = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        active = self.active
+        if active is not None and active.up is not None:
+            active.up.pause_reading(True)
+            self._set_deadline(_T_SEND, self.ctx.settings.body_idle_timeout)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        active = self.active
+        if self.timeout_kind == _T_SEND:
+            self._set_deadline(_T_NONE, 0)
+        if active is not None and active.up is not None:
+            active.up.pause_reading(False)
+
+    # -- writing and closing ----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Flush what is buffered, then close."""
+        if not self.closed:
+            self.closed = True
+            self.deadline.cancel()
+            assert self.transport is not None
+            self.transport.close()
+
+    def set_paused(self, reason: int, paused: bool) -> None:
+        before = self._pause
+        after = before | reason if paused else before & ~reason
+        self._pause = after
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if after and not before:
+            transport.pause_reading()
+        elif before and not after:
+            transport.resume_reading()
+
+    def drain(self) -> None:
+        """Graceful shutdown: close when idle, else after the reply in progress."""
+        self.draining = True
+        if self.active is None and self.parsing is None and not self.queue:
+            self.close()
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """The active exchange sent its last byte: next pipelined request, or keep-alive."""
+        if exchange is not self.active:
+            return
+        self.active = None
+        if not exchange.keep_alive or self.closed:
+            self.close()
+            return
+        if self.queue:
+            following = self.queue.popleft()
+            self.active = following
+            if len(self.queue) < self.ctx.settings.max_pipelined:
+                self.set_paused(_PAUSE_PIPELINE, False)
+            # Deferred: we may still be inside the upstream parser's callback.
+            self.ctx.loop.call_soon(following.start)
+            return
+        if self.draining or self.client_eof:
+            if self.parsing is None and not self.in_head:
+                self.close()
+            return
+        if not self.in_head and self.parsing is None:
+            self._set_deadline(_T_KEEPALIVE, self.ctx.settings.keepalive_timeout)
+
+    # -- timeouts ---------------------------------------------------------------------------------
+
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        self.timeout_kind = kind
+        if kind == _T_NONE:
+            self.deadline.clear()
+        else:
+            self.deadline.set(seconds)
+
+    def _on_deadline(self) -> None:
+        kind = self.timeout_kind
+        self.timeout_kind = _T_NONE
+        if kind == _T_HEADER:
+            if self.in_head:
+                self._reject(408)
+            else:
+                self.close()  # connected and said nothing
+        elif kind == _T_BODY:
+            exchange = self.parsing
+            if exchange is not None and not exchange.done:
+                self.set_paused(_PAUSE_DONE, True)
+                exchange.fail(408)
+            else:
+                self.close()
+        elif kind in (_T_KEEPALIVE, _T_SEND):
+            self.close()
+
+    # -- httptools callbacks (the request side) ----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+        self.head_raw = 0
+        self._set_deadline(_T_HEADER, self.ctx.settings.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        url = self.url + url if self.url else url
+        self.url = url
+        if len(url) > self.ctx.settings.max_request_line:
+            raise ProxyError(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        settings = self.ctx.settings
+        if self.head_size > settings.max_header_bytes or len(headers) > settings.max_headers:
+            raise ProxyError(431)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        settings = self.ctx.settings
+        method = parser.get_method()
+        http11 = check_version(parser.get_http_version())
+        target = self.url
+        check_target(method, target)
+        head = scan_request_headers(self.headers)
+        if target[:1] != b"/" and target != b"*":
+            target, head = self._absolute_form(target)
+        if head.host is None and http11:
+            raise ProxyError(400, "HTTP/1.1 request without Host")
+        content_length = head.content_length
+        chunked = head.transfer_encoding is not None
+        if content_length is not None:
+            if settings.max_body_bytes and int(content_length) > settings.max_body_bytes:
+                raise ProxyError(413)
+            framing = b"Content-Length: " + content_length + b"\r\n"
+        elif chunked:
+            # Codings before the final chunked (rare) stay; chunked is re-applied by us.
+            framing = b"Transfer-Encoding: " + head.transfer_encoding + b"\r\n"
+        else:
+            framing = b""
+        pool = self.ctx.routes.match(head.host, target)
+        request_head = build_request_head(
+            method, target, head, self.client_ip, framing, settings.forwarding
+        )
+        exchange = Exchange(
+            self, pool, method, request_head, http11, parser.should_keep_alive(), chunked
+        )
+        self.parsing = exchange
+        if chunked or (content_length is not None and content_length != b"0"):
+            self._set_deadline(_T_BODY, settings.body_idle_timeout)
+        else:
+            self._set_deadline(_T_NONE, 0)
+        if self.active is None:
+            self.active = exchange
+            exchange.start()
+        else:
+            self.queue.append(exchange)
+            if len(self.queue) >= settings.max_pipelined:
+                self.set_paused(_PAUSE_PIPELINE, True)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        if exchange is None:
+            return
+        settings = self.ctx.settings
+        if settings.max_body_bytes:
+            exchange.body_size += len(body)
+            if exchange.body_size > settings.max_body_bytes:
+                raise ProxyError(413)
+        exchange.request_body(body)
+        if self.timeout_kind == _T_BODY:
+            self.deadline.set(settings.body_idle_timeout)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        self.parsing = None
+        if self.timeout_kind == _T_BODY:
+            self._set_deadline(_T_NONE, 0)
+        if exchange is not None:
+            exchange.request_complete()
+
+    # -- rarer paths ------------------------------------------------------------------------------
+
+    def _absolute_form(self, target: bytes) -> tuple[bytes, RequestHead]:
+        """``GET http://host/path``: the target's authority replaces Host (RFC 9112 3.2.2)."""
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            raise ProxyError(400, "malformed absolute request target") from None
+        if not url.host:
+            raise ProxyError(400, "absolute request target without host")
+        authority = url.host if url.port is None else b"%s:%d" % (url.host, url.port)
+        path = url.path or b"/"
+        if url.query:
+            path += b"?" + url.query
+        headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+        headers.append((b"Host", authority))
+        self.headers = headers
+        return path, scan_request_headers(headers)
+
+    def _after_upgrade(self, rest: bytes) -> None:
+        """llhttp stopped at an Upgrade request. Without a tunnel (yet), it was proxied as
+        a plain request with Upgrade removed; parse what follows as the next request."""
+        if rest and not self.closed:
+            self.data_received(rest)
+
+    def _reject(self, status: int) -> None:
+        """A request we cannot parse or accept: answer `status` in turn, then close."""
+        self.set_paused(_PAUSE_DONE, True)
+        self.in_head = False
+        exchange = self.parsing
+        if exchange is not None:
+            # The error is in the body of a request already under way.
+            self.parsing = None
+            if exchange is self.active:
+                exchange.fail(status)
+            else:
+                exchange.local_status = status
+                exchange.keep_alive = False
+            return
+        failed = Exchange(self, None, b"", b"", True, False, False)
+        failed.local_status = status
+        failed.req_complete = True
+        if self.active is None:
+            self.active = failed
+            failed.start()
+        else:
+            self.queue.append(failed)

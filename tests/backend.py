@@ -1,0 +1,179 @@
+"""A backend with scripted behaviours for the integration tests, run as a real process.
+
+``python -m tests.backend`` prints ``PORT <n>`` once listening. Paths choose behaviour:
+
+  /size/N            N bytes (pattern from `pattern_bytes`) with Content-Length
+  /chunked/N         N bytes chunked, in pieces of at most 64 KiB
+  /close/N           N bytes delimited by closing the connection (no length, no chunking)
+  /sha256            reads the whole request body, answers "<hex> <length>"
+  /echo-headers      the request line and headers it received, as JSON
+  /status/N          an empty response with status N
+  /sleep/MS          answers after MS milliseconds
+  /hang              never answers
+  /die               announces 100 bytes, sends 10, closes
+  /bad-framing       answers with a malformed chunked body
+  /continue          sends "100 Continue" before reading the body, then like /sha256
+  /log               every request line seen so far and the connection count, as JSON
+  anything else      "ok <port>"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+
+import httptools
+import uvloop
+
+PATTERN = bytes(range(256)) * 256  # 64 KiB
+
+
+def pattern_bytes(n: int) -> bytes:
+    whole, rest = divmod(n, len(PATTERN))
+    return PATTERN * whole + PATTERN[:rest]
+
+
+class State:
+    def __init__(self) -> None:
+        self.port = 0
+        self.connections = 0
+        self.requests: list[str] = []
+
+
+STATE = State()
+
+
+class BackendProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.digest = hashlib.sha256()
+        self.length = 0
+        self.method = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport subclasses
+        STATE.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.send(400, b"bad request\n", close=True)
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.digest = hashlib.sha256()
+        self.length = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.method = self.parser.get_method()
+        STATE.requests.append(f"{self.method.decode()} {self.url.decode()}")
+        if self.url == b"/continue":
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.digest.update(body)
+        self.length += len(body)
+
+    def on_message_complete(self) -> None:
+        self.respond(self.url.decode())
+
+    def send(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        close: bool = False,
+        extra: bytes = b"",
+        length: int | None = None,
+    ) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        head = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s" % (
+            status,
+            len(body) if length is None else length,
+            extra,
+        )
+        if close:
+            head += b"Connection: close\r\n"
+        self.transport.write(head + b"\r\n" + (b"" if self.method == b"HEAD" else body))
+        if close:
+            self.transport.close()
+
+    def respond(self, path: str) -> None:
+        assert self.transport is not None
+        parts = path.split("?")[0].strip("/").split("/")
+        kind, arg = parts[0], parts[1] if len(parts) > 1 else ""
+        if kind == "size":
+            self.send(200, pattern_bytes(int(arg)))
+        elif kind == "chunked":
+            self.send_chunked(pattern_bytes(int(arg)))
+        elif kind == "close":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nX-Close: 1\r\n\r\n")
+            body = pattern_bytes(int(arg))
+            for start in range(0, len(body), 65536):
+                self.transport.write(body[start : start + 65536])
+            self.transport.close()
+        elif kind in ("sha256", "continue"):
+            self.send(200, f"{self.digest.hexdigest()} {self.length}".encode())
+        elif kind == "echo-headers":
+            payload = {
+                "request_line": f"{self.method.decode()} {self.url.decode()}",
+                "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in self.headers],
+            }
+            self.send(
+                200, json.dumps(payload).encode(), extra=b"Content-Type: application/json\r\n"
+            )
+        elif kind == "status":
+            self.send(int(arg), b"")
+        elif kind == "sleep":
+            loop = asyncio.get_running_loop()
+            loop.call_later(int(arg) / 1000, self.send, 200, b"slept\n")
+        elif kind == "hang":
+            return
+        elif kind == "die":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            self.transport.close()
+        elif kind == "bad-framing":
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+            )
+        elif kind == "log":
+            payload = {"requests": STATE.requests, "connections": STATE.connections}
+            self.send(200, json.dumps(payload).encode())
+        else:
+            self.send(200, b"ok %d\n" % STATE.port)
+
+    def send_chunked(self, body: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for start in range(0, len(body), 65536):
+            piece = body[start : start + 65536]
+            self.transport.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.transport.write(b"0\r\n\r\n")
+
+
+async def main(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(BackendProtocol, "127.0.0.1", port)
+    STATE.port = server.sockets[0].getsockname()[1]
+    print(f"PORT {STATE.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
