@@ -1,0 +1,1 @@
+"""Stub backends: fast fake servers whose behaviour can be changed live."""

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+
+from bunancer.core.errors import ProxyError, error_response, status_line
+from bunancer.core.framing import (
+    Body,
+    check_host,
+    check_target,
+    check_version,
+    downstream_body,
+    encode_chunk,
+    response_body,
+)
+
+
+def test_encode_chunk() -> None:
+    assert encode_chunk(b"hello") == b"5\r\nhello\r\n"
+    assert encode_chunk(b"x" * 255) == b"ff\r\n" + b"x" * 255 + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("status", "head", "length", "chunked", "expected"),
+    [
+        (200, False, True, False, Body.LENGTH),
+        (200, False, False, True, Body.CHUNKED),
+        (200, False, False, False, Body.UNTIL_CLOSE),
+        (200, True, True, False, Body.NONE),
+        (204, False, False, False, Body.NONE),
+        (304, False, True, False, Body.NONE),
+        (101, False, False, False, Body.NONE),
+        (404, False, False, True, Body.CHUNKED),
+    ],
+)
+def test_response_body(
+    status: int, head: bool, length: bool, chunked: bool, expected: Body
+) -> None:
+    assert response_body(status, head, length, chunked) is expected
+
+
+def test_downstream_body_reframes_for_each_client() -> None:
+    assert downstream_body(Body.LENGTH, True) is Body.LENGTH
+    assert downstream_body(Body.LENGTH, False) is Body.LENGTH
+    assert downstream_body(Body.CHUNKED, True) is Body.CHUNKED
+    assert downstream_body(Body.CHUNKED, False) is Body.UNTIL_CLOSE
+    assert downstream_body(Body.UNTIL_CLOSE, True) is Body.CHUNKED
+    assert downstream_body(Body.UNTIL_CLOSE, False) is Body.UNTIL_CLOSE
+    assert downstream_body(Body.NONE, False) is Body.NONE
+
+
+def test_check_version() -> None:
+    assert check_version("1.1") is True
+    assert check_version("1.0") is False
+    for bad in ("2.0", "0.9", "1.2"):
+        with pytest.raises(ProxyError) as info:
+            check_version(bad)
+        assert info.value.status == 505
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status"),
+    [
+        (b"GET", b"/a#frag", 400),
+        (b"GET", b"a/b", 400),
+        (b"GET", b"*", 400),
+        (b"CONNECT", b"host:443", 405),
+    ],
+)
+def test_check_target_rejects(method: bytes, target: bytes, status: int) -> None:
+    with pytest.raises(ProxyError) as info:
+        check_target(method, target)
+    assert info.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [(b"GET", b"/"), (b"OPTIONS", b"*"), (b"GET", b"http://a/b"), (b"GET", b"HTTPS://a/")],
+)
+def test_check_target_accepts(method: bytes, target: bytes) -> None:
+    check_target(method, target)
+
+
+@pytest.mark.parametrize("host", [b"a b", b"a/b", b"user@a", b"a,b", b"a\tb", b"a?b"])
+def test_check_host_rejects(host: bytes) -> None:
+    with pytest.raises(ProxyError):
+        check_host(host)
+
+
+@pytest.mark.parametrize("host", [b"example.com", b"example.com:8080", b"[::1]:80", b""])
+def test_check_host_accepts(host: bytes) -> None:
+    check_host(host)
+
+
+def test_error_responses_are_complete_messages() -> None:
+    response = error_response(503)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"Retry-After: 1" in head
+    assert b"Connection: close" in head
+    assert b"Content-Length: %d" % len(body) in head
+    assert b"Connection: keep-alive" in error_response(502, True)
+    assert status_line(200, b"OK") == b"HTTP/1.1 200 OK\r\n"
+    assert status_line(299, b"") == b"HTTP/1.1 299 \r\n"

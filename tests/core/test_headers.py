@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import pytest
+
+from bunancer.core.errors import ProxyError
+from bunancer.core.headers import (
+    ForwardingOptions,
+    build_request_head,
+    scan_request_headers,
+    scan_response_headers,
+)
+
+
+def lines(head_lines: list[bytes]) -> list[bytes]:
+    return b"".join(head_lines).split(b"\r\n")[:-1]
+
+
+def test_request_hop_by_hop_and_connection_named_headers_dropped() -> None:
+    head = scan_request_headers(
+        [
+            (b"Host", b"a.test"),
+            (b"X-Private", b"1"),
+            (b"Connection", b"keep-alive, X-Private"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"TE", b"trailers"),
+            (b"Trailer", b"X"),
+            (b"Proxy-Connection", b"keep-alive"),
+            (b"Upgrade", b"websocket"),
+            (b"Accept", b"*/*"),
+        ]
+    )
+    assert lines(head.lines) == [b"Host: a.test", b"Accept: */*"]
+    assert head.host == b"a.test"
+    assert head.upgrade is False
+
+
+def test_request_facts() -> None:
+    head = scan_request_headers(
+        [
+            (b"host", b"h"),
+            (b"Content-Length", b" 12 "),
+            (b"Expect", b"100-continue"),
+            (b"X-Forwarded-For", b"1.1.1.1"),
+            (b"x-forwarded-for", b"2.2.2.2"),
+            (b"Forwarded", b"for=1.1.1.1"),
+            (b"X-Forwarded-Proto", b"https"),
+            (b"Connection", b"Upgrade"),
+        ]
+    )
+    assert head.content_length == b"12"
+    assert head.expect_continue is True
+    assert head.x_forwarded_for == b"1.1.1.1, 2.2.2.2"
+    assert head.forwarded == b"for=1.1.1.1"
+    assert head.upgrade is True
+    assert lines(head.lines) == [b"host: h", b"Expect: 100-continue"]
+
+
+def test_two_host_headers_rejected() -> None:
+    with pytest.raises(ProxyError) as info:
+        scan_request_headers([(b"Host", b"a"), (b"host", b"b")])
+    assert info.value.status == 400
+
+
+def test_build_request_head() -> None:
+    head = scan_request_headers([(b"Host", b"a.test"), (b"X-Forwarded-For", b"9.9.9.9")])
+    data = build_request_head(
+        b"POST", b"/p?q", head, "10.0.0.2", b"Content-Length: 3\r\n", ForwardingOptions()
+    )
+    assert data == (
+        b"POST /p?q HTTP/1.1\r\nHost: a.test\r\n"
+        b"X-Forwarded-For: 9.9.9.9, 10.0.0.2\r\nX-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: a.test\r\n"
+        b'Forwarded: for=10.0.0.2;proto=http;host="a.test"\r\n'
+        b"Via: 1.1 bunancer\r\nContent-Length: 3\r\n\r\n"
+    )
+
+
+def test_forwarded_quotes_ipv6_and_options_turn_headers_off() -> None:
+    head = scan_request_headers([(b"Host", b"h")])
+    data = build_request_head(b"GET", b"/", head, "::1", b"", ForwardingOptions(x_forwarded=False))
+    assert b'Forwarded: for="[::1]";proto=http;host="h"\r\n' in data
+    assert b"X-Forwarded" not in data
+    bare = build_request_head(
+        b"GET", b"/", head, "::1", b"", ForwardingOptions(False, False, False)
+    )
+    assert bare == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+def test_response_headers() -> None:
+    head = scan_response_headers(
+        [
+            (b"Content-Type", b"text/plain"),
+            (b"Content-Length", b"5"),
+            (b"Connection", b"close, X-Hop"),
+            (b"X-Hop", b"1"),
+            (b"Keep-Alive", b"timeout=1"),
+            (b"Set-Cookie", b"a=1"),
+            (b"Set-Cookie", b"b=2"),
+        ]
+    )
+    assert lines(head.lines) == [
+        b"Content-Type: text/plain",
+        b"Set-Cookie: a=1",
+        b"Set-Cookie: b=2",
+    ]
+    assert head.content_length == b"5"
+    assert head.chunked is False
+    assert scan_response_headers([(b"Transfer-Encoding", b"gzip, Chunked")]).chunked is True
+    assert scan_response_headers([(b"Transfer-Encoding", b"gzip")]).chunked is False

@@ -1,0 +1,257 @@
+"""Test helpers: processes with recorded PIDs, readiness waits, a raw HTTP/1.1 client."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httptools
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+@dataclass
+class Process:
+    """A child process started by a test; stopped by its PID only."""
+
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start_reader(self) -> None:
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
+    def wait_line(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            if self.proc.poll() is not None and not self._reader_alive():
+                output = "\n".join(self.lines[-30:])
+                raise AssertionError(f"process exited ({self.proc.returncode}):\n{output}")
+            for line in list(self.lines):
+                match = regex.search(line)
+                if match:
+                    return match
+            return None
+
+        return wait_for(found, timeout)
+
+    def _reader_alive(self) -> bool:
+        return self._reader is not None and self._reader.is_alive()
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(2)
+        return self.proc.returncode
+
+
+def spawn(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> Process:
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=cwd or ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    process = Process(proc)
+    process.start_reader()
+    return process
+
+
+# -- a raw HTTP/1.1 client -----------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    reason: str = ""
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+class _ResponseReader:
+    def __init__(self, head_request: bool = False) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: list[Response] = []
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.reason = ""
+        self.head_request = head_request
+        self.complete = False
+        self.head_done = False
+        self.framed = False
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status.decode()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = self.parser.get_status_code() >= 200
+        self.framed = any(
+            k.lower() in ("content-length", "transfer-encoding") for k, _ in self.headers
+        )
+        if self.head_request and self.parser.get_status_code() >= 200:
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.complete:
+            return
+        status = self.parser.get_status_code()
+        response = Response(status, self.headers, b"".join(self.body), self.reason)
+        self.headers, self.body = [], []
+        if status < 200:
+            self.done.append(response)  # interim responses are reported too
+            return
+        self.done.append(response)
+        self.complete = True
+
+
+class RawClient:
+    """A blocking socket client that sends exact bytes and reads exact responses."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_response(self, head_request: bool = False, until_close: bool = False) -> Response:
+        """Read one final response (interim ones are skipped); a close ends a body without
+        a length. Raises ConnectionError if the connection closes before it is complete."""
+        reader = _ResponseReader(head_request)
+        data = self.buffer
+        self.buffer = b""
+        while True:
+            if data:
+                try:
+                    reader.parser.feed_data(data)
+                except httptools.HttpParserError as error:
+                    raise ConnectionError(f"bad response: {error}") from None
+                if reader.complete and not until_close:
+                    return reader.done[-1]
+            try:
+                data = self.sock.recv(262144)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                if reader.complete:
+                    return reader.done[-1]
+                if reader.head_done and not reader.framed:
+                    # A body with neither length nor chunking ends at the close.
+                    status = reader.parser.get_status_code()
+                    return Response(status, reader.headers, b"".join(reader.body), reader.reason)
+                raise ConnectionError("connection closed before the response was complete")
+
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> Response:
+        head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n"
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n"
+        if body or method in ("POST", "PUT"):
+            head += f"Content-Length: {len(body)}\r\n"
+        self.send(head.encode() + b"\r\n" + body)
+        return self.read_response(head_request=method == "HEAD")
+
+    def is_closed(self, timeout: float = 5.0) -> bool:
+        """True when the peer has closed (recv returns b"" or the connection resets)."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        if data:
+            self.buffer += data
+            return False
+        return True
+
+    def read_all(self) -> bytes:
+        chunks = [self.buffer]
+        self.buffer = b""
+        while True:
+            try:
+                data = self.sock.recv(262144)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
