@@ -2,7 +2,8 @@
 
 ``python -m tests.backend`` prints ``PORT <n>`` once listening. Paths choose behaviour:
 
-  /size/N            N bytes (pattern from `pattern_bytes`) with Content-Length
+  /size/N            N bytes (pattern from `pattern_bytes`) with Content-Length,
+                     streamed with backpressure when large
   /chunked/N         N bytes chunked, in pieces of at most 64 KiB
   /close/N           N bytes delimited by closing the connection (no length, no chunking)
   /sha256            reads the whole request body, answers "<hex> <length>"
@@ -23,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
 
 import httptools
 import uvloop
@@ -33,6 +35,15 @@ PATTERN = bytes(range(256)) * 256  # 64 KiB
 def pattern_bytes(n: int) -> bytes:
     whole, rest = divmod(n, len(PATTERN))
     return PATTERN * whole + PATTERN[:rest]
+
+
+def stream_pattern(n: int) -> Iterator[bytes]:
+    """The same bytes as `pattern_bytes(n)`, in 64 KiB pieces."""
+    whole, rest = divmod(n, len(PATTERN))
+    for _ in range(whole):
+        yield PATTERN
+    if rest:
+        yield PATTERN[:rest]
 
 
 class State:
@@ -54,10 +65,29 @@ class BackendProtocol(asyncio.Protocol):
         self.digest = hashlib.sha256()
         self.length = 0
         self.method = b""
+        self.pending: Iterator[bytes] | None = None
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport subclasses
         STATE.connections += 1
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    def pump(self) -> None:
+        """Write a streamed body while the transport accepts it (backpressure)."""
+        assert self.transport is not None
+        while self.pending is not None and not self.paused and not self.transport.is_closing():
+            piece = next(self.pending, None)
+            if piece is None:
+                self.pending = None
+                return
+            self.transport.write(piece)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -118,7 +148,12 @@ class BackendProtocol(asyncio.Protocol):
         assert self.transport is not None
         parts = path.split("?")[0].strip("/").split("/")
         kind, arg = parts[0], parts[1] if len(parts) > 1 else ""
-        if kind == "size":
+        if kind == "size" and int(arg) > 4 * len(PATTERN):
+            size = int(arg)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            self.pending = stream_pattern(size)
+            self.pump()
+        elif kind == "size":
             self.send(200, pattern_bytes(int(arg)))
         elif kind == "chunked":
             self.send_chunked(pattern_bytes(int(arg)))

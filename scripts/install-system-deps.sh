@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages the test suite needs, installed with apt-get when missing.
+# (None yet for the data plane; Redis and Chromium join this list with their tests.)
+set -euo pipefail
+
+packages=()
+need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
+
+if [ ${#packages[@]} -eq 0 ]; then
+    exit 0
+fi
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "installing system packages: ${packages[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
