@@ -232,7 +232,7 @@ class Exchange:
             data = encode_chunk(data)
         up = self.up
         if up is not None:
-            up.write(data)
+            up.write_body(data)
             self.req_body_sent = True
         elif not self.done:
             self.pending.append(data)
@@ -244,7 +244,7 @@ class Exchange:
         self.req_complete = True
         if self.chunked_request:
             if self.up is not None:
-                self.up.write(LAST_CHUNK)
+                self.up.write_body(LAST_CHUNK)
             elif not self.done:
                 self.pending.append(LAST_CHUNK)
 
@@ -549,8 +549,12 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if after and not before:
             transport.pause_reading()
+            if self.timeout_kind == _T_BODY:
+                self.deadline.clear()  # we stopped reading: the client is not idle
         elif before and not after:
             transport.resume_reading()
+            if self.timeout_kind == _T_BODY:
+                self.deadline.set(self.ctx.settings.body_idle_timeout)
 
     def drain(self) -> None:
         """Graceful shutdown: close when idle, else after the reply in progress."""

@@ -149,6 +149,12 @@ class UpstreamProtocol(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def write_body(self, data: bytes) -> None:
+        """More request body: the backend is busy reading, so its response clock restarts."""
+        assert self.transport is not None
+        self.transport.write(data)
+        self.deadline.set(self.pool.settings.response_timeout)
+
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
