@@ -1,0 +1,172 @@
+"""Python cost of one proxied request, without sockets: the data plane's own overhead.
+
+Drives a real `DownstreamProtocol` and `UpstreamProtocol` with fake transports: feed a
+request, feed the backend's response, check the client got it, repeat. What is left is
+the parsing, routing, header work, pool bookkeeping and timers that run per request,
+which is the part of the cost this project controls (the rest is syscalls and the loop).
+
+    python -m bench.hotpath [--requests 200000] [--runs 5]
+    python -m bench.hotpath --instructions      # needs valgrind
+
+Prints the median microseconds per request. Shared machines make even this vary by 30%,
+so `--instructions` counts CPU instructions per request under callgrind instead (two runs
+of different lengths, subtracted, so start-up cost cancels): the same number every time
+for the same code, which is what a before/after comparison of an optimisation needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import uvloop
+
+from bunancer.core.pool import ServerPool
+from bunancer.core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
+from bunancer.core.routing import RouteTable
+from bunancer.core.server import Server
+from bunancer.core.upstream import UpstreamPool, UpstreamProtocol, UpstreamSettings
+
+REQUEST = (
+    b"GET /api/items?id=42 HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\n"
+    b"Accept: */*\r\n\r\n"
+)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n"
+    b"Date: Sat, 28 Nov 2026 10:00:00 GMT\r\nServer: stub\r\n\r\n" + b"x" * 100
+)
+
+
+class FakeTransport:
+    """Records writes; the few transport methods the protocols call."""
+
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self.writes = 0
+        self.last = b""
+        self.peer = peer
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.last = data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def build(
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[DownstreamProtocol, FakeTransport, UpstreamProtocol, FakeTransport]:
+    pool = ServerPool("default")
+    server = Server("s1", "127.0.0.1", 9001)
+    server.connections = UpstreamPool(server, UpstreamSettings(), loop)
+    pool.add(server)
+    ctx = ListenerContext(loop, RouteTable([], pool), ListenerSettings())
+    down = DownstreamProtocol(ctx)
+    down_transport = FakeTransport(("127.0.0.1", 50000))
+    down.connection_made(down_transport)  # type: ignore[arg-type]
+    up = UpstreamProtocol(server.connections)
+    up_transport = FakeTransport(("127.0.0.1", 9001))
+    up.connection_made(up_transport)  # type: ignore[arg-type]
+    server.connections.total = 1
+    server.connections.idle.append(up)
+    return down, down_transport, up, up_transport
+
+
+def measure(requests: int) -> float:
+    loop = uvloop.new_event_loop()
+    try:
+        down, down_transport, up, up_transport = build(loop)
+        start = time.perf_counter()
+        for _ in range(requests):
+            down.data_received(REQUEST)
+            up.data_received(RESPONSE)
+        elapsed = time.perf_counter() - start
+        assert down_transport.writes == requests, "a response went missing"
+        assert down_transport.last.endswith(b"x" * 100)
+        assert up_transport.writes == requests
+        return elapsed / requests * 1e6
+    finally:
+        loop.close()
+
+
+def count_instructions(requests: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={tmp}/out",
+                sys.executable,
+                "-m",
+                "bench.hotpath",
+                "--requests",
+                str(requests),
+                "--runs",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    match = re.search(r"Collected : (\d+)", result.stderr)
+    assert match, result.stderr[-2000:]
+    return int(match.group(1))
+
+
+def instructions_per_request() -> float:
+    small, large = 2000, 7000
+    return (count_instructions(large) - count_instructions(small)) / (large - small)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--show-head", action="store_true", help="print one upstream request head")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions/request (valgrind)"
+    )
+    args = parser.parse_args()
+    if args.instructions:
+        print(f"hot path: {instructions_per_request():,.0f} instructions/request")
+        return
+    if args.show_head:
+        loop = asyncio.new_event_loop()
+        down, _, _, up_transport = build(loop)
+        down.data_received(REQUEST)
+        print(up_transport.last.decode())
+        loop.close()
+    results = [measure(args.requests) for _ in range(args.runs)]
+    print(
+        f"hot path: median {statistics.median(results):.2f} us/request "
+        f"(runs: {', '.join(f'{r:.2f}' for r in results)})"
+    )
+
+
+if __name__ == "__main__":
+    main()
