@@ -121,20 +121,9 @@ def _forwarded_node(ip: str) -> bytes:
     return b'"[%s]"' % ip.encode() if ":" in ip else ip.encode()
 
 
-def build_request_head(
-    method: bytes,
-    target: bytes,
-    head: RequestHead,
-    client_ip: str,
-    body_framing: bytes,
-    options: ForwardingOptions,
-) -> bytes:
-    """Serialise the request head sent upstream (always HTTP/1.1, persistent).
-
-    `body_framing` is the framing header line(s) for the body as it will be sent upstream
-    (``Content-Length: N\\r\\n``, ``Transfer-Encoding: chunked\\r\\n`` or empty).
-    """
-    parts = [method, b" ", target, b" HTTP/1.1\r\n", *head.lines]
+def forwarding_lines(head: RequestHead, client_ip: str, options: ForwardingOptions) -> bytes:
+    """X-Forwarded-*, Forwarded and Via lines for a request from `client_ip`."""
+    parts: list[bytes] = []
     if options.x_forwarded:
         ip = client_ip.encode()
         xff = ip if head.x_forwarded_for is None else head.x_forwarded_for + b", " + ip
@@ -149,9 +138,21 @@ def build_request_head(
         parts.extend((b"Forwarded: ", value, b"\r\n"))
     if options.via:
         parts.append(b"Via: 1.1 bunancer\r\n")
-    parts.append(body_framing)
-    parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def build_request_head(
+    method: bytes, target: bytes, head: RequestHead, forwarding: bytes, body_framing: bytes
+) -> bytes:
+    """Serialise the request head sent upstream (always HTTP/1.1, persistent).
+
+    `forwarding` comes from `forwarding_lines`; `body_framing` is the framing header line for
+    the body as it will be sent upstream (``Content-Length: N\\r\\n``,
+    ``Transfer-Encoding: chunked\\r\\n`` or empty).
+    """
+    return b"".join(
+        (method, b" ", target, b" HTTP/1.1\r\n", *head.lines, forwarding, body_framing, b"\r\n")
+    )
 
 
 class ResponseHead:

@@ -37,6 +37,7 @@ from .headers import (
     ForwardingOptions,
     RequestHead,
     build_request_head,
+    forwarding_lines,
     scan_request_headers,
     scan_response_headers,
 )
@@ -414,6 +415,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     __slots__ = (
         # per connection
+        "_forwarding",
+        "_forwarding_host",
         "_pause",
         "active",
         "client_eof",
@@ -447,6 +450,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self.draining = False
         self.write_paused = False
         self._pause = 0
+        self._forwarding = b""
+        self._forwarding_host: bytes | None = None
         self.active: Exchange | None = None  # the exchange whose response is being sent
         self.queue: deque[Exchange] = deque()  # pipelined exchanges waiting their turn
         self.parsing: Exchange | None = None  # the exchange whose request body is being read
@@ -489,11 +494,16 @@ class DownstreamProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self._reject(400)
             return
-        if self.in_head and was_in_head:
-            # A head still incomplete after this read: bound what the parser buffers.
-            self.head_raw += len(data)
-            if self.head_raw > self.ctx.settings.max_header_bytes:
-                self._reject(431)
+        if self.in_head:
+            # A head still incomplete after this read. Its clock starts now: a head that
+            # arrives whole in one read (the usual case) never arms a timer at all.
+            if self.timeout_kind != _T_HEADER:
+                self._set_deadline(_T_HEADER, self.ctx.settings.header_timeout)
+            if was_in_head:
+                # Bound what the parser buffers for a head that keeps coming.
+                self.head_raw += len(data)
+                if self.head_raw > self.ctx.settings.max_header_bytes:
+                    self._reject(431)
 
     def eof_received(self) -> bool:
         self.client_eof = True
@@ -620,7 +630,6 @@ class DownstreamProtocol(asyncio.Protocol):
         self.headers = []
         self.head_size = 0
         self.head_raw = 0
-        self._set_deadline(_T_HEADER, self.ctx.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         url = self.url + url if self.url else url
@@ -629,17 +638,18 @@ class DownstreamProtocol(asyncio.Protocol):
             raise ProxyError(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4
-        settings = self.ctx.settings
-        if self.head_size > settings.max_header_bytes or len(headers) > settings.max_headers:
-            raise ProxyError(431)
+        # Limits are checked once the head is complete; until then the raw byte count in
+        # data_received bounds what can pile up here.
+        self.headers.append((name, value))
+        self.head_size += len(name) + len(value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
         settings = self.ctx.settings
+        count = len(self.headers)
+        if count > settings.max_headers or self.head_size + 4 * count > settings.max_header_bytes:
+            raise ProxyError(431)
         method = parser.get_method()
         http11 = check_version(parser.get_http_version())
         target = self.url
@@ -661,9 +671,15 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             framing = b""
         pool = self.ctx.routes.match(head.host, target)
-        request_head = build_request_head(
-            method, target, head, self.client_ip, framing, settings.forwarding
-        )
+        if head.x_forwarded_for is None and head.forwarded is None:
+            # Per connection the client address is fixed and Host rarely changes: reuse.
+            if head.host != self._forwarding_host or not self._forwarding:
+                self._forwarding_host = head.host
+                self._forwarding = forwarding_lines(head, self.client_ip, settings.forwarding)
+            forwarding = self._forwarding
+        else:
+            forwarding = forwarding_lines(head, self.client_ip, settings.forwarding)
+        request_head = build_request_head(method, target, head, forwarding, framing)
         exchange = Exchange(
             self, pool, method, request_head, http11, parser.should_keep_alive(), chunked
         )

@@ -102,7 +102,6 @@ class UpstreamProtocol(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
-        self.deadline.set(self.pool.settings.response_timeout)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
@@ -114,6 +113,10 @@ class UpstreamProtocol(asyncio.Protocol):
             # the body its Content-Length announced: start the next response afresh.
             self._discard = False
             self.parser = httptools.HttpResponseParser(self)
+        if self.exchange is not None:
+            # More to come: the backend's clock restarts (not needed for a response that
+            # ended in this read, the usual case for small ones).
+            self.deadline.set(self.pool.settings.response_timeout)
         exchange.flush()
 
     def eof_received(self) -> bool:

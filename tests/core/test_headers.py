@@ -6,6 +6,7 @@ from bunancer.core.errors import ProxyError
 from bunancer.core.headers import (
     ForwardingOptions,
     build_request_head,
+    forwarding_lines,
     scan_request_headers,
     scan_response_headers,
 )
@@ -63,9 +64,8 @@ def test_two_host_headers_rejected() -> None:
 
 def test_build_request_head() -> None:
     head = scan_request_headers([(b"Host", b"a.test"), (b"X-Forwarded-For", b"9.9.9.9")])
-    data = build_request_head(
-        b"POST", b"/p?q", head, "10.0.0.2", b"Content-Length: 3\r\n", ForwardingOptions()
-    )
+    forwarding = forwarding_lines(head, "10.0.0.2", ForwardingOptions())
+    data = build_request_head(b"POST", b"/p?q", head, forwarding, b"Content-Length: 3\r\n")
     assert data == (
         b"POST /p?q HTTP/1.1\r\nHost: a.test\r\n"
         b"X-Forwarded-For: 9.9.9.9, 10.0.0.2\r\nX-Forwarded-Proto: http\r\n"
@@ -76,14 +76,15 @@ def test_build_request_head() -> None:
 
 
 def test_forwarded_quotes_ipv6_and_options_turn_headers_off() -> None:
-    head = scan_request_headers([(b"Host", b"h")])
-    data = build_request_head(b"GET", b"/", head, "::1", b"", ForwardingOptions(x_forwarded=False))
-    assert b'Forwarded: for="[::1]";proto=http;host="h"\r\n' in data
-    assert b"X-Forwarded" not in data
-    bare = build_request_head(
-        b"GET", b"/", head, "::1", b"", ForwardingOptions(False, False, False)
+    head = scan_request_headers([(b"Host", b"h"), (b"Forwarded", b"for=1.2.3.4")])
+    lines_ = forwarding_lines(head, "::1", ForwardingOptions(x_forwarded=False))
+    assert (
+        lines_
+        == b'Forwarded: for=1.2.3.4, for="[::1]";proto=http;host="h"\r\nVia: 1.1 bunancer\r\n'
     )
-    assert bare == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    off = ForwardingOptions(forwarded=False, x_forwarded=False, via=False)
+    assert forwarding_lines(head, "::1", off) == b""
+    assert build_request_head(b"GET", b"/", head, b"", b"") == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
 
 
 def test_response_headers() -> None:
