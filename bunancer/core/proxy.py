@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .deadline import Deadline
-from .errors import ProxyError, error_response, status_line
+from .errors import STATUS_LINES, ProxyError, error_response
 from .framing import (
     IDEMPOTENT_METHODS,
     LAST_CHUNK,
@@ -254,15 +254,13 @@ class Exchange:
 
     # -- response, from the upstream parser ------------------------------------------------
 
-    def interim_response(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def interim_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if not self.http11 or self.resp_started:
             return  # HTTP/1.0 clients do not take 1xx responses
         head = scan_response_headers(headers)
-        self.out.append(b"".join((status_line(status, reason), *head.lines, b"\r\n")))
+        self.out.append(b"".join((STATUS_LINES[status], *head.lines, b"\r\n")))
 
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         head = scan_response_headers(headers)
         up_body = response_body(
             status, self.head_request, head.content_length is not None, head.chunked
@@ -279,7 +277,7 @@ class Exchange:
             and not down.client_eof
         )
         self.keep_alive = keep
-        parts = [status_line(status, reason), *head.lines]
+        parts = [STATUS_LINES[status], *head.lines]
         if out_body is Body.CHUNKED:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif head.content_length is not None and (

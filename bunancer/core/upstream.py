@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Protocol
 import httptools
 
 from .deadline import Deadline
-from .errors import REASONS
 
 if TYPE_CHECKING:
     from .server import Server
@@ -31,12 +30,8 @@ class ExchangeSide(Protocol):
 
     def attach(self, conn: UpstreamProtocol) -> None: ...
     def connect_failed(self, server: Server, error: BaseException) -> None: ...
-    def interim_response(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None: ...
-    def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> None: ...
+    def interim_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_complete(self, reusable: bool) -> None: ...
     def flush(self) -> None: ...
@@ -63,7 +58,6 @@ class UpstreamProtocol(asyncio.Protocol):
         "_discard",
         "_headers",
         "_interim",
-        "_reason",
         "closed",
         "deadline",
         "exchange",
@@ -84,7 +78,6 @@ class UpstreamProtocol(asyncio.Protocol):
         self.reused = False  # served an exchange before the current one
         self.got_bytes = False  # any byte of the current response arrived
         self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
         self._interim = False
         self._discard = False
 
@@ -196,9 +189,6 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------
 
-    def on_status(self, status: bytes) -> None:
-        self._reason = status
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
@@ -212,9 +202,9 @@ class UpstreamProtocol(asyncio.Protocol):
         if status < 200 and status != 101:
             # Interim (100 Continue, 103 Early Hints): llhttp ends it as a message of its own.
             self._interim = True
-            exchange.interim_response(status, self._reason, headers)
+            exchange.interim_response(status, headers)
             return
-        exchange.response_head(status, self._reason or REASONS.get(status, b""), headers)
+        exchange.response_head(status, headers)
         if exchange.head_request:
             self._discard = True
             self._finish(exchange, True)

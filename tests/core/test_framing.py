@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bunancer.core.errors import ProxyError, error_response, status_line
+from bunancer.core.errors import STATUS_LINES, ProxyError, error_response
 from bunancer.core.framing import (
     Body,
     check_host,
@@ -99,5 +99,6 @@ def test_error_responses_are_complete_messages() -> None:
     assert b"Connection: close" in head
     assert b"Content-Length: %d" % len(body) in head
     assert b"Connection: keep-alive" in error_response(502, True)
-    assert status_line(200, b"OK") == b"HTTP/1.1 200 OK\r\n"
-    assert status_line(299, b"") == b"HTTP/1.1 299 \r\n"
+    assert STATUS_LINES[200] == b"HTTP/1.1 200 OK\r\n"
+    assert STATUS_LINES[418] == b"HTTP/1.1 418 I'm a Teapot\r\n"
+    assert STATUS_LINES[299] == b"HTTP/1.1 299 \r\n"
