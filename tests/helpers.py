@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httptools
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -129,48 +127,6 @@ class Response:
         return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
-class _ResponseReader:
-    def __init__(self, head_request: bool = False) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.done: list[Response] = []
-        self.headers: list[tuple[str, str]] = []
-        self.body: list[bytes] = []
-        self.reason = ""
-        self.head_request = head_request
-        self.complete = False
-        self.head_done = False
-        self.framed = False
-
-    def on_status(self, status: bytes) -> None:
-        self.reason = status.decode()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        self.head_done = self.parser.get_status_code() >= 200
-        self.framed = any(
-            k.lower() in ("content-length", "transfer-encoding") for k, _ in self.headers
-        )
-        if self.head_request and self.parser.get_status_code() >= 200:
-            self.on_message_complete()
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.complete:
-            return
-        status = self.parser.get_status_code()
-        response = Response(status, self.headers, b"".join(self.body), self.reason)
-        self.headers, self.body = [], []
-        if status < 200:
-            self.done.append(response)  # interim responses are reported too
-            return
-        self.done.append(response)
-        self.complete = True
-
-
 class RawClient:
     """A blocking socket client that sends exact bytes and reads exact responses."""
 
@@ -182,32 +138,75 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def read_response(self, head_request: bool = False, until_close: bool = False) -> Response:
-        """Read one final response (interim ones are skipped); a close ends a body without
-        a length. Raises ConnectionError if the connection closes before it is complete."""
-        reader = _ResponseReader(head_request)
-        data = self.buffer
-        self.buffer = b""
+    def _fill(self) -> bool:
+        """Read more bytes into the buffer; False at end of stream."""
+        try:
+            data = self.sock.recv(262144)
+        except ConnectionResetError:
+            data = b""
+        self.buffer += data
+        return bool(data)
+
+    def _take_line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                raise ConnectionError("connection closed in the middle of a line")
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def _take(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            if not self._fill():
+                raise ConnectionError(
+                    f"connection closed after {len(self.buffer)} of {count} body bytes"
+                )
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def read_response(self, head_request: bool = False) -> Response:
+        """Read exactly one final response (interim 1xx ones are skipped), leaving any
+        bytes that follow (a pipelined response) in the buffer.
+
+        A small reader of its own, independent of the proxy's parser: the head up to the
+        empty line, then a Content-Length, chunked or close-delimited body. Raises
+        ConnectionError if the connection closes before the response is complete.
+        """
         while True:
-            if data:
-                try:
-                    reader.parser.feed_data(data)
-                except httptools.HttpParserError as error:
-                    raise ConnectionError(f"bad response: {error}") from None
-                if reader.complete and not until_close:
-                    return reader.done[-1]
-            try:
-                data = self.sock.recv(262144)
-            except ConnectionResetError:
-                data = b""
-            if not data:
-                if reader.complete:
-                    return reader.done[-1]
-                if reader.head_done and not reader.framed:
-                    # A body with neither length nor chunking ends at the close.
-                    status = reader.parser.get_status_code()
-                    return Response(status, reader.headers, b"".join(reader.body), reader.reason)
-                raise ConnectionError("connection closed before the response was complete")
+            while b"\r\n\r\n" not in self.buffer:
+                if not self._fill():
+                    raise ConnectionError("connection closed before a complete response head")
+            head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            version, status_text, *reason = status_line.split(" ", 2)
+            assert version.startswith("HTTP/1."), status_line
+            status = int(status_text)
+            headers = [(n.strip(), v.strip()) for n, _, v in (h.partition(":") for h in lines)]
+            if status >= 200 or status == 101:
+                break
+        response = Response(status, headers, b"", reason[0] if reason else "")
+        if head_request or status in (204, 304) or status < 200:
+            return response
+        te = response.header("Transfer-Encoding")
+        length = response.header("Content-Length")
+        if te is not None and te.lower().endswith("chunked"):
+            pieces = []
+            while True:
+                size = int(self._take_line().split(b";")[0], 16)
+                if size == 0:
+                    while self._take_line():  # trailers, then the empty line
+                        pass
+                    break
+                pieces.append(self._take(size))
+                if self._take(2) != b"\r\n":
+                    raise ConnectionError("chunk not followed by CRLF")
+            response.body = b"".join(pieces)
+        elif length is not None:
+            response.body = self._take(int(length))
+        else:
+            while self._fill():
+                pass
+            response.body, self.buffer = self.buffer, b""
+        return response
 
     def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None

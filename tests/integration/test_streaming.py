@@ -155,4 +155,3 @@ def test_one_gib_download_rss_flat(proxy: Proxy) -> None:
     assert length == size
     assert digest == expected_digest(size)
     assert watcher.growth_mib < 16, f"proxy RSS grew {watcher.growth_mib:.1f} MiB"
-

@@ -200,4 +200,3 @@ def test_tcp_nodelay_both_sides(tmp: str) -> None:
         writer.close()
 
     run({}, scenario, tmp)
-
