@@ -83,6 +83,22 @@ def check_target(method: bytes, target: bytes) -> None:
     raise ProxyError(400, "malformed request target")
 
 
+def check_request_framing(
+    http11: bool, content_length: bytes | None, transfer_encoding: bytes | None, upgrade: bool
+) -> None:
+    """Framing that llhttp accepts but a proxy must not pass on.
+
+    - HTTP/1.0 with Transfer-Encoding: the framing is faulty (RFC 9112 6.1); nginx answers
+      400 too. Parsing what follows as the next request would be a desync.
+    - An Upgrade request with a body: llhttp ends such a request at its head and treats
+      the body as upgraded bytes, so the body would be read as a second request.
+    """
+    if transfer_encoding is not None and not http11:
+        raise ProxyError(400, "HTTP/1.0 request with Transfer-Encoding")
+    if upgrade and (transfer_encoding is not None or content_length not in (None, b"0")):
+        raise ProxyError(400, "Upgrade request with a body")
+
+
 # A bare authority: no whitespace, path, userinfo, query or list. Empty is allowed
 # (RFC 9112 section 3.2: a target without authority is sent with an empty Host).
 _HOST_VALUE = re.compile(rb"[^\s/\\@?#,]*")

@@ -27,6 +27,7 @@ from .framing import (
     IDEMPOTENT_METHODS,
     LAST_CHUNK,
     Body,
+    check_request_framing,
     check_target,
     check_version,
     downstream_body,
@@ -233,7 +234,7 @@ class Exchange:
             data = encode_chunk(data)
         up = self.up
         if up is not None:
-            up.write_body(data)
+            up.write(data)
             self.req_body_sent = True
         elif not self.done:
             self.pending.append(data)
@@ -243,11 +244,14 @@ class Exchange:
 
     def request_complete(self) -> None:
         self.req_complete = True
+        up = self.up
         if self.chunked_request:
-            if self.up is not None:
-                self.up.write_body(LAST_CHUNK)
+            if up is not None:
+                up.write(LAST_CHUNK)
             elif not self.done:
                 self.pending.append(LAST_CHUNK)
+        if up is not None:
+            up.request_sent()
 
     def upstream_paused(self, paused: bool) -> None:
         self.down.set_paused(_PAUSE_UPSTREAM_FULL, paused)
@@ -659,6 +663,10 @@ class DownstreamProtocol(asyncio.Protocol):
             raise ProxyError(400, "HTTP/1.1 request without Host")
         content_length = head.content_length
         chunked = head.transfer_encoding is not None
+        if chunked or head.upgrade:
+            check_request_framing(
+                http11, content_length, head.transfer_encoding, parser.should_upgrade()
+            )
         if content_length is not None:
             if settings.max_body_bytes and int(content_length) > settings.max_body_bytes:
                 raise ProxyError(413)

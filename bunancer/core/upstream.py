@@ -27,6 +27,7 @@ class ExchangeSide(Protocol):
     """What an upstream connection needs from the exchange it serves (see proxy.Exchange)."""
 
     head_request: bool
+    req_complete: bool
 
     def attach(self, conn: UpstreamProtocol) -> None: ...
     def connect_failed(self, server: Server, error: BaseException) -> None: ...
@@ -125,12 +126,18 @@ class UpstreamProtocol(asyncio.Protocol):
             exchange.upstream_lost(self)
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_paused(True)
+        exchange = self.exchange
+        if exchange is not None:
+            # The backend is not reading what we send: that is its clock running.
+            self.deadline.set(self.pool.settings.response_timeout)
+            exchange.upstream_paused(True)
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_paused(False)
+        exchange = self.exchange
+        if exchange is not None:
+            if not exchange.req_complete:
+                self.deadline.clear()  # back to waiting on the client's upload
+            exchange.upstream_paused(False)
 
     # -- exchange lifecycle ---------------------------------------------------------------
 
@@ -139,17 +146,20 @@ class UpstreamProtocol(asyncio.Protocol):
         self.exchange = exchange
         self.got_bytes = False
         self._headers = []
-        self.deadline.set(self.pool.settings.response_timeout)
+        if exchange.req_complete:
+            self.deadline.set(self.pool.settings.response_timeout)
+        else:
+            # The response clock starts when the request is sent (`request_sent`); while
+            # the client uploads, its own body-idle clock governs.
+            self.deadline.clear()
+
+    def request_sent(self) -> None:
+        if self.exchange is not None and not self.got_bytes:
+            self.deadline.set(self.pool.settings.response_timeout)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
-
-    def write_body(self, data: bytes) -> None:
-        """More request body: the backend is busy reading, so its response clock restarts."""
-        assert self.transport is not None
-        self.transport.write(data)
-        self.deadline.set(self.pool.settings.response_timeout)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

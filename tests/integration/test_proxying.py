@@ -227,3 +227,19 @@ def test_client_disconnect_mid_response_does_not_break_proxy(proxy: Proxy) -> No
     sock.close()
     with proxy.client() as client:
         assert client.request("GET", "/size/3").body == pattern_bytes(3)
+
+
+def test_upgrade_without_body_is_a_plain_request_until_tunnels_exist(proxy: Proxy) -> None:
+    """Connection: Upgrade without a body: proxied with Upgrade removed, and a request
+    pipelined behind it is parsed as the next request."""
+    with proxy.client() as client:
+        client.send(
+            b"GET /echo-headers HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\nGET /size/4 HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        first = client.read_response()
+        second = client.read_response()
+    headers = {k.lower() for k, _ in json.loads(first.body)["headers"]}
+    assert "upgrade" not in headers
+    assert "connection" not in headers
+    assert second.body == pattern_bytes(4)

@@ -143,12 +143,6 @@ def test_slow_body_within_the_idle_timeout_is_accepted(fast_proxy: Proxy) -> Non
     assert response.body.endswith(b" 50")
 
 
-@pytest.mark.xfail(
-    reason="the upstream response timeout runs while the client is still sending the body: "
-    "a pause shorter than body_idle is answered 504 (README: upstream_response counts "
-    "'once a request is sent', body_idle pauses are 408)",
-    strict=True,
-)
 def test_upload_pause_within_body_idle_is_not_an_upstream_timeout(
     start_proxy: StartProxy, backends: list[Backend]
 ) -> None:
