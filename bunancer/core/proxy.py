@@ -426,7 +426,6 @@ class DownstreamProtocol(asyncio.Protocol):
         "closed",
         "ctx",
         "deadline",
-        "draining",
         "head_raw",
         "head_size",
         "headers",
@@ -449,7 +448,6 @@ class DownstreamProtocol(asyncio.Protocol):
         self.client_ip = ""
         self.closed = False
         self.client_eof = False
-        self.draining = False
         self.write_paused = False
         self._pause = 0
         self._forwarding = b""
@@ -570,7 +568,6 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def drain(self) -> None:
         """Graceful shutdown: close when idle, else after the reply in progress."""
-        self.draining = True
         if self.active is None and self.parsing is None and not self.queue:
             self.close()
 
@@ -590,7 +587,7 @@ class DownstreamProtocol(asyncio.Protocol):
             # Deferred: we may still be inside the upstream parser's callback.
             self.ctx.loop.call_soon(following.start)
             return
-        if self.draining or self.client_eof:
+        if self.ctx.draining or self.client_eof:
             if self.parsing is None and not self.in_head:
                 self.close()
             return
