@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
+from .core.events import EventBus
 from .core.headers import ForwardingOptions
-from .core.pool import ServerPool
 from .core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
+from .core.registry import PoolSettings, Registry
 from .core.routing import Route, RouteTable
-from .core.server import Server
-from .core.upstream import UpstreamPool, UpstreamSettings
+from .core.upstream import UpstreamSettings
 
 log = logging.getLogger("bunancer")
 
@@ -62,14 +62,27 @@ class Balancer:
             write_buffer_high=limits.write_buffer_high,
             write_buffer_low=limits.write_buffer_low,
         )
-        self.pools: dict[str, ServerPool] = {}
+        self.bus = EventBus()
+        self.registry = Registry(
+            loop, self.upstream_settings, self.bus, drain_timeout=timeouts.drain
+        )
         for name, pool_config in config.pools.items():
-            pool = ServerPool(name, pool_config.algorithm)
+            self.registry.add_pool(name, PoolSettings.from_config(pool_config))
             for server_config in pool_config.servers:
                 host, port = server_config.host_port
-                server_id = server_config.id or server_config.address.removeprefix("http://")
-                pool.add(self.make_server(server_id, host, port, server_config.weight, name))
-            self.pools[name] = pool
+                self.registry.register(
+                    name,
+                    host,
+                    port,
+                    weight=server_config.weight,
+                    server_id=server_config.id or server_config.address.removeprefix("http://"),
+                    health=server_config.health,
+                    source="config",
+                )
+        self.pools = self.registry.pools
+        self.registry.protected = {r.pool for r in config.routes} | {
+            listener.default_pool for listener in config.listeners
+        }
         settings = ListenerSettings(
             header_timeout=timeouts.header,
             body_idle_timeout=timeouts.body_idle,
@@ -103,15 +116,17 @@ class Balancer:
             self.listeners.append(Listener(listener_config.address, host, port, ctx))
         self._stopping: asyncio.Event | None = None
 
-    def make_server(self, server_id: str, host: str, port: int, weight: int, pool: str) -> Server:
-        server = Server(server_id, host, port, weight, pool)
-        server.connections = UpstreamPool(server, self.upstream_settings, self.loop)
-        return server
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._prepare_state_dir()
+        # Open for traffic once every server had its first check (bounded by the longest
+        # check timeout), so the first requests do not meet a pool of pending servers.
+        longest = max(
+            (s.check.timeout for s in self.registry.all_servers() if s.check.enabled),
+            default=0.0,
+        )
+        await self.registry.first_checks(longest + 0.25)
         for listener in self.listeners:
             ctx = listener.ctx
             try:
@@ -175,10 +190,10 @@ class Balancer:
                             conn.transport.abort()
                 break
             await asyncio.sleep(0.05)
-        for pool in self.pools.values():
-            for server in pool.servers.values():
-                if server.connections is not None:
-                    server.connections.close()
+        await self.registry.close()
+        for server in self.registry.all_servers():
+            if server.connections is not None:
+                server.connections.close()
         log.info("stopped")
 
 

@@ -13,7 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .core.health import parse_expect
+
 DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_API_LISTEN = "127.0.0.1:8081"
 DEFAULT_POOL = "default"
 DEFAULT_STATE_DIR = ".bunancer"
 
@@ -78,10 +81,67 @@ class ListenerConfig(_Section):
         return parse_hostport(self.address)
 
 
+class HealthConfig(_Section):
+    """Active health checks of a pool (each server may override any key)."""
+
+    enabled: bool = True
+    method: Literal["GET", "HEAD", "OPTIONS"] = "GET"
+    path: str = "/"
+    expect: str = "200-499"  # status ranges that pass: "200-399", "200,204"
+    timeout: Seconds = 1.0
+    interval: Seconds = 1.0  # healthy servers
+    fast_interval: Seconds = 0.5  # while a rise or fall is under way
+    down_interval: Seconds = 1.0  # first interval while down, then backoff...
+    backoff: float = Field(default=1.5, ge=1.0, le=10.0)
+    max_down_interval: Seconds = 2.0  # ...up to this
+    dead_interval: Seconds = 10.0
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5)
+    rise: int = Field(default=2, ge=1, le=100)
+    fall: int = Field(default=2, ge=1, le=100)
+    dead_after: int = Field(default=10, ge=1, le=100000)
+    remove_dead_after: float = Field(default=0.0, ge=0.0, description="seconds; 0 = never")
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError("must start with '/' and contain no whitespace")
+        return value
+
+    @field_validator("expect")
+    @classmethod
+    def _check_expect(cls, value: str) -> str:
+        parse_expect(value)
+        return value
+
+    def merged(self, override: dict[str, Any]) -> HealthConfig:
+        """This config with a server's overrides applied (validated: ValidationError)."""
+        return HealthConfig.model_validate({**self.model_dump(), **override})
+
+
+class OutlierConfig(_Section):
+    """Passive health: ejection of servers that fail real traffic."""
+
+    enabled: bool = True
+    consecutive_failures: int = Field(default=5, ge=1, le=100000)
+    statuses: list[int] = Field(default_factory=lambda: [502, 503, 504])
+    base_ejection_time: Seconds = 2.0
+    max_ejection_time: Seconds = 60.0
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+
+    @field_validator("statuses")
+    @classmethod
+    def _check_statuses(cls, value: list[int]) -> list[int]:
+        if any(not 100 <= status <= 599 for status in value):
+            raise ValueError("statuses must be within 100-599")
+        return value
+
+
 class ServerConfig(_Section):
     address: str
     id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     weight: int = Field(default=1, ge=1, le=10000)
+    health: dict[str, Any] = Field(default_factory=dict)  # overrides of the pool's [health]
 
     @field_validator("address")
     @classmethod
@@ -97,12 +157,24 @@ class ServerConfig(_Section):
 class PoolConfig(_Section):
     algorithm: Literal["round-robin"] = "round-robin"
     servers: list[ServerConfig] = Field(default_factory=list)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
 
     @model_validator(mode="after")
     def _unique_servers(self) -> PoolConfig:
         seen_ids: set[str] = set()
         seen_addresses: set[tuple[str, int]] = set()
-        for server in self.servers:
+        for index, server in enumerate(self.servers):
+            if server.health:
+                try:
+                    self.health.merged(server.health)
+                except ValidationError as error:
+                    first = error.errors()[0]
+                    key = _format_location(tuple(first["loc"]))
+                    message = first["msg"].removeprefix("Value error, ")
+                    if first["type"] == "extra_forbidden":
+                        message = "unknown key"
+                    raise _KeyedError(f"servers[{index}].health.{key}", message) from None
             if server.id is not None:
                 if server.id in seen_ids:
                     raise ValueError(f"duplicate server id {server.id!r}")
@@ -172,8 +244,25 @@ class HeadersConfig(_Section):
     via: bool = True
 
 
+class ApiConfig(_Section):
+    """The registry/admin API listener and its token."""
+
+    listen: str = DEFAULT_API_LISTEN
+    token: str | None = Field(default=None, min_length=16)
+    token_file: str | None = None
+    public_reads: bool = True  # GETs without the token (the listener is loopback by default)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+
 class Config(_Section):
     state_dir: str = DEFAULT_STATE_DIR
+    store: str = "file"  # "file" (state.json in state_dir) or "redis://host:port/db"
+    api: ApiConfig = Field(default_factory=ApiConfig)
     listeners: list[ListenerConfig] = Field(
         default_factory=lambda: [ListenerConfig()], min_length=1
     )
@@ -191,6 +280,13 @@ class Config(_Section):
             if not name or not all(c.isalnum() or c in "._-" for c in name):
                 raise ValueError(f"pool name {name!r} may hold only letters, digits, '.', '_', '-'")
         return pools
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if value != "file" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use 'file' or a redis:// URL")
+        return value
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -277,11 +373,17 @@ def apply_overrides(
     listen: str | None = None,
     backends: tuple[str, ...] = (),
     state_dir: str | None = None,
+    api_listen: str | None = None,
+    store: str | None = None,
 ) -> Config:
     """Apply command-line flags on top of a loaded config: flags win over the file."""
     data = config.model_dump(exclude_none=True)
     if listen is not None:
         data["listeners"][0]["address"] = listen
+    if api_listen is not None:
+        data["api"]["listen"] = api_listen
+    if store is not None:
+        data["store"] = store
     if backends:
         pool_name = config.listeners[0].default_pool
         data["pools"].setdefault(pool_name, {})["servers"] = [{"address": b} for b in backends]

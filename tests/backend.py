@@ -14,7 +14,7 @@
   /die               announces 100 bytes, sends 10, closes
   /bad-framing       answers with a malformed chunked body
   /continue          sends "100 Continue" before reading the body, then like /sha256
-  /log               every request line seen so far and the connection count, as JSON
+  /log               every request line seen so far and the connection counts, as JSON
   anything else      "ok <port>"
 """
 
@@ -50,6 +50,7 @@ class State:
     def __init__(self) -> None:
         self.port = 0
         self.connections = 0
+        self.proxied_connections = 0
         self.requests: list[str] = []
 
 
@@ -67,6 +68,7 @@ class BackendProtocol(asyncio.Protocol):
         self.method = b""
         self.pending: Iterator[bytes] | None = None
         self.paused = False
+        self.proxied = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport subclasses
@@ -109,6 +111,9 @@ class BackendProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.method = self.parser.get_method()
+        if not self.proxied and any(n.lower() == b"x-forwarded-for" for n, _ in self.headers):
+            self.proxied = True  # health checks do not count: they carry no X-Forwarded-For
+            STATE.proxied_connections += 1
         STATE.requests.append(f"{self.method.decode()} {self.url.decode()}")
         if self.url == b"/continue":
             assert self.transport is not None
@@ -188,7 +193,11 @@ class BackendProtocol(asyncio.Protocol):
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
             )
         elif kind == "log":
-            payload = {"requests": STATE.requests, "connections": STATE.connections}
+            payload = {
+                "requests": STATE.requests,
+                "connections": STATE.connections,
+                "proxied_connections": STATE.proxied_connections,
+            }
             self.send(200, json.dumps(payload).encode())
         else:
             self.send(200, b"ok %d\n" % STATE.port)

@@ -217,6 +217,9 @@ class Exchange:
         if self.done:
             return
         log.debug("connect to %s failed: %r", server.address, error)
+        server.passive_failure(
+            "connect timeouts" if isinstance(error, TimeoutError) else "connect failures"
+        )
         self._release_server()
         # Nothing was sent: one retry on another server is always safe.
         if not self.retried and self.pool is not None:
@@ -265,6 +268,13 @@ class Exchange:
         self.out.append(b"".join((STATUS_LINES[status], *head.lines, b"\r\n")))
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        server = self.server
+        if server is not None:
+            # Passive health: configured statuses count as failures, anything else resets.
+            if status in server.eject_statuses:
+                server.passive_failure(str(status))
+            elif server.passive_failures:
+                server.passive_failures = 0
         head = scan_response_headers(headers)
         up_body = response_body(
             status, self.head_request, head.content_length is not None, head.chunked
@@ -347,12 +357,16 @@ class Exchange:
             assert self.server.connections is not None
             self.server.connections.acquire(self)
             return
+        if self.server is not None:
+            self.server.passive_failure("closed connections")
         self.fail(502)
 
     def upstream_failed(self, status: int, detail: str) -> None:
         if self.done:
             return
         log.debug("upstream failure (%d): %s", status, detail)
+        if self.server is not None:
+            self.server.passive_failure("timeouts" if status == 504 else "invalid responses")
         if self.resp_started:
             self.flush()
             self.abort_client()

@@ -5,6 +5,7 @@ Rules this module keeps:
   `IllegalTransition`. Only `healthy` servers are routed.
 - Health results move a server only after a streak (hysteresis): `rise` passing checks
   in a row to come up, `fall` failing ones to go down, `dead_after` to be declared dead.
+  A new or restarted (`pending`) server is admitted by its first passing check.
 - Admin state is kept apart from health: disabled servers are still checked (their
   results are recorded) but never routed; enabling sends them back to `pending`.
 - Passive ejection takes a healthy server out for a time that grows with each repeat;
@@ -167,8 +168,10 @@ class ServerHealth:
         now = result.at
         state = self.state
         if state is State.PENDING:
-            if self.ok_streak >= policy.rise:
-                return self.apply(Event.RISE, now, f"{self.ok_streak} passing checks")
+            # A new (or just restarted) server has no flapping to damp: its first passing
+            # check admits it. Hysteresis applies from then on.
+            if result.ok:
+                return self.apply(Event.RISE, now, "first check passed")
             if self.fail_streak >= policy.fall:
                 return self._fall(now, result)
         elif state is State.HEALTHY:

@@ -5,6 +5,7 @@ import pytest
 from bunancer.core.algorithms import RoundRobin, make_selector
 from bunancer.core.pool import ServerPool
 from bunancer.core.server import Server
+from bunancer.core.states import Event
 
 
 def test_round_robin_cycles_and_survives_shrinking() -> None:
@@ -32,7 +33,7 @@ def test_pool_snapshot_and_avoid() -> None:
     assert pool.routable == (a, b)
     for _ in range(4):
         assert pool.pick(avoid=a) is b
-    b.routable = False
+    b.health.apply(Event.DISABLE, 1.0, "test")
     pool.rebuild()
     assert pool.routable == (a,)
     assert pool.pick(avoid=a) is a  # nothing else to take

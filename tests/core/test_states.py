@@ -55,17 +55,17 @@ def feed(health: ServerHealth, results: list[CheckResult]) -> list[State]:
 
 def healthy(clock: Clock) -> ServerHealth:
     health = ServerHealth(POLICY, clock.now)
-    feed(health, [ok(clock), ok(clock)])
+    feed(health, [ok(clock)])
     assert health.state is State.HEALTHY
     return health
 
 
-def test_pending_rises_after_rise_passes_only() -> None:
+def test_pending_is_admitted_by_its_first_passing_check() -> None:
     clock = Clock()
     health = ServerHealth(POLICY, clock.now)
     assert health.state is State.PENDING
     assert not health.routable
-    assert health.record_check(ok(clock)) is None
+    assert health.record_check(bad(clock)) is None  # one failure is not yet a fall
     transition = health.record_check(ok(clock))
     assert transition is not None
     assert (transition.old, transition.new, transition.event) == (
@@ -73,7 +73,7 @@ def test_pending_rises_after_rise_passes_only() -> None:
         State.HEALTHY,
         Event.RISE,
     )
-    assert transition.reason == "2 passing checks"
+    assert transition.reason == "first check passed"
     assert transition.at == clock.now
     assert health.routable
 
@@ -182,7 +182,7 @@ def test_admin_states() -> None:
     assert len(health.history) == 10
     assert not health.routable
     assert health.apply(Event.ENABLE, clock.now, "admin").new is State.PENDING
-    assert feed(health, [ok(clock), ok(clock)]) == [State.HEALTHY]
+    assert feed(health, [ok(clock)]) == [State.HEALTHY]
     assert health.apply(Event.DRAIN, clock.now, "deregistered").new is State.DRAINING
     assert feed(health, [ok(clock), ok(clock)]) == []
     assert health.apply(Event.ENABLE, clock.now, "drain cancelled").new is State.PENDING

@@ -69,15 +69,15 @@ def test_response_hop_by_hop_headers_removed(proxy: Proxy) -> None:
 
 def test_keep_alive_reuses_upstream_connections(proxy: Proxy, backends: list[Backend]) -> None:
     with RawClient(backends[0].port) as direct:
-        before = get_json(direct, "/log")["connections"]
+        before = get_json(direct, "/log")["proxied_connections"]
     with proxy.client() as client:
         for _ in range(50):
             assert client.request("GET", "/").status == 200
     with RawClient(backends[0].port) as direct:
-        after = get_json(direct, "/log")["connections"]
-    # 25 requests reached backend 0 through the proxy; they share pooled connections
-    # (+1 for our own /log connection).
-    assert after - before <= 3
+        after = get_json(direct, "/log")["proxied_connections"]
+    # 25 requests reached backend 0 through the proxy, all on one pooled connection
+    # (at most one new one: the pool may already have held it from earlier tests).
+    assert after - before <= 1
 
 
 def test_response_body_sizes_intact(proxy: Proxy) -> None:

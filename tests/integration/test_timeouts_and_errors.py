@@ -227,19 +227,32 @@ def test_upstream_response_timeout_gives_504(fast_proxy: Proxy) -> None:
         assert client.request("GET", "/size/4").status == 200
 
 
+# With active checks off, a dead server stays routable: the data plane's own error paths
+# (502, the retry on another server) are what answers.
+NO_CHECKS = "[pools.default.health]\nenabled = false\n"
+
+
 def test_refused_connection_gives_502(start_proxy: StartProxy) -> None:
-    proxy = start_proxy([f"127.0.0.1:{unused_port()}"], FAST)
+    proxy = start_proxy([f"127.0.0.1:{unused_port()}"], FAST + NO_CHECKS)
     with proxy.client(timeout=LATE) as client:
         for _ in range(3):
             response = client.request("GET", "/")
             assert response.status == 502, (response.status, response.body)
 
 
+def test_server_failing_its_checks_is_not_routed_503(start_proxy: StartProxy) -> None:
+    proxy = start_proxy([f"127.0.0.1:{unused_port()}"], FAST)
+    with proxy.client(timeout=LATE) as client:
+        response = client.request("GET", "/")
+    assert response.status == 503, (response.status, response.body)
+    assert response.header("Retry-After") == "1"
+
+
 def test_connect_failure_is_retried_on_the_other_server(
     start_proxy: StartProxy, backends: list[Backend]
 ) -> None:
     live = backends[0]
-    proxy = start_proxy([f"127.0.0.1:{unused_port()}", live.url], FAST)
+    proxy = start_proxy([f"127.0.0.1:{unused_port()}", live.url], FAST + NO_CHECKS)
     answers = []
     with proxy.client(timeout=LATE) as client:
         for _ in range(10):

@@ -110,7 +110,13 @@ async def _with_setup(upstream: dict[str, object], scenario: Scenario, tmp: str)
         {
             "state_dir": tmp,
             "listeners": [{"address": "127.0.0.1:0"}],
-            "pools": {"default": {"servers": [{"address": f"127.0.0.1:{backend_port}"}]}},
+            # No active checks: the backend's books count only proxied connections.
+            "pools": {
+                "default": {
+                    "servers": [{"address": f"127.0.0.1:{backend_port}"}],
+                    "health": {"enabled": False},
+                }
+            },
             "upstream": upstream,
         }
     )

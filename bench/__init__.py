@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.hotpath`, `python -m bench.throughput`."""

@@ -1,0 +1,868 @@
+"""Throughput of bunancer next to nginx and HAProxy, driven by wrk over loopback.
+
+Two fast backends are started (the project's stub server, or nginx serving a fixed file),
+then one front per proxy, each on its own 127.0.0.1 port and all balancing round-robin
+over the same two backends with upstream keep-alive:
+
+    direct     no front: wrk hits backend 1 itself, the ceiling for this machine
+    bunancer   ``python -m bunancer serve`` (one process, one event loop)
+    nginx      ``worker_processes 1``, upstream ``keepalive 64``  (if nginx is on PATH)
+    haproxy    ``nbthread 1``, ``http-reuse always``             (if haproxy is on PATH)
+
+Every front is a single process with a single thread, so the comparison is one core each.
+wrk (``-t1 -c64 --latency``) drives each front in two modes: ``keepalive`` (wrk reuses
+its 64 connections) and ``close`` (``Connection: close``: one TCP connection per request,
+which adds accept/close work on the front; upstream connections stay kept alive). Fronts
+are interleaved within every run, and their order rotates from run to run, so noise from
+the machine lands on all of them alike; the table shows medians over the runs.
+
+    python -m bench.throughput                       # 3 runs x 10 s, both modes
+    python -m bench.throughput --runs 1 --duration 3 --fronts bunancer,haproxy
+    python -m bench.throughput --backend-kind nginx --size 4096 --mode keepalive
+
+Columns: median requests per second, median p50 and p99 latency (wrk's ``--latency``
+percentiles), median CPU time of the front per request, and errors summed over all runs
+(socket errors plus non-2xx responses). CPU per request is the front's utime + stime
+(the whole process group, so nginx's worker counts too) read from ``/proc/<pid>/stat``
+before and after each wrk run, divided by the requests wrk completed; for ``direct`` it
+is the CPU of backend 1.
+
+Reading the ratios:
+
+- ``bunancer/nginx req/s`` and ``bunancer/haproxy req/s``: 1.0 means as fast as that
+  proxy on one core; 0.5 means half its throughput. wrk, the backends and the front
+  share the machine's cores, so a ratio is only meaningful next to the others of the
+  same run and machine.
+- ``bunancer/direct req/s``: the share of the bare backend's rate that survives the
+  extra hop; it can never reach 1.0 and is bounded by the backends, not only by the front.
+- ``bunancer CPU / haproxy CPU``: how many times more CPU bunancer spends per request
+  than HAProxy. Less sensitive to core contention than req/s: this is the number to
+  watch when optimising.
+
+Raw results, with machine information, go to ``bench/results/throughput-<time>.json``.
+Every process started here is stopped by its recorded PID (process group) on exit,
+Ctrl-C or error. All traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+HOST = "127.0.0.1"
+FRONTS = ("direct", "bunancer", "nginx", "haproxy")
+MODES = ("keepalive", "close")
+INSTALL_HINT = "install them with: apt-get install wrk nginx haproxy"
+EXIT_USAGE = 2
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+T = TypeVar("T")
+
+# Wide enough for the tables when piped (rich assumes 80 columns then).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A process started by this script, in its own process group (pgid == pid)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Supervisor:
+    """Starts children and stops every one of them, by recorded process group only."""
+
+    workdir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own group: Ctrl-C does not reach it, killpg does
+            )
+        child = Child(name, popen, log_path)
+        self.children.append(child)
+        return child
+
+    def stop_all(self, timeout: float = STOP_TIMEOUT) -> None:
+        for child in self.children:
+            if child.running() or group_pids(child.pid):
+                signal_group(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(max(0.0, deadline - time.monotonic()))
+        for child in self.children:
+            if group_pids(child.pid):
+                signal_group(child.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(5.0)
+
+    def leftovers(self) -> list[int]:
+        """PIDs still alive in any process group this supervisor started."""
+        return [pid for child in self.children for pid in group_pids(child.pid)]
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def read_stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat from field 3 (state) on; None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read().decode(errors="replace")
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def all_pids() -> Iterator[int]:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    found = []
+    for pid in all_pids():
+        fields = read_stat_fields(pid)
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(pid)
+    return found
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of a process group, plus what its members reaped from their children."""
+    ticks = 0
+    for pid in all_pids():
+        fields = read_stat_fields(pid)
+        if fields is not None and int(fields[2]) == pgid:
+            # After the state field: utime, stime, cutime, cstime are fields 14-17.
+            ticks += sum(int(value) for value in fields[11:15])
+    return ticks / CLK_TCK
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of one process, in KiB."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+# -- readiness -----------------------------------------------------------------------------
+
+
+def wait_until(what: str, child: Child, check: Callable[[], T | None], timeout: float) -> T:
+    """Poll `check` until it returns something truthy; fail early if `child` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if not child.running():
+            raise RuntimeError(
+                f"{child.name} exited ({child.popen.returncode}) before {what}:\n"
+                + child.log_tail()
+            )
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{child.name}: no {what} within {timeout}s:\n{child.log_tail()}")
+        time.sleep(0.02)
+
+
+def wait_log_line(child: Child, pattern: str, timeout: float = READY_TIMEOUT) -> re.Match[str]:
+    regex = re.compile(pattern, re.MULTILINE)
+
+    def search() -> re.Match[str] | None:
+        return regex.search(child.log_path.read_text(errors="replace"))
+
+    return wait_until(f"line matching {pattern!r}", child, search, timeout)
+
+
+def http_status(port: int) -> int | None:
+    """Status of one GET / on 127.0.0.1:port, or None if the connection fails."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=2.0)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+def wait_http_ok(child: Child, port: int, timeout: float = READY_TIMEOUT) -> None:
+    """Wait until GET / through this port answers; it must answer 200."""
+    status = wait_until(f"HTTP answer on port {port}", child, lambda: http_status(port), timeout)
+    if status != 200:
+        raise RuntimeError(f"{child.name} on port {port} answered {status}:\n{child.log_tail()}")
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on 127.0.0.1 (for servers that cannot use 0)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# -- backends and fronts -----------------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    """Something wrk can drive: a port, and the process group whose CPU we charge."""
+
+    name: str
+    port: int
+    child: Child
+
+
+def nginx_common(workdir: Path) -> str:
+    """Global nginx settings keeping every file nginx writes inside `workdir`."""
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {workdir / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        "worker_processes 1;\n"
+        f"pid {workdir / 'nginx.pid'};\n"
+        f"error_log {workdir / 'error.log'} warn;\n"
+        "events { worker_connections 4096; }\n"
+        "http {\n"
+        "    access_log off;\n"
+        "    keepalive_requests 1000000;\n"
+        f"{temp_paths}\n"
+    )
+
+
+def start_nginx(supervisor: Supervisor, name: str, http_block: str) -> Child:
+    workdir = supervisor.workdir / name
+    workdir.mkdir()
+    # Run as root, nginx workers switch to an unprivileged user: let them traverse and read.
+    for directory in (supervisor.workdir, workdir):
+        directory.chmod(0o755)
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_common(workdir) + http_block + "}\n")
+    argv = ["nginx", "-c", str(conf), "-p", f"{workdir}/", "-e", str(workdir / "error.log")]
+    return supervisor.start(name, [*argv, "-g", "daemon off;"])
+
+
+def start_stub_backend(supervisor: Supervisor, backend_id: str, size: int) -> Endpoint:
+    argv = [sys.executable, "-m", "stubs.server", "--host", HOST, "--port", "0"]
+    child = supervisor.start(backend_id, [*argv, "--id", backend_id, "--size", str(size)])
+    port = int(wait_log_line(child, r"^PORT (\d+)$").group(1))
+    return Endpoint(backend_id, port, child)
+
+
+def start_nginx_backend(supervisor: Supervisor, backend_id: str, size: int) -> Endpoint:
+    www = supervisor.workdir / f"www-{backend_id}"
+    www.mkdir(mode=0o755)
+    body = www / "body"
+    body.write_bytes((b"x" * max(size - 1, 0) + b"\n") if size else b"")
+    body.chmod(0o644)
+    port = free_port()
+    http_block = (
+        "    open_file_cache max=16 inactive=60s;\n"
+        "    etag off;\n"
+        f"    server {{\n        listen {HOST}:{port} backlog=4096;\n"
+        f"        add_header X-Stub-Id {backend_id};\n"
+        f"        location / {{ root {www}; default_type text/plain; try_files /body =404; }}\n"
+        "    }\n"
+    )
+    child = start_nginx(supervisor, backend_id, http_block)
+    return Endpoint(backend_id, port, child)
+
+
+def start_bunancer(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
+    servers = ", ".join(f'{{ address = "{HOST}:{b.port}" }}' for b in backends)
+    config = supervisor.workdir / "bunancer.toml"
+    config.write_text(
+        f'[[listeners]]\naddress = "{HOST}:0"\n\n[pools.default]\nservers = [{servers}]\n'
+    )
+    state_dir = supervisor.workdir / "bunancer-state"
+    argv = [sys.executable, "-m", "bunancer", "serve", "--config", str(config)]
+    child = supervisor.start("bunancer", [*argv, "--state-dir", str(state_dir)])
+    ready = wait_log_line(child, r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
+    return Endpoint("bunancer", int(ready.group(1)), child)
+
+
+def start_nginx_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
+    port = free_port()
+    servers = "".join(f"        server {HOST}:{b.port};\n" for b in backends)
+    http_block = (
+        "    upstream backends {\n"
+        f"{servers}"
+        "        keepalive 64;\n"
+        "        keepalive_requests 1000000;\n"
+        "    }\n"
+        f"    server {{\n        listen {HOST}:{port} backlog=4096;\n"
+        "        location / {\n"
+        "            proxy_pass http://backends;\n"
+        "            proxy_http_version 1.1;\n"
+        '            proxy_set_header Connection "";\n'
+        "        }\n"
+        "    }\n"
+    )
+    return Endpoint("nginx", port, start_nginx(supervisor, "nginx", http_block))
+
+
+def start_haproxy_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
+    port = free_port()
+    servers = "".join(
+        f"    server s{index} {HOST}:{b.port}\n" for index, b in enumerate(backends, 1)
+    )
+    conf = supervisor.workdir / "haproxy.cfg"
+    conf.write_text(
+        "global\n    nbthread 1\n    maxconn 4096\n\n"
+        "defaults\n    mode http\n    option http-keep-alive\n    http-reuse always\n"
+        "    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
+        "    timeout http-keep-alive 30s\n\n"
+        f"frontend front\n    bind {HOST}:{port}\n    default_backend backends\n\n"
+        f"backend backends\n    balance roundrobin\n{servers}"
+    )
+    child = supervisor.start("haproxy", ["haproxy", "-db", "-f", str(conf)])
+    return Endpoint("haproxy", port, child)
+
+
+def start_backends(supervisor: Supervisor, kind: str, size: int) -> list[Endpoint]:
+    start = start_stub_backend if kind == "stub" else start_nginx_backend
+    backends = [start(supervisor, backend_id, size) for backend_id in ("s1", "s2")]
+    for backend in backends:
+        wait_http_ok(backend.child, backend.port)
+    return backends
+
+
+def start_fronts(
+    supervisor: Supervisor, names: list[str], backends: list[Endpoint]
+) -> dict[str, Endpoint]:
+    starters = {
+        "bunancer": start_bunancer,
+        "nginx": start_nginx_front,
+        "haproxy": start_haproxy_front,
+    }
+    fronts: dict[str, Endpoint] = {}
+    for name in names:
+        if name == "direct":
+            fronts[name] = Endpoint("direct", backends[0].port, backends[0].child)
+        else:
+            fronts[name] = starters[name](supervisor, backends)
+    for front in fronts.values():
+        wait_http_ok(front.child, front.port)
+    return fronts
+
+
+# -- wrk -------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    socket_errors: dict[str, int]
+    non_2xx: int
+
+    @property
+    def errors(self) -> int:
+        return sum(self.socket_errors.values()) + self.non_2xx
+
+
+LATENCY_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def parse_latency_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match.group(1)) * LATENCY_UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            raise ValueError(f"wrk output lacks {pattern!r}:\n{output}")
+        return match
+
+    socket_errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if errors is not None:
+        socket_errors = dict(zip(socket_errors, map(int, errors.groups()), strict=True))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkResult(
+        requests=int(find(r"^\s*(\d+) requests in ").group(1)),
+        rps=float(find(r"^Requests/sec:\s*([\d.]+)").group(1)),
+        p50_ms=parse_latency_ms(find(r"^\s*50%\s+(\S+)").group(1)),
+        p99_ms=parse_latency_ms(find(r"^\s*99%\s+(\S+)").group(1)),
+        socket_errors=socket_errors,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+    )
+
+
+def run_wrk(port: int, mode: str, duration: float, connections: int) -> WrkResult:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+    if mode == "close":
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://{HOST}:{port}/")
+    completed = subprocess.run(
+        argv, capture_output=True, text=True, timeout=duration + 30, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()}")
+    return parse_wrk(completed.stdout)
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    run: int
+    mode: str
+    front: str
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_seconds: float
+    cpu_us_per_request: float | None
+    socket_errors: dict[str, int]
+    non_2xx: int
+    errors: int
+
+
+def measure(endpoint: Endpoint, run: int, mode: str, args: argparse.Namespace) -> Sample:
+    cpu_before = group_cpu_seconds(endpoint.child.pid)
+    result = run_wrk(endpoint.port, mode, args.duration, args.connections)
+    cpu = group_cpu_seconds(endpoint.child.pid) - cpu_before
+    return Sample(
+        run=run,
+        mode=mode,
+        front=endpoint.name,
+        requests=result.requests,
+        rps=result.rps,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        cpu_seconds=cpu,
+        cpu_us_per_request=cpu / result.requests * 1e6 if result.requests else None,
+        socket_errors=result.socket_errors,
+        non_2xx=result.non_2xx,
+        errors=result.errors,
+    )
+
+
+def warm_up(fronts: dict[str, Endpoint], seconds: float, connections: int) -> None:
+    """A short unrecorded wrk run per front: upstream pools filled, caches warm."""
+    if seconds <= 0:
+        return
+    console.print(f"warming up each front for {seconds:g}s")
+    for front in fronts.values():
+        run_wrk(front.port, "keepalive", seconds, connections)
+
+
+def rotated(items: list[str], by: int) -> list[str]:
+    shift = by % len(items)
+    return items[shift:] + items[:shift]
+
+
+def run_all(
+    fronts: dict[str, Endpoint], modes: list[str], args: argparse.Namespace
+) -> list[Sample]:
+    samples: list[Sample] = []
+    for run in range(1, args.runs + 1):
+        for mode in modes:
+            for name in rotated(list(fronts), run - 1):
+                sample = measure(fronts[name], run, mode, args)
+                samples.append(sample)
+                console.print(
+                    f"run {run}/{args.runs} {mode:<9} {name:<8} {sample.rps:>10,.0f} req/s  "
+                    f"p99 {sample.p99_ms:7.2f} ms  cpu {format_cpu(sample.cpu_us_per_request)}"
+                    f" µs/req  errors {sample.errors}"
+                )
+    return samples
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    mode: str
+    front: str
+    rps: float
+    rps_min: float
+    rps_max: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float | None
+    errors: int
+    runs: int
+
+
+def summarise(samples: list[Sample]) -> list[Summary]:
+    groups: dict[tuple[str, str], list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault((sample.mode, sample.front), []).append(sample)
+    summaries = []
+    for (mode, front), group in groups.items():
+        cpu = [s.cpu_us_per_request for s in group if s.cpu_us_per_request is not None]
+        rps = [s.rps for s in group]
+        summaries.append(
+            Summary(
+                mode=mode,
+                front=front,
+                rps=statistics.median(rps),
+                rps_min=min(rps),
+                rps_max=max(rps),
+                p50_ms=statistics.median(s.p50_ms for s in group),
+                p99_ms=statistics.median(s.p99_ms for s in group),
+                cpu_us_per_request=statistics.median(cpu) if cpu else None,
+                errors=sum(s.errors for s in group),
+                runs=len(group),
+            )
+        )
+    order = {name: index for index, name in enumerate(FRONTS)}
+    summaries.sort(key=lambda s: (MODES.index(s.mode), order[s.front]))
+    return summaries
+
+
+def format_cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
+    """bunancer against each other front, per mode; missing fronts are left out."""
+    rows: list[dict[str, Any]] = []
+    by_key = {(s.mode, s.front): s for s in summaries}
+    for mode in MODES:
+        ours = by_key.get((mode, "bunancer"))
+        if ours is None:
+            continue
+        for other in ("nginx", "haproxy", "direct"):
+            theirs = by_key.get((mode, other))
+            if theirs is not None and theirs.rps > 0:
+                rows.append(
+                    {
+                        "mode": mode,
+                        "ratio": f"bunancer/{other} req/s",
+                        "value": ours.rps / theirs.rps,
+                    }
+                )
+        haproxy = by_key.get((mode, "haproxy"))
+        if haproxy and haproxy.cpu_us_per_request and ours.cpu_us_per_request is not None:
+            rows.append(
+                {
+                    "mode": mode,
+                    "ratio": "bunancer CPU µs/req ÷ haproxy CPU µs/req",
+                    "value": ours.cpu_us_per_request / haproxy.cpu_us_per_request,
+                }
+            )
+    return rows
+
+
+def results_table(summaries: list[Summary], args: argparse.Namespace) -> Table:
+    title = (
+        f"throughput: {args.runs} run(s) x {args.duration:g}s, {args.connections} connections, "
+        f"{args.size} B bodies, {args.backend_kind} backends (medians)"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("mode")
+    table.add_column("front")
+    for heading in ("req/s", "req/s min-max", "p50 ms", "p99 ms", "CPU µs/req", "errors"):
+        table.add_column(heading, justify="right")
+    previous_mode = None
+    for s in summaries:
+        if previous_mode is not None and s.mode != previous_mode:
+            table.add_section()
+        previous_mode = s.mode
+        table.add_row(
+            s.mode,
+            s.front,
+            f"{s.rps:,.0f}",
+            f"{s.rps_min:,.0f}-{s.rps_max:,.0f}",
+            f"{s.p50_ms:.2f}",
+            f"{s.p99_ms:.2f}",
+            format_cpu(s.cpu_us_per_request),
+            str(s.errors),
+        )
+    return table
+
+
+def ratios_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="ratios (medians)", title_justify="left")
+    table.add_column("mode")
+    table.add_column("ratio")
+    table.add_column("value", justify="right")
+    for row in rows:
+        table.add_row(row["mode"], row["ratio"], f"{row['value']:.2f}")
+    return table
+
+
+# -- machine info and JSON ------------------------------------------------------------------
+
+
+def command_output(argv: list[str]) -> str | None:
+    """First line a command prints on stdout or stderr (version banners use either)."""
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (completed.stdout + completed.stderr).strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "uname": command_output(["uname", "-a"]),
+        "python": sys.version,
+        "wrk": command_output(["wrk", "-v"]),
+        "nginx": command_output(["nginx", "-v"]),
+        "haproxy": command_output(["haproxy", "-v"]),
+        "git_commit": command_output(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
+        # Uncommitted changes under bunancer/: the numbers are for the working tree then.
+        "git_dirty": command_output(["git", "-C", str(ROOT), "status", "--porcelain", "bunancer"])
+        is not None,
+    }
+
+
+def write_json(report: dict[str, Any], started: datetime) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"throughput-{started:%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description="Requests/s, latency and CPU per request of bunancer, nginx and HAProxy.",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs (default 3)")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
+    parser.add_argument("--size", type=int, default=100, help="response body bytes")
+    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument(
+        "--fronts",
+        default=",".join(FRONTS),
+        help=f"comma list out of {','.join(FRONTS)} (default: all available)",
+    )
+    parser.add_argument("--backend-kind", choices=["stub", "nginx"], default="stub")
+    parser.add_argument(
+        "--warmup", type=float, default=1, help="unrecorded seconds per front first (0: none)"
+    )
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.duration <= 0 or args.connections < 1 or args.size < 0:
+        parser.error("--runs, --duration and --connections must be positive, --size >= 0")
+    return args
+
+
+def choose_fronts(requested: str) -> list[str]:
+    """The requested fronts in canonical order, minus proxies that are not installed."""
+    names = [name.strip() for name in requested.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(FRONTS))
+    if unknown or not names:
+        fail(f"unknown front(s) {', '.join(unknown) or '(none)'}; choose from {','.join(FRONTS)}")
+    chosen = []
+    for name in FRONTS:
+        if name not in names:
+            continue
+        if name in ("nginx", "haproxy") and shutil.which(name) is None:
+            console.print(f"[yellow]skipping {name}: not on PATH ({INSTALL_HINT})[/]")
+            continue
+        chosen.append(name)
+    if not chosen:
+        fail("no front left to measure")
+    return chosen
+
+
+def fail(message: str) -> NoReturn:
+    console.print(f"[red]bench.throughput: {message}[/]")
+    sys.exit(EXIT_USAGE)
+
+
+def check_tools(args: argparse.Namespace) -> None:
+    if shutil.which("wrk") is None:
+        fail(f"wrk is not on PATH; {INSTALL_HINT}")
+    if args.backend_kind == "nginx" and shutil.which("nginx") is None:
+        fail(f"--backend-kind nginx needs nginx on PATH; {INSTALL_HINT}")
+
+
+def raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop every child."""
+    console.print("[yellow]terminated[/]")
+    raise SystemExit(128 + signum)
+
+
+def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Start everything, measure, stop everything; the raw report."""
+    supervisor = Supervisor(workdir)
+    try:
+        backends = start_backends(supervisor, args.backend_kind, args.size)
+        fronts = start_fronts(supervisor, args.front_names, backends)
+        ports = ", ".join(f"{name} :{front.port}" for name, front in fronts.items())
+        console.print(f"backends :{backends[0].port} :{backends[1].port}; fronts {ports}")
+        warm_up(fronts, args.warmup, args.connections)
+        samples = run_all(fronts, args.modes, args)
+        rss = rss_kib(fronts["bunancer"].child.pid) if "bunancer" in fronts else None
+        return {
+            "samples": [asdict(sample) for sample in samples],
+            "bunancer_rss_kib": rss,
+            "ports": {name: front.port for name, front in fronts.items()},
+        }
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C: still clean up
+        try:
+            supervisor.stop_all()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        left = supervisor.leftovers()
+        if left:
+            console.print(f"[red]processes still alive after cleanup: {left}[/]")
+
+
+def stub_close_note(samples: list[Sample], backend_kind: str) -> str | None:
+    """Explain read errors of `direct` in close mode with stub backends, when there are any."""
+    read_errors = sum(
+        s.socket_errors["read"] for s in samples if s.front == "direct" and s.mode == "close"
+    )
+    if backend_kind != "stub" or not read_errors:
+        return None
+    return (
+        f"note: direct/close has {read_errors:,} read errors because the stub closes the "
+        "connection without a 'Connection: close' header, so wrk sees each EOF as a read "
+        "error; the responses before it were complete and are counted."
+    )
+
+
+def print_report(
+    summaries: list[Summary],
+    ratio_rows: list[dict[str, Any]],
+    raw: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
+    console.print(results_table(summaries, args))
+    note = stub_close_note([Sample(**sample) for sample in raw["samples"]], args.backend_kind)
+    if note:
+        console.print(note)
+    console.print(ratios_table(ratio_rows))
+    rss = raw["bunancer_rss_kib"]
+    if rss:
+        console.print(
+            f"bunancer RSS after the runs: {rss['VmRSS'] / 1024:.1f} MiB "
+            f"(peak {rss['VmHWM'] / 1024:.1f} MiB)"
+        )
+
+
+def build_report(
+    started: datetime,
+    args: argparse.Namespace,
+    summaries: list[Summary],
+    ratio_rows: list[dict[str, Any]],
+    raw: dict[str, Any],
+) -> dict[str, Any]:
+    settings = {
+        key: getattr(args, key)
+        for key in ("runs", "duration", "connections", "size", "backend_kind", "warmup")
+    }
+    return {
+        "date": started.isoformat(),
+        "settings": settings | {"modes": args.modes, "fronts": args.front_names},
+        "machine": machine_info(),
+        "summary": [asdict(summary) for summary in summaries],
+        "ratios": ratio_rows,
+        **raw,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    check_tools(args)
+    args.front_names = choose_fronts(args.fronts)
+    args.modes = list(MODES) if args.mode == "both" else [args.mode]
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
+    started = datetime.now(UTC)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bunancer-bench-") as tmp:
+            raw = benchmark(args, Path(tmp))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    summaries = summarise([Sample(**sample) for sample in raw["samples"]])
+    ratio_rows = ratios(summaries)
+    print_report(summaries, ratio_rows, raw, args)
+    path = write_json(build_report(started, args, summaries, ratio_rows, raw), started)
+    console.print(f"raw results: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Active health checks: one HTTP probe per server on its own schedule.
+
+Each check opens a fresh connection (so a refused connect is seen as such), sends one
+request, reads the status line and head, and closes. The result goes to a callback (the
+registry), which feeds it to the server's state machine; the machine decides the delay
+to the next check (interval, fast interval, backoff, dead interval). Probes run as small
+tasks on the balancer's loop: a few per second per server, never on the request path.
+
+Passive checks (outlier ejection from real traffic) are counted by the data plane on the
+`Server` object and decided by the registry; see `registry.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .states import CheckResult
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("bunancer.health")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """What a check sends and what counts as passing."""
+
+    enabled: bool = True
+    method: str = "GET"
+    path: str = "/"
+    expect: tuple[tuple[int, int], ...] = ((200, 499),)  # inclusive status ranges
+    timeout: float = 1.0
+
+    def passes(self, status: int) -> bool:
+        return any(low <= status <= high for low, high in self.expect)
+
+
+def parse_expect(text: str) -> tuple[tuple[int, int], ...]:
+    """``"200-399"``, ``"200,204"`` or ``"200-299, 404"`` -> inclusive ranges."""
+    ranges = []
+    for part in text.split(","):
+        part = part.strip()
+        low, sep, high = part.partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(f"expected status ranges like '200-399' or '200,204', got {text!r}")
+        start, end = int(low), int(high) if sep else int(low)
+        if not 100 <= start <= end <= 599:
+            raise ValueError(f"status range {part!r} is outside 100-599 or reversed")
+        ranges.append((start, end))
+    return tuple(ranges)
+
+
+class _Probe(asyncio.Protocol):
+    """Reads a response head and reports its status through a future."""
+
+    def __init__(self, done: asyncio.Future[int]) -> None:
+        self.done = done
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            if not self.done.done():
+                self.done.set_exception(ConnectionError(f"invalid response: {error}"))
+
+    def on_headers_complete(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self.parser.get_status_code())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError("connection closed before a response"))
+
+
+def _describe_error(error: BaseException, timeout: float) -> str:
+    if isinstance(error, TimeoutError):
+        return f"timeout after {timeout:g}s"
+    if isinstance(error, ConnectionRefusedError):
+        return "connect refused"
+    if isinstance(error, ConnectionError) and str(error):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return type(error).__name__
+
+
+async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
+    """Run one check against host:port; never raises."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    transport: asyncio.BaseTransport | None = None
+    try:
+        async with asyncio.timeout(spec.timeout):
+            done: asyncio.Future[int] = loop.create_future()
+            transport, _ = await loop.create_connection(lambda: _Probe(done), host, port)
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            transport.write(  # type: ignore[attr-defined]
+                f"{spec.method} {spec.path} HTTP/1.1\r\nHost: {authority}\r\n"
+                f"User-Agent: bunancer-health\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode()
+            )
+            status = await done
+    except (OSError, TimeoutError) as error:
+        return CheckResult(loop.time(), False, _describe_error(error, spec.timeout), 0.0)
+    finally:
+        if transport is not None:
+            transport.close()
+    latency = loop.time() - started
+    ok = spec.passes(status)
+    detail = f"{status} in {latency * 1000:.1f} ms" if ok else f"status {status}"
+    return CheckResult(loop.time(), ok, detail, latency)
+
+
+ResultCallback = Callable[["Server", CheckResult], None]
+
+
+class HealthChecker:
+    """Schedules checks for every watched server; results go to `on_result`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_result: ResultCallback,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.loop = loop
+        self.on_result = on_result
+        self.rng = rng or random.Random()
+        self._timers: dict[Server, asyncio.TimerHandle] = {}
+        self._running: dict[Server, asyncio.Task[None]] = {}
+        self.closed = False
+
+    def watch(self, server: Server, delay: float = 0.0) -> None:
+        """Check `server` after `delay` seconds (at once by default), then on its schedule."""
+        self.unwatch(server)
+        self._timers[server] = self.loop.call_later(delay, self._start, server)
+
+    def check_now(self, server: Server) -> None:
+        if server in self._timers and server not in self._running:
+            self.watch(server, 0.0)
+
+    def unwatch(self, server: Server) -> None:
+        handle = self._timers.pop(server, None)
+        if handle is not None:
+            handle.cancel()
+        task = self._running.pop(server, None)
+        if task is not None:
+            task.cancel()
+
+    def _start(self, server: Server) -> None:
+        self._timers.pop(server, None)
+        if self.closed:
+            return
+        self._running[server] = self.loop.create_task(self._check(server))
+
+    async def _check(self, server: Server) -> None:
+        spec = server.check
+        if spec.enabled:
+            result = await probe(server.host, server.port, spec)
+        else:
+            result = CheckResult(self.loop.time(), True, "checks off", 0.0)
+        if self._running.get(server) is not asyncio.current_task():
+            return  # unwatched while the probe ran
+        del self._running[server]
+        try:
+            self.on_result(server, result)
+        except Exception:
+            log.exception("health result handler failed for %s", server.address)
+        if server.watched and not self.closed:
+            delay = server.health.next_check_in(self.rng)
+            if not spec.enabled:
+                # Nothing to probe: wake only when an ejection ends, or now and then.
+                delay = max(server.health.ejected_until - self.loop.time(), 0.0) or 5.0
+            self._timers[server] = self.loop.call_later(delay, self._start, server)
+
+    async def close(self) -> None:
+        self.closed = True
+        for handle in self._timers.values():
+            handle.cancel()
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._timers.clear()
+        self._running.clear()

@@ -1,0 +1,453 @@
+"""Registry: the pools and their servers, and the one place that changes them.
+
+It builds pools from the config and overlays the saved state, registers and removes
+servers (API, CLI, stubs), applies admin changes (weight, enable, disable, drain), feeds
+active check results and passive ejections to each server's state machine, rebuilds a
+pool's routable snapshot on every change, publishes events and saves the state.
+
+Config and saved state (documented in the README): the config file is the base; the
+state overlays it. Pools and servers from the file always exist at start, with weight and
+admin state (disabled, draining) changed through the API kept across restarts; pools
+created and servers registered through the API are restored from the state. Every server
+starts `pending` after a restart and is checked at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import HealthConfig, OutlierConfig, PoolConfig
+from .events import (
+    POOL_ADDED,
+    POOL_REMOVED,
+    POOL_UPDATED,
+    SERVER_ADDED,
+    SERVER_CHECKED,
+    SERVER_REMOVED,
+    SERVER_STATE,
+    SERVER_UPDATED,
+    EventBus,
+)
+from .health import CheckSpec, HealthChecker, parse_expect
+from .pool import ServerPool
+from .server import Server
+from .states import CheckResult, Event, HealthPolicy, ServerHealth, State, Transition
+from .upstream import UpstreamPool, UpstreamSettings
+
+log = logging.getLogger("bunancer.registry")
+
+
+class RegistryError(Exception):
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(RegistryError):
+    status = 404
+
+
+class Conflict(RegistryError):
+    status = 409
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    algorithm: str = "round-robin"
+    health: HealthConfig = field(default_factory=HealthConfig)
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+    source: str = "config"
+
+    @classmethod
+    def from_config(cls, config: PoolConfig, source: str = "config") -> PoolSettings:
+        return cls(config.algorithm, config.health, config.outlier, source)
+
+
+def health_policy(health: HealthConfig, outlier: OutlierConfig) -> HealthPolicy:
+    return HealthPolicy(
+        rise=health.rise,
+        fall=health.fall,
+        dead_after=health.dead_after,
+        interval=health.interval,
+        fast_interval=health.fast_interval,
+        down_interval=health.down_interval,
+        backoff=health.backoff,
+        max_down_interval=health.max_down_interval,
+        dead_interval=health.dead_interval,
+        jitter=health.jitter,
+        eject_after=outlier.consecutive_failures,
+        eject_base=outlier.base_ejection_time,
+        eject_max=outlier.max_ejection_time,
+    )
+
+
+def check_spec(health: HealthConfig) -> CheckSpec:
+    return CheckSpec(
+        enabled=health.enabled,
+        method=health.method,
+        path=health.path,
+        expect=parse_expect(health.expect),
+        timeout=health.timeout,
+    )
+
+
+def server_view(server: Server) -> dict[str, Any]:
+    """A server as the API, events and the dashboard show it."""
+    health = server.health
+    last = health.last_check
+    return {
+        "id": server.id,
+        "pool": server.pool_name,
+        "host": server.host,
+        "port": server.port,
+        "address": server.address,
+        "weight": server.weight,
+        "state": health.state.value,
+        "reason": health.reason,
+        "since": health.since,
+        "source": server.source,
+        "in_flight": server.in_flight,
+        "ejections": health.ejections,
+        "last_check": None
+        if last is None
+        else {"at": last.at, "ok": last.ok, "detail": last.detail, "latency": last.latency},
+        "checks": [
+            {"at": c.at, "ok": c.ok, "detail": c.detail, "latency": c.latency}
+            for c in health.history
+        ],
+    }
+
+
+class Registry:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        upstream: UpstreamSettings,
+        bus: EventBus,
+        *,
+        drain_timeout: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.loop = loop
+        self.upstream = upstream
+        self.bus = bus
+        self.drain_timeout = drain_timeout
+        self.pools: dict[str, ServerPool] = {}
+        self.settings: dict[str, PoolSettings] = {}
+        self.overrides: dict[Server, dict[str, Any]] = {}
+        self.protected: set[str] = set()  # pools a listener or route points at
+        self.checker = HealthChecker(loop, self._on_check, rng)
+        self.on_change: Callable[[], None] | None = None  # persistence hook (app)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    def pool(self, name: str) -> ServerPool:
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise NotFound(f"no pool {name!r}") from None
+
+    def server(self, pool_name: str, server_id: str) -> Server:
+        pool = self.pool(pool_name)
+        try:
+            return pool.servers[server_id]
+        except KeyError:
+            raise NotFound(f"no server {server_id!r} in pool {pool_name!r}") from None
+
+    def all_servers(self) -> Iterator[Server]:
+        for pool in self.pools.values():
+            yield from pool.servers.values()
+
+    # -- pools -----------------------------------------------------------------------------------
+
+    def add_pool(self, name: str, settings: PoolSettings) -> ServerPool:
+        if name in self.pools:
+            raise Conflict(f"pool {name!r} exists", "name")
+        pool = ServerPool(name, settings.algorithm)
+        self.pools[name] = pool
+        self.settings[name] = settings
+        self.bus.publish(POOL_ADDED, self.pool_view(pool))
+        self._changed()
+        return pool
+
+    def update_pool(self, name: str, settings: PoolSettings) -> ServerPool:
+        pool = self.pool(name)
+        old = self.settings[name]
+        self.settings[name] = settings
+        if settings.algorithm != old.algorithm:
+            from .algorithms import make_selector
+
+            pool.selector = make_selector(settings.algorithm)
+            pool.rebuild()
+        if settings.health != old.health or settings.outlier != old.outlier:
+            for server in pool.servers.values():
+                self._apply_health_settings(server, settings, self.overrides.get(server, {}))
+        self.bus.publish(POOL_UPDATED, self.pool_view(pool))
+        self._changed()
+        return pool
+
+    async def remove_pool(self, name: str) -> None:
+        pool = self.pool(name)
+        if name in self.protected:
+            raise Conflict(f"pool {name!r} is used by a listener or route and cannot be removed")
+        await asyncio.gather(*(self.deregister(name, sid) for sid in list(pool.servers)))
+        self.pools.pop(name, None)
+        self.settings.pop(name, None)
+        self.bus.publish(POOL_REMOVED, {"name": name})
+        self._changed()
+
+    def pool_view(self, pool: ServerPool) -> dict[str, Any]:
+        settings = self.settings.get(pool.name, PoolSettings())
+        counts = {state.value: 0 for state in State}
+        for server in pool.servers.values():
+            counts[server.state.value] += 1
+        return {
+            "name": pool.name,
+            "algorithm": pool.selector.name,
+            "source": settings.source,
+            "health": settings.health.model_dump(),
+            "outlier": settings.outlier.model_dump(),
+            "servers": len(pool.servers),
+            "routable": len(pool.routable),
+            "states": counts,
+        }
+
+    # -- servers ---------------------------------------------------------------------------------
+
+    def register(
+        self,
+        pool_name: str,
+        host: str,
+        port: int,
+        *,
+        weight: int = 1,
+        server_id: str | None = None,
+        health: dict[str, Any] | None = None,
+        source: str = "api",
+        admin: str = "enabled",
+    ) -> Server:
+        """Add a server (pending; its first check runs at once)."""
+        pool = self.pool(pool_name)
+        server_id = server_id or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if server_id in pool.servers:
+            raise Conflict(f"server {server_id!r} is already in pool {pool_name!r}", "id")
+        for other in pool.servers.values():
+            if (other.host, other.port) == (host, port):
+                raise Conflict(
+                    f"{other.address} is already in pool {pool_name!r} as {other.id!r}", "port"
+                )
+        settings = self.settings[pool_name]
+        override = health or {}
+        server = Server(server_id, host, port, weight, pool_name, source=source)
+        self._apply_health_settings(server, settings, override)
+        server.health = ServerHealth(server.health.policy, self.loop.time())
+        if admin == "disabled":
+            server.health.apply(Event.DISABLE, self.loop.time(), "disabled by admin")
+        elif admin == "draining":
+            server.health.apply(Event.DRAIN, self.loop.time(), "drained by admin")
+        server.connections = UpstreamPool(server, self.upstream, self.loop)
+        server.on_outlier = self._on_outlier
+        pool.add(server)
+        if override:
+            self.overrides[server] = override
+        server.watched = True
+        self.checker.watch(server)
+        self.bus.publish(SERVER_ADDED, server_view(server))
+        log.info("server %s/%s added: %s", pool_name, server_id, server.address)
+        self._changed()
+        return server
+
+    def _apply_health_settings(
+        self, server: Server, settings: PoolSettings, override: dict[str, Any]
+    ) -> None:
+        health = settings.health.merged(override) if override else settings.health
+        policy = health_policy(health, settings.outlier)
+        server.check = check_spec(health)
+        server.health.policy = policy
+        server.eject_after = settings.outlier.consecutive_failures
+        server.eject_statuses = (
+            frozenset(settings.outlier.statuses) if settings.outlier.enabled else frozenset()
+        )
+
+    def set_weight(self, pool_name: str, server_id: str, weight: int) -> Server:
+        server = self.server(pool_name, server_id)
+        server.weight = weight
+        self.pool(pool_name).rebuild()
+        self.bus.publish(SERVER_UPDATED, server_view(server))
+        self._changed()
+        return server
+
+    def disable(self, pool_name: str, server_id: str) -> Server:
+        return self._admin(self.server(pool_name, server_id), Event.DISABLE, "disabled by admin")
+
+    def enable(self, pool_name: str, server_id: str) -> Server:
+        server = self.server(pool_name, server_id)
+        if server.state in (State.DISABLED, State.DRAINING):
+            self._admin(server, Event.ENABLE, "enabled by admin")
+            self.checker.watch(server)  # check at once
+        return server
+
+    def drain(self, pool_name: str, server_id: str) -> Server:
+        return self._admin(self.server(pool_name, server_id), Event.DRAIN, "drained by admin")
+
+    def _admin(self, server: Server, event: Event, reason: str) -> Server:
+        if (server.state, event) in (
+            (State.DISABLED, Event.DISABLE),
+            (State.DRAINING, Event.DRAIN),
+        ):
+            return server  # already so: nothing to do
+        self._transition(server, server.health.apply(event, self.loop.time(), reason))
+        self._changed()
+        return server
+
+    async def deregister(
+        self, pool_name: str, server_id: str, reason: str = "deregistered"
+    ) -> None:
+        """Stop routing to the server, let its requests in flight finish (up to the drain
+        timeout), then remove it."""
+        server = self.server(pool_name, server_id)
+        if server.state is not State.DRAINING:
+            self._transition(server, server.health.apply(Event.DRAIN, self.loop.time(), reason))
+        deadline = self.loop.time() + self.drain_timeout
+        while server.in_flight > 0 and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self._remove(server, reason)
+
+    def _remove(self, server: Server, reason: str) -> None:
+        pool = self.pools.get(server.pool_name)
+        if pool is None or pool.servers.get(server.id) is not server:
+            return
+        pool.remove(server.id)
+        server.watched = False
+        self.checker.unwatch(server)
+        self.overrides.pop(server, None)
+        if server.connections is not None:
+            server.connections.close()
+        self.bus.publish(SERVER_REMOVED, {"pool": pool.name, "id": server.id, "reason": reason})
+        log.info("server %s/%s removed (%s)", pool.name, server.id, reason)
+        self._changed()
+
+    # -- health --------------------------------------------------------------------------------
+
+    def _on_check(self, server: Server, result: CheckResult) -> None:
+        transition = server.health.record_check(result)
+        self.bus.publish(
+            SERVER_CHECKED,
+            {
+                "pool": server.pool_name,
+                "id": server.id,
+                "ok": result.ok,
+                "detail": result.detail,
+                "latency": result.latency,
+                "state": server.state.value,
+            },
+        )
+        if transition is not None:
+            self._transition(server, transition)
+        remove_after = self.settings[server.pool_name].health.remove_dead_after
+        if (
+            remove_after
+            and server.state is State.DEAD
+            and result.at - server.health.since >= remove_after
+        ):
+            self._remove(server, f"dead for more than {remove_after:g}s")
+
+    def _on_outlier(self, server: Server, reason: str) -> None:
+        """The data plane saw `reason` (e.g. "5 consecutive 502"): eject, within limits."""
+        if server.state is not State.HEALTHY:
+            return
+        pool = self.pools.get(server.pool_name)
+        if pool is None:
+            return
+        outlier = self.settings[pool.name].outlier
+        now = self.loop.time()
+        candidates = [
+            s for s in pool.servers.values() if s.state not in (State.DISABLED, State.DRAINING)
+        ]
+        ejected = sum(
+            1 for s in candidates if s.state is State.UNHEALTHY and s.health.ejected_until > now
+        )
+        if (ejected + 1) * 100 > outlier.max_ejection_percent * len(candidates):
+            log.warning(
+                "not ejecting %s/%s (%s): %d%% of the pool at most may be ejected",
+                pool.name,
+                server.id,
+                reason,
+                outlier.max_ejection_percent,
+            )
+            return
+        self._transition(server, server.health.eject(now, reason))
+        self.checker.watch(server, server.health.next_check_in(self.checker.rng))
+
+    def _transition(self, server: Server, transition: Transition) -> None:
+        pool = self.pools.get(server.pool_name)
+        if pool is not None:
+            pool.rebuild()
+        if (
+            transition.new in (State.UNHEALTHY, State.DEAD, State.DISABLED)
+            and server.connections is not None
+        ):
+            # Idle connections kept to a server that is out are not worth keeping.
+            for conn in server.connections.idle[:]:
+                conn.close()
+        level = logging.INFO if transition.new is State.HEALTHY else logging.WARNING
+        if transition.event in (Event.DRAIN, Event.DISABLE, Event.ENABLE):
+            level = logging.INFO
+        log.log(
+            level,
+            "server %s/%s: %s -> %s (%s)",
+            server.pool_name,
+            server.id,
+            transition.old,
+            transition.new,
+            transition.reason,
+        )
+        self.bus.publish(
+            SERVER_STATE,
+            {
+                "pool": server.pool_name,
+                "id": server.id,
+                "old": transition.old.value,
+                "new": transition.new.value,
+                "event": transition.event.value,
+                "reason": transition.reason,
+                "routable": len(pool.routable) if pool is not None else 0,
+            },
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def first_checks(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until every server has been checked once."""
+        deadline = self.loop.time() + timeout
+        while self.loop.time() < deadline:
+            if all(
+                s.health.history or s.state in (State.DISABLED, State.DRAINING)
+                for s in self.all_servers()
+            ):
+                return
+            await asyncio.sleep(0.01)
+
+    def spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    async def close(self) -> None:
+        await self.checker.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
