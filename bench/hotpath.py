@@ -38,6 +38,7 @@ REQUEST = (
     b"GET /api/items?id=42 HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\n"
     b"Accept: */*\r\n\r\n"
 )
+CLOSE_REQUEST = REQUEST[:-2] + b"Connection: close\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n"
     b"Date: Sat, 28 Nov 2026 10:00:00 GMT\r\nServer: stub\r\n\r\n" + b"x" * 100
@@ -97,14 +98,23 @@ def build(
     return down, down_transport, up, up_transport
 
 
-def measure(requests: int) -> float:
+def measure(requests: int, close: bool = False) -> float:
+    """Per request: one keep-alive request, or (close) a whole client connection."""
     loop = uvloop.new_event_loop()
     try:
         down, down_transport, up, up_transport = build(loop)
         start = time.perf_counter()
-        for _ in range(requests):
-            down.data_received(REQUEST)
-            up.data_received(RESPONSE)
+        if close:
+            for _ in range(requests):
+                conn = DownstreamProtocol(down.ctx)
+                conn.connection_made(down_transport)  # type: ignore[arg-type]
+                conn.data_received(CLOSE_REQUEST)
+                up.data_received(RESPONSE)
+                conn.connection_lost(None)
+        else:
+            for _ in range(requests):
+                down.data_received(REQUEST)
+                up.data_received(RESPONSE)
         elapsed = time.perf_counter() - start
         assert down_transport.writes == requests, "a response went missing"
         assert down_transport.last.endswith(b"x" * 100)
@@ -114,7 +124,7 @@ def measure(requests: int) -> float:
         loop.close()
 
 
-def count_instructions(requests: int) -> int:
+def count_instructions(requests: int, close: bool) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run(
             [
@@ -128,6 +138,7 @@ def count_instructions(requests: int) -> int:
                 str(requests),
                 "--runs",
                 "1",
+                *(["--close"] if close else []),
             ],
             capture_output=True,
             text=True,
@@ -138,9 +149,9 @@ def count_instructions(requests: int) -> int:
     return int(match.group(1))
 
 
-def instructions_per_request() -> float:
+def instructions_per_request(close: bool) -> float:
     small, large = 2000, 7000
-    return (count_instructions(large) - count_instructions(small)) / (large - small)
+    return (count_instructions(large, close) - count_instructions(small, close)) / (large - small)
 
 
 def main() -> None:
@@ -151,9 +162,14 @@ def main() -> None:
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions/request (valgrind)"
     )
+    parser.add_argument(
+        "--close", action="store_true", help="a new client connection for every request"
+    )
     args = parser.parse_args()
+    mode = "connection per request" if args.close else "keep-alive"
     if args.instructions:
-        print(f"hot path: {instructions_per_request():,.0f} instructions/request")
+        count = instructions_per_request(args.close)
+        print(f"hot path ({mode}): {count:,.0f} instructions/request")
         return
     if args.show_head:
         loop = asyncio.new_event_loop()
@@ -161,9 +177,9 @@ def main() -> None:
         down.data_received(REQUEST)
         print(up_transport.last.decode())
         loop.close()
-    results = [measure(args.requests) for _ in range(args.runs)]
+    results = [measure(args.requests, args.close) for _ in range(args.runs)]
     print(
-        f"hot path: median {statistics.median(results):.2f} us/request "
+        f"hot path ({mode}): median {statistics.median(results):.2f} us/request "
         f"(runs: {', '.join(f'{r:.2f}' for r in results)})"
     )
 

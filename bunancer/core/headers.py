@@ -39,8 +39,17 @@ class ForwardingOptions:
     via: bool = True
 
 
-def _connection_tokens(value: bytes) -> set[bytes]:
-    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+_COMMON_CONNECTION_VALUES = {
+    value: frozenset({value.lower()})
+    for value in (b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade")
+}
+
+
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    common = _COMMON_CONNECTION_VALUES.get(value)
+    if common is not None:
+        return common
+    return frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
 
 
 class RequestHead:

@@ -79,7 +79,14 @@ class ListenerSettings:
 class ListenerContext:
     """What every connection of one listener shares."""
 
-    __slots__ = ("connections", "draining", "loop", "routes", "settings")
+    __slots__ = (
+        "connections",
+        "draining",
+        "forwarding_cache",
+        "loop",
+        "routes",
+        "settings",
+    )
 
     def __init__(
         self,
@@ -92,6 +99,7 @@ class ListenerContext:
         self.settings = settings
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
+        self.forwarding_cache: dict[tuple[str, bytes | None], bytes] = {}
 
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now, busy ones after their reply."""
@@ -689,11 +697,21 @@ class DownstreamProtocol(asyncio.Protocol):
             framing = b""
         pool = self.ctx.routes.match(head.host, target)
         if head.x_forwarded_for is None and head.forwarded is None:
-            # Per connection the client address is fixed and Host rarely changes: reuse.
-            if head.host != self._forwarding_host or not self._forwarding:
+            # The client address is fixed per connection and Host rarely changes: keep the
+            # lines per connection, and per listener for the next connection of a client.
+            if head.host == self._forwarding_host and self._forwarding:
+                forwarding = self._forwarding
+            else:
+                key = (self.client_ip, head.host)
+                cache = self.ctx.forwarding_cache
+                forwarding = cache.get(key)  # type: ignore[assignment]
+                if forwarding is None:
+                    if len(cache) >= 4096:
+                        cache.clear()
+                    forwarding = forwarding_lines(head, self.client_ip, settings.forwarding)
+                    cache[key] = forwarding
                 self._forwarding_host = head.host
-                self._forwarding = forwarding_lines(head, self.client_ip, settings.forwarding)
-            forwarding = self._forwarding
+                self._forwarding = forwarding
         else:
             forwarding = forwarding_lines(head, self.client_ip, settings.forwarding)
         request_head = build_request_head(method, target, head, forwarding, framing)
