@@ -16,13 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import Config, parse_hostport
 from .core.events import EventBus
 from .core.headers import ForwardingOptions
 from .core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
 from .core.registry import PoolSettings, Registry
 from .core.routing import Route, RouteTable
 from .core.upstream import UpstreamSettings
+from .web.api import build_api
+from .web.auth import Token, TokenError, load_token
+from .web.http import App
+from .web.http import serve as web_serve
 
 log = logging.getLogger("bunancer")
 
@@ -115,6 +119,19 @@ class Balancer:
             ctx = ListenerContext(loop, table, settings)
             self.listeners.append(Listener(listener_config.address, host, port, ctx))
         self._stopping: asyncio.Event | None = None
+        self.token: Token | None = None
+        self.api_app: App | None = None
+        self.api_server: asyncio.Server | None = None
+
+    @property
+    def api_address(self) -> str:
+        if self.api_server is None or not self.api_server.sockets:
+            return self.config.api.listen
+        host, port = self.api_server.sockets[0].getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def save_state(self) -> None:
+        """Make the registry's current state durable (a no-op until a store is set)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -140,6 +157,26 @@ class Balancer:
             except OSError as error:
                 await self.close_listeners()
                 raise StartupError(_bind_problem(listener.address, error)) from None
+        await self._start_api()
+
+    async def _start_api(self) -> None:
+        api = self.config.api
+        try:
+            self.token = load_token(
+                Path(self.config.state_dir), configured=api.token, token_file=api.token_file
+            )
+        except TokenError as error:
+            await self.close_listeners()
+            raise StartupError(str(error)) from None
+        self.api_app = build_api(
+            self.registry, self.save_state, self.token.value, public_reads=api.public_reads
+        )
+        host, port = parse_hostport(api.listen)
+        try:
+            self.api_server = await web_serve(self.api_app, host, port)
+        except OSError as error:
+            await self.close_listeners()
+            raise StartupError(_bind_problem(f"{api.listen} (API)", error)) from None
 
     def _prepare_state_dir(self) -> None:
         path = Path(self.config.state_dir)
@@ -149,6 +186,10 @@ class Balancer:
             raise StartupError(f"state dir {path}: {error.strerror}") from None
 
     async def close_listeners(self) -> None:
+        if self.api_server is not None:
+            self.api_server.close()
+            if self.api_app is not None:
+                self.api_app.close_connections()
         for listener in self.listeners:
             if listener.server is not None:
                 listener.server.close()
@@ -174,6 +215,10 @@ class Balancer:
 
     async def shutdown(self) -> None:
         log.info("shutting down: draining connections for up to %.1fs", self.config.timeouts.drain)
+        if self.api_server is not None:
+            self.api_server.close()
+            if self.api_app is not None:
+                self.api_app.close_connections()
         for listener in self.listeners:
             if listener.server is not None:
                 listener.server.close()

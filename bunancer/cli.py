@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .client import ApiClient, ApiError, BalancerUnreachable, find_token
 from .config import (
     Config,
     ConfigError,
@@ -83,6 +85,22 @@ def cli() -> None:
 )
 @click.option("--state-dir", metavar="DIR", help="Where state lives (default ./.bunancer).")
 @click.option(
+    "--api-listen",
+    callback=_check_listen,
+    metavar="HOST:PORT",
+    help="Registry/admin API listener (default 127.0.0.1:8081).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    help="File holding the API token (default: BUNANCER_TOKEN, else <state-dir>/token).",
+)
+@click.option(
+    "--store",
+    metavar="file|redis://HOST:PORT/DB",
+    help="Where registrations are saved (default: file, <state-dir>/state.json).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -93,13 +111,24 @@ def serve(
     listen: str | None,
     backends: tuple[str, ...],
     state_dir: str | None,
+    api_listen: str | None,
+    token_file: str | None,
+    store: str | None,
     log_level: str,
 ) -> None:
     """Run the load balancer until Ctrl-C or SIGTERM (then drain gracefully)."""
     from .app import StartupError
     from .app import serve as run
 
-    config = _load(config_path, listen=listen, backends=backends, state_dir=state_dir)
+    config = _load(
+        config_path,
+        listen=listen,
+        backends=backends,
+        state_dir=state_dir,
+        api_listen=api_listen,
+        token_file=token_file,
+        store=store,
+    )
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -141,11 +170,200 @@ def _banner(balancer: object) -> None:
         servers = ", ".join(s.address for s in pool.servers.values()) or "(empty)"
         pools.add_row(pool.name, pool.selector.name, servers)
     console.print(pools)
+    token = balancer.token
+    console.print(f"api:   http://{balancer.api_address}/api/pools")
+    if token is not None:
+        if token.created:
+            console.print(f"token: {token.value}   (new; saved in {token.source.split(' ', 1)[1]})")
+        else:
+            console.print(f"token: from {token.source}")
     console.print(f"state: {balancer.config.state_dir}   stop: Ctrl-C (drains in-flight requests)")
+    log = logging.getLogger("bunancer")
+    # Plain lines for scripts and tests that wait for readiness.
+    log.info("ready: api listening on %s", balancer.api_address)
     for listener in balancer.listeners:
-        # A plain line for scripts and tests that wait for readiness.
-        logging.getLogger("bunancer").info("ready: proxy listening on %s", listener.bound)
+        log.info("ready: proxy listening on %s", listener.bound)
     sys.stdout.flush()
+
+
+# -- talking to a running balancer --------------------------------------------------------
+
+
+def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--api, --token and --state-dir, shared by the commands that call the API."""
+    command = click.option(
+        "--state-dir",
+        metavar="DIR",
+        help="The balancer's state dir, to read its token (default ./.bunancer).",
+    )(command)
+    command = click.option(
+        "--token", envvar="BUNANCER_TOKEN", help="API token (default: the state dir's token)."
+    )(command)
+    command = click.option(
+        "--api",
+        "api_url",
+        default="http://127.0.0.1:8081",
+        envvar="BUNANCER_API",
+        show_default=True,
+        help="The balancer's API address.",
+    )(command)
+    return command
+
+
+def _client(api_url: str, token: str | None, state_dir: str | None) -> ApiClient:
+    return ApiClient(api_url, find_token(token, state_dir=state_dir))
+
+
+def _call(function: Callable[[], Any]) -> Any:
+    """Run an API call; turn failures into one clear line and exit code 1."""
+    try:
+        return function()
+    except BalancerUnreachable as error:
+        click.echo(f"bunancer: {error}", err=True)
+        sys.exit(1)
+    except ApiError as error:
+        hint = ""
+        if error.status == 401:
+            hint = " (pass --token, set BUNANCER_TOKEN, or --state-dir of the balancer)"
+        click.echo(f"bunancer: {error}{hint}", err=True)
+        sys.exit(1)
+
+
+STATE_STYLES = {
+    "healthy": "green",
+    "pending": "cyan",
+    "unhealthy": "yellow",
+    "dead": "red",
+    "draining": "magenta",
+    "disabled": "dim",
+}
+
+
+@cli.command("pools")
+@api_options
+def pools_command(api_url: str, token: str | None, state_dir: str | None) -> None:
+    """Pools and their servers, from a running balancer."""
+    pools = _call(lambda: _client(api_url, token, state_dir).pools())
+    console = Console(highlight=False)
+    if not pools:
+        console.print("no pools")
+        return
+    for pool in pools:
+        table = Table(
+            title=f"pool {pool['name']} ({pool['algorithm']}, "
+            f"{pool['routable']}/{len(pool['servers'])} routable)",
+            title_justify="left",
+        )
+        for column in ("id", "address", "weight", "state", "reason", "last check"):
+            table.add_column(column)
+        for server in pool["servers"]:
+            style = STATE_STYLES.get(server["state"], "")
+            last = server["last_check"]
+            table.add_row(
+                server["id"],
+                server["address"],
+                str(server["weight"]),
+                f"[{style}]{server['state']}[/]",
+                server["reason"],
+                "-" if last is None else last["detail"],
+            )
+        if not pool["servers"]:
+            table.add_row("(empty)", "", "", "", "", "")
+        console.print(table)
+
+
+@cli.group("servers")
+def servers_group() -> None:
+    """Add, remove, drain, enable, disable servers and set weights."""
+
+
+def _show(server: dict[str, Any], verb: str) -> None:
+    click.echo(
+        f"{verb} {server['pool']}/{server['id']} ({server['address']}): "
+        f"{server['state']}, weight {server['weight']}"
+    )
+
+
+@servers_group.command("add")
+@click.argument("address")
+@click.option("--pool", default="default", show_default=True)
+@click.option("--id", "server_id", help="Server id (default: HOST:PORT).")
+@click.option("--weight", type=click.IntRange(1, 10000), default=1, show_default=True)
+@click.option("--health-path", help="Health check path for this server.")
+@api_options
+def servers_add(
+    address: str,
+    pool: str,
+    server_id: str | None,
+    weight: int,
+    health_path: str | None,
+    api_url: str,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """Register ADDRESS (HOST:PORT or http://HOST:PORT) in a pool."""
+    try:
+        host, port = parse_backend_url(address)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="ADDRESS") from None
+    health = {"path": health_path} if health_path else None
+    client = _client(api_url, token, state_dir)
+    server = _call(
+        lambda: client.register(pool, host, port, server_id=server_id, weight=weight, health=health)
+    )
+    _show(server, "added")
+
+
+@servers_group.command("remove")
+@click.argument("server_id")
+@click.option("--pool", default="default", show_default=True)
+@api_options
+def servers_remove(
+    server_id: str, pool: str, api_url: str, token: str | None, state_dir: str | None
+) -> None:
+    """Drain SERVER_ID (requests in flight finish), then remove it."""
+    client = _client(api_url, token, state_dir)
+    _call(lambda: client.deregister(pool, server_id))
+    click.echo(f"removed {pool}/{server_id}")
+
+
+def _admin_command(name: str, admin: str, done: str, help_text: str) -> None:
+    @servers_group.command(name, help=help_text)
+    @click.argument("server_id")
+    @click.option("--pool", default="default", show_default=True)
+    @api_options
+    def command(
+        server_id: str, pool: str, api_url: str, token: str | None, state_dir: str | None
+    ) -> None:
+        client = _client(api_url, token, state_dir)
+        _show(_call(lambda: client.update_server(pool, server_id, admin=admin)), done)
+
+
+_admin_command(
+    "drain", "draining", "drained", "Stop routing new requests to SERVER_ID (it stays listed)."
+)
+_admin_command("enable", "enabled", "enabled", "Route to SERVER_ID again once its check passes.")
+_admin_command(
+    "disable", "disabled", "disabled", "Stop routing to SERVER_ID (still health-checked)."
+)
+
+
+@servers_group.command("weight")
+@click.argument("server_id")
+@click.argument("weight", type=click.IntRange(1, 10000))
+@click.option("--pool", default="default", show_default=True)
+@api_options
+def servers_weight(
+    server_id: str,
+    weight: int,
+    pool: str,
+    api_url: str,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """Set the weight of SERVER_ID."""
+    client = _client(api_url, token, state_dir)
+    _show(_call(lambda: client.update_server(pool, server_id, weight=weight)), "weighted")
 
 
 @cli.group()

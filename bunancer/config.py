@@ -374,6 +374,7 @@ def apply_overrides(
     backends: tuple[str, ...] = (),
     state_dir: str | None = None,
     api_listen: str | None = None,
+    token_file: str | None = None,
     store: str | None = None,
 ) -> Config:
     """Apply command-line flags on top of a loaded config: flags win over the file."""
@@ -382,6 +383,8 @@ def apply_overrides(
         data["listeners"][0]["address"] = listen
     if api_listen is not None:
         data["api"]["listen"] = api_listen
+    if token_file is not None:
+        data["api"]["token_file"] = token_file
     if store is not None:
         data["store"] = store
     if backends:

@@ -27,6 +27,11 @@ class Proxy:
     process: Process
     port: int
     state_dir: Path
+    api_port: int = 0
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "token").read_text().strip()
 
     def client(self, timeout: float = 10.0) -> RawClient:
         return RawClient(self.port, timeout=timeout)
@@ -58,8 +63,11 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
     def start(servers: list[str], extra: str = "", args: tuple[str, ...] = ()) -> Proxy:
         workdir = tmp_path_factory.mktemp("proxy")
         server_lines = ", ".join(f'{{ address = "{s}" }}' for s in servers)
+        extra = textwrap.dedent(extra)
+        if "[api]" not in extra:
+            extra += '\n[api]\nlisten = "127.0.0.1:0"\n'
         toml = (
-            textwrap.dedent(extra)
+            extra
             + '\n[[listeners]]\naddress = "127.0.0.1:0"\n\n'
             + f"[pools.default]\nservers = [{server_lines}]\n"
         )
@@ -79,7 +87,8 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
             ]
         )
         match = process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
-        proxy = Proxy(process, int(match.group(1)), state_dir)
+        api = process.wait_line(r"ready: api listening on 127\.0\.0\.1:(\d+)")
+        proxy = Proxy(process, int(match.group(1)), state_dir, int(api.group(1)))
         started.append(proxy)
         return proxy
 

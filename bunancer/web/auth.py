@@ -1,0 +1,100 @@
+"""The admin token: where it comes from, and the middleware that asks for it.
+
+Order of sources: the config's `[api] token`, then `--token-file` / `[api] token_file`, then
+the `BUNANCER_TOKEN` environment variable, else `<state-dir>/token`, generated at first
+start with mode 0600 (and printed once). Tokens are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .http import CallNext, HTTPError, Middleware, Request, Response, StreamResponse
+
+TOKEN_FILE = "token"
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+class TokenError(Exception):
+    """The token cannot be read or written (phrased for the user)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    source: str  # "config", "file /path", "environment", "generated /path", "state /path"
+    created: bool = False  # generated just now: show it once
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as error:
+        raise TokenError(f"token file {path}: {error.strerror}") from None
+    if len(value) < 16:
+        raise TokenError(f"token file {path}: a token needs at least 16 characters")
+    return value
+
+
+def load_token(
+    state_dir: Path,
+    *,
+    configured: str | None = None,
+    token_file: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Token:
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    if configured:
+        return Token(configured, "config")
+    if token_file:
+        return Token(_read_token_file(Path(token_file)), f"file {token_file}")
+    from_env = environ.get("BUNANCER_TOKEN", "").strip()
+    if from_env:
+        if len(from_env) < 16:
+            raise TokenError("BUNANCER_TOKEN: a token needs at least 16 characters")
+        return Token(from_env, "environment")
+    path = state_dir / TOKEN_FILE
+    if path.exists():
+        return Token(_read_token_file(path), f"state {path}")
+    value = secrets.token_urlsafe(32)
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # O_EXCL: never overwrite a token another process wrote a moment ago.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return Token(_read_token_file(path), f"state {path}")
+    except OSError as error:
+        raise TokenError(f"token file {path}: {error.strerror}") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return Token(value, f"generated {path}", created=True)
+
+
+def token_matches(expected: str, header: str | None) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), expected.encode())
+
+
+def require_token(token: str, public_reads: bool) -> Middleware:
+    """Changes always need the token; reads too unless `public_reads`."""
+
+    async def middleware(request: Request, call_next: CallNext) -> Response | StreamResponse:
+        if public_reads and request.method in READ_METHODS:
+            return await call_next(request)
+        if request.route in ("/healthz",):
+            return await call_next(request)
+        if not token_matches(token, request.headers.get("authorization")):
+            raise HTTPError(
+                401,
+                "missing or wrong token: send Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="bunancer"'},
+            )
+        return await call_next(request)
+
+    return middleware
