@@ -359,11 +359,15 @@ class Exchange:
             and self.stale_retries < 2
             and self.server is not None
         ):
-            # A kept-alive connection the backend closed as we reused it: nothing was
-            # processed, so the request can go on a fresh connection.
+            # The connection closed before any answer (a kept-alive connection the backend
+            # closed as we reused it, or a backend that just died): nothing was processed,
+            # so the request goes again, to another server when there is one (its other
+            # pooled connections are likely dead too), else on a fresh connection.
             self.stale_retries += 1
-            assert self.server.connections is not None
-            self.server.connections.acquire(self)
+            server = self.server
+            self._release_server()
+            other = self.pool.pick(avoid=server) if self.pool is not None else None
+            self._use(other if other is not None else server)
             return
         if self.server is not None:
             self.server.passive_failure("closed connections")
