@@ -19,9 +19,11 @@ from pathlib import Path
 from .config import Config, parse_hostport
 from .core.events import EventBus
 from .core.headers import ForwardingOptions
+from .core.persistence import Persistence
 from .core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
 from .core.registry import PoolSettings, Registry
 from .core.routing import Route, RouteTable
+from .core.store import Store, StoreError, open_store
 from .core.upstream import UpstreamSettings
 from .web.api import build_api
 from .web.auth import Token, TokenError, load_token
@@ -120,6 +122,8 @@ class Balancer:
             self.listeners.append(Listener(listener_config.address, host, port, ctx))
         self._stopping: asyncio.Event | None = None
         self.token: Token | None = None
+        self.store: Store | None = None
+        self.persistence: Persistence | None = None
         self.api_app: App | None = None
         self.api_server: asyncio.Server | None = None
 
@@ -131,12 +135,15 @@ class Balancer:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def save_state(self) -> None:
-        """Make the registry's current state durable (a no-op until a store is set)."""
+        """Make the registry's current state durable (API changes wait for this)."""
+        if self.persistence is not None:
+            await self.persistence.save()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._prepare_state_dir()
+        await self._restore_state()
         # Open for traffic once every server had its first check (bounded by the longest
         # check timeout), so the first requests do not meet a pool of pending servers.
         longest = max(
@@ -177,6 +184,19 @@ class Balancer:
         except OSError as error:
             await self.close_listeners()
             raise StartupError(_bind_problem(f"{api.listen} (API)", error)) from None
+
+    async def _restore_state(self) -> None:
+        try:
+            self.store = open_store(self.config.store, self.config.state_dir)
+            self.persistence = Persistence(self.registry, self.store)
+            restored = await self.persistence.restore()
+        except StoreError as error:
+            raise StartupError(f"state: {error}") from None
+        if restored:
+            log.info("restored %d server(s) from %s", restored, self.store.description)
+        self.registry.on_change = self.persistence.request_save
+        self.registry.spawn(self.persistence.follow())
+        await self.persistence.save()  # the config's servers are on record from the start
 
     def _prepare_state_dir(self) -> None:
         path = Path(self.config.state_dir)
@@ -236,6 +256,8 @@ class Balancer:
                 break
             await asyncio.sleep(0.05)
         await self.registry.close()
+        if self.store is not None:
+            await self.store.close()
         for server in self.registry.all_servers():
             if server.connections is not None:
                 server.connections.close()

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # System packages the test suite needs, installed with apt-get when missing.
-# (None yet for the data plane; Redis and Chromium join this list with their tests.)
+# (Chromium joins this list with its tests.)
 set -euo pipefail
 
 packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
+
+need redis-server redis-server   # tests/integration/test_redis_store.py
 
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0

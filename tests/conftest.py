@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Process, RawClient, spawn
+from tests.helpers import Process, RawClient, RedisServer, spawn
 
 
 @dataclass
@@ -38,7 +38,11 @@ class Proxy:
 
 
 def start_backend() -> Backend:
-    process = spawn(["-m", "tests.backend"])
+    return start_backend_on(0)
+
+
+def start_backend_on(port: int) -> Backend:
+    process = spawn(["-m", "tests.backend", str(port)])
     match = process.wait_line(r"^PORT (\d+)$")
     return Backend(process, int(match.group(1)))
 
@@ -60,7 +64,13 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
     """Start `bunancer serve` with a config built from `servers` and extra TOML text."""
     started: list[Proxy] = []
 
-    def start(servers: list[str], extra: str = "", args: tuple[str, ...] = ()) -> Proxy:
+    def start(
+        servers: list[str],
+        extra: str = "",
+        args: tuple[str, ...] = (),
+        state_dir: Path | None = None,
+    ) -> Proxy:
+        """`state_dir` reuses a previous proxy's state (a restart)."""
         workdir = tmp_path_factory.mktemp("proxy")
         server_lines = ", ".join(f'{{ address = "{s}" }}' for s in servers)
         extra = textwrap.dedent(extra)
@@ -73,7 +83,7 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
         )
         config_path = workdir / "bunancer.toml"
         config_path.write_text(toml)
-        state_dir = workdir / "state"
+        state_dir = state_dir or workdir / "state"
         process = spawn(
             [
                 "-m",
@@ -101,3 +111,12 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
 def proxy(start_proxy: StartProxy, backends: list[Backend]) -> Proxy:
     """A proxy with default settings over both backends, shared by a test module."""
     return start_proxy([b.url for b in backends])
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port, stopped by its PID afterwards."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

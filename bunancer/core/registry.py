@@ -144,6 +144,7 @@ class Registry:
         self.settings: dict[str, PoolSettings] = {}
         self.overrides: dict[Server, dict[str, Any]] = {}
         self.protected: set[str] = set()  # pools a listener or route points at
+        self.removing: set[Server] = set()  # deregistered, draining until removed
         self.checker = HealthChecker(loop, self._on_check, rng)
         self.on_change: Callable[[], None] | None = None  # persistence hook (app)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -291,6 +292,8 @@ class Registry:
 
     def enable(self, pool_name: str, server_id: str) -> Server:
         server = self.server(pool_name, server_id)
+        if server in self.removing:
+            raise Conflict(f"server {server_id!r} is being removed")
         if server.state in (State.DISABLED, State.DRAINING):
             self._admin(server, Event.ENABLE, "enabled by admin")
             self.checker.watch(server)  # check at once
@@ -300,6 +303,8 @@ class Registry:
         return self._admin(self.server(pool_name, server_id), Event.DRAIN, "drained by admin")
 
     def _admin(self, server: Server, event: Event, reason: str) -> Server:
+        if server in self.removing:
+            raise Conflict(f"server {server.id!r} is being removed")
         if (server.state, event) in (
             (State.DISABLED, Event.DISABLE),
             (State.DRAINING, Event.DRAIN),
@@ -315,18 +320,24 @@ class Registry:
         """Stop routing to the server, let its requests in flight finish (up to the drain
         timeout), then remove it."""
         server = self.server(pool_name, server_id)
+        if server in self.removing:
+            raise NotFound(f"server {server_id!r} in pool {pool_name!r} is being removed")
+        self.removing.add(server)
         if server.state is not State.DRAINING:
             self._transition(server, server.health.apply(Event.DRAIN, self.loop.time(), reason))
         deadline = self.loop.time() + self.drain_timeout
-        while server.in_flight > 0 and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        self._remove(server, reason)
+        try:
+            while server.in_flight > 0 and self.loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            self._remove(server, reason)
 
     def _remove(self, server: Server, reason: str) -> None:
         pool = self.pools.get(server.pool_name)
         if pool is None or pool.servers.get(server.id) is not server:
             return
         pool.remove(server.id)
+        self.removing.discard(server)
         server.watched = False
         self.checker.unwatch(server)
         self.overrides.pop(server, None)

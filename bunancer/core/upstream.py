@@ -246,7 +246,16 @@ class UpstreamProtocol(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections to one server."""
 
-    __slots__ = ("closing", "idle", "loop", "opening", "server", "settings", "total", "waiters")
+    __slots__ = (
+        "closing",
+        "idle",
+        "loop",
+        "opening",
+        "server",
+        "settings",
+        "total",
+        "waiters",
+    )
 
     def __init__(
         self, server: Server, settings: UpstreamSettings, loop: asyncio.AbstractEventLoop

@@ -24,7 +24,8 @@ Saver = Callable[[], Awaitable[None]]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON true is not a port, "80" is not a number; unknown keys are typos.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class PoolCreate(_Body):

@@ -76,9 +76,12 @@ def load_token(
 
 def token_matches(expected: str, header: str | None) -> bool:
     """`Authorization: Bearer <token>`, compared in constant time."""
-    if not header or not header.startswith("Bearer "):
+    if not header:
         return False
-    return hmac.compare_digest(header[7:].strip().encode(), expected.encode())
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer":  # scheme names are case-insensitive (RFC 9110 11.1)
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), expected.encode())
 
 
 def require_token(token: str, public_reads: bool) -> Middleware:

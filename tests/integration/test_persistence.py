@@ -1,0 +1,159 @@
+"""Registrations survive restarts and crashes; several instances share one Redis registry."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bunancer.client import ApiClient, ApiError
+from bunancer.core.store import State
+from tests.conftest import Backend, Proxy, StartProxy
+from tests.helpers import REDIS_SERVER, RedisServer, free_port, wait_for
+
+
+def api(proxy: Proxy) -> ApiClient:
+    return ApiClient(f"127.0.0.1:{proxy.api_port}", proxy.token)
+
+
+def servers(proxy: Proxy, pool: str = "default") -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in api(proxy).pool(pool)["servers"]}
+
+
+def restart(start_proxy: StartProxy, proxy: Proxy, servers_: list[str], extra: str = "") -> Proxy:
+    assert proxy.process.stop() == 0
+    return start_proxy(servers_, extra, state_dir=proxy.state_dir)
+
+
+def test_registrations_and_admin_changes_survive_a_restart(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    config_server = backends[0].url
+    proxy = start_proxy([config_server])
+    client = api(proxy)
+    client.register("default", "127.0.0.1", backends[1].port, server_id="api-1", weight=3)
+    client.update_server("default", f"127.0.0.1:{backends[0].port}", weight=7)
+    client.request("POST", "/api/pools", {"name": "extra", "health": {"path": "/status/200"}})
+    client.register("extra", "127.0.0.1", backends[0].port, server_id="x1")
+    client.update_server("extra", "x1", admin="disabled")
+
+    again = restart(start_proxy, proxy, [config_server])
+    default = servers(again)
+    assert set(default) == {f"127.0.0.1:{backends[0].port}", "api-1"}
+    assert default["api-1"]["weight"] == 3
+    assert default[f"127.0.0.1:{backends[0].port}"]["weight"] == 7  # config server, API weight
+    assert default["api-1"]["source"] == "api"
+    extra = api(again).pool("extra")
+    assert extra["health"]["path"] == "/status/200"
+    assert extra["servers"][0]["state"] == "disabled"
+    # restored servers are checked at once and take traffic
+    wait_for(lambda: servers(again)["api-1"]["state"] == "healthy", timeout=5)
+
+
+def test_config_is_the_base(start_proxy: StartProxy, backends: list[Backend]) -> None:
+    first, second = backends[0].url, backends[1].url
+    proxy = start_proxy([first, second])
+    # The second config server leaves the file: it is gone after the restart, even though
+    # the saved state still lists it.
+    again = restart(start_proxy, proxy, [first])
+    assert set(servers(again)) == {f"127.0.0.1:{backends[0].port}"}
+
+
+def test_sigkill_during_registrations_loses_nothing_acknowledged(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([])
+    client = api(proxy)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def register_many() -> None:
+        for n in range(10000):
+            if stop.is_set():
+                return
+            try:
+                # ports only need to be distinct: nothing has to listen there
+                client.register("default", "127.0.0.1", 20000 + n, server_id=f"r{n}")
+            except Exception:
+                return  # the balancer is gone
+            acknowledged.append(f"r{n}")
+
+    worker = threading.Thread(target=register_many)
+    worker.start()
+    wait_for(lambda: len(acknowledged) >= 30, timeout=20)
+    proxy.process.signal(signal.SIGKILL)
+    proxy.process.proc.wait(10)
+    stop.set()
+    worker.join(10)
+    saved = proxy.state_dir / "state.json"
+    state = State.from_json(saved.read_bytes())  # parses: never half-written
+    ids = {s.id for s in state.pools["default"].servers}
+    assert set(acknowledged) <= ids, set(acknowledged) - ids
+    again = start_proxy([], state_dir=proxy.state_dir)
+    assert set(acknowledged) <= set(servers(again))
+
+
+def test_corrupt_state_falls_back_to_the_last_good_copy(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([])
+    client = api(proxy)
+    client.register("default", "127.0.0.1", backends[0].port, server_id="one")
+    client.register("default", "127.0.0.1", backends[1].port, server_id="two")
+    assert proxy.process.stop() == 0
+    saved = proxy.state_dir / "state.json"
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])  # truncated, as by a disk that lied
+    again = start_proxy([], state_dir=proxy.state_dir)
+    assert "one" in servers(again)  # from state.json.bak, one save older
+    assert any("state.json" in line and "bak" in line for line in again.process.lines)
+
+
+def test_unreadable_state_and_backup_refuse_to_start(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.json").write_text("{")
+    (state_dir / "state.json.bak").write_text("[")
+    with pytest.raises(AssertionError, match="exited"):
+        start_proxy([], state_dir=state_dir)
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_two_instances_share_a_redis_registry(
+    start_proxy: StartProxy, backends: list[Backend], redis_server: RedisServer
+) -> None:
+    extra = f'store = "{redis_server.url}"\n'
+    one = start_proxy([], extra)
+    two = start_proxy([], extra)
+    api(one).register("default", "127.0.0.1", backends[0].port, server_id="shared")
+    # Seen by the other instance within a second, and it routes there.
+    wait_for(lambda: "shared" in servers(two), timeout=1.5)
+    wait_for(lambda: servers(two)["shared"]["state"] == "healthy", timeout=5)
+    with two.client() as client:
+        assert client.request("GET", "/").body == b"ok %d\n" % backends[0].port
+    # Changes flow both ways; concurrent registrations on both sides are all kept.
+    api(two).update_server("default", "shared", weight=9)
+    wait_for(lambda: servers(one)["shared"]["weight"] == 9, timeout=1.5)
+    api(one).register("default", "127.0.0.1", free_port(), server_id="from-one")
+    api(two).register("default", "127.0.0.1", free_port(), server_id="from-two")
+    for instance in (one, two):
+        wait_for(lambda i=instance: {"from-one", "from-two"} <= set(servers(i)), timeout=2)
+    api(two).deregister("default", "from-one")
+    wait_for(lambda: "from-one" not in servers(one), timeout=2)
+    with pytest.raises(ApiError):
+        api(one).update_server("default", "from-one", weight=2)
+
+
+def test_state_file_is_private(start_proxy: StartProxy) -> None:
+    proxy = start_proxy([])
+    api(proxy).register("default", "127.0.0.1", free_port(), server_id="p")
+    for name in ("state.json", "token"):
+        assert (proxy.state_dir / name).stat().st_mode & 0o777 == 0o600, name
+    document = json.loads((proxy.state_dir / "state.json").read_text())
+    assert document["pools"]
