@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ from bunancer.core.routing import RouteTable
 from bunancer.core.server import Server
 from bunancer.core.upstream import UpstreamPool, UpstreamProtocol, UpstreamSettings
 
+STATS = os.environ.get("HOTPATH_STATS", "1") == "1"
 REQUEST = (
     b"GET /api/items?id=42 HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\n"
     b"Accept: */*\r\n\r\n"
@@ -86,7 +88,7 @@ def build(
     server = Server("s1", "127.0.0.1", 9001)
     server.connections = UpstreamPool(server, UpstreamSettings(), loop)
     pool.add(server)
-    ctx = ListenerContext(loop, RouteTable([], pool), ListenerSettings())
+    ctx = ListenerContext(loop, RouteTable([], pool), ListenerSettings(stats=STATS))
     down = DownstreamProtocol(ctx)
     down_transport = FakeTransport(("127.0.0.1", 50000))
     down.connection_made(down_transport)  # type: ignore[arg-type]

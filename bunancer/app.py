@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, parse_hostport
+from .core.accesslog import AccessLog
 from .core.events import EventBus
 from .core.headers import ForwardingOptions
 from .core.persistence import Persistence
@@ -24,6 +25,7 @@ from .core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
 from .core.registry import PoolSettings, Registry
 from .core.routing import Route, RouteTable
 from .core.store import Store, StoreError, open_store
+from .core.telemetry import Telemetry
 from .core.upstream import UpstreamSettings
 from .web.api import build_api
 from .web.auth import Token, TokenError, load_token
@@ -100,6 +102,7 @@ class Balancer:
             max_pipelined=limits.max_pipelined,
             write_buffer_high=limits.write_buffer_high,
             write_buffer_low=limits.write_buffer_low,
+            stats=config.stats.enabled,
             forwarding=ForwardingOptions(
                 forwarded=config.headers.forwarded,
                 x_forwarded=config.headers.x_forwarded,
@@ -121,6 +124,16 @@ class Balancer:
             ctx = ListenerContext(loop, table, settings)
             self.listeners.append(Listener(listener_config.address, host, port, ctx))
         self._stopping: asyncio.Event | None = None
+        statsd = config.stats.statsd
+        self.telemetry = Telemetry(
+            self.registry,
+            self.bus,
+            loop,
+            listener_stats=[listener.ctx.rejected for listener in self.listeners],
+            statsd=parse_hostport(statsd) if statsd else None,
+            statsd_prefix=config.stats.statsd_prefix,
+        )
+        self.access_log: AccessLog | None = None
         self.token: Token | None = None
         self.store: Store | None = None
         self.persistence: Persistence | None = None
@@ -143,6 +156,7 @@ class Balancer:
 
     async def start(self) -> None:
         self._prepare_state_dir()
+        self._open_access_log()
         await self._restore_state()
         # Open for traffic once every server had its first check (bounded by the longest
         # check timeout), so the first requests do not meet a pool of pending servers.
@@ -165,6 +179,7 @@ class Balancer:
                 await self.close_listeners()
                 raise StartupError(_bind_problem(listener.address, error)) from None
         await self._start_api()
+        self.telemetry.start()
 
     async def _start_api(self) -> None:
         api = self.config.api
@@ -176,7 +191,11 @@ class Balancer:
             await self.close_listeners()
             raise StartupError(str(error)) from None
         self.api_app = build_api(
-            self.registry, self.save_state, self.token.value, public_reads=api.public_reads
+            self.registry,
+            self.save_state,
+            self.token.value,
+            telemetry=self.telemetry,
+            public_reads=api.public_reads,
         )
         host, port = parse_hostport(api.listen)
         try:
@@ -184,6 +203,17 @@ class Balancer:
         except OSError as error:
             await self.close_listeners()
             raise StartupError(_bind_problem(f"{api.listen} (API)", error)) from None
+
+    def _open_access_log(self) -> None:
+        settings = self.config.access_log
+        if settings.path is None:
+            return
+        try:
+            self.access_log = AccessLog(self.loop, settings.path, settings.format)
+        except OSError as error:
+            raise StartupError(f"access log {settings.path}: {error.strerror}") from None
+        for listener in self.listeners:
+            listener.ctx.access_log = self.access_log
 
     async def _restore_state(self) -> None:
         try:
@@ -255,6 +285,9 @@ class Balancer:
                             conn.transport.abort()
                 break
             await asyncio.sleep(0.05)
+        self.telemetry.stop()
+        if self.access_log is not None:
+            self.access_log.close()
         await self.registry.close()
         if self.store is not None:
             await self.store.close()

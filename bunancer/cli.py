@@ -100,6 +100,18 @@ def cli() -> None:
     metavar="file|redis://HOST:PORT/DB",
     help="Where registrations are saved (default: file, <state-dir>/state.json).",
 )
+@click.option("--access-log", metavar="PATH|-", help="Write one line per request (off by default).")
+@click.option(
+    "--access-log-format",
+    type=click.Choice(["combined", "json"]),
+    help="Access log format (default combined).",
+)
+@click.option(
+    "--statsd",
+    callback=_check_listen,
+    metavar="HOST:PORT",
+    help="Send StatsD metrics over UDP once a second.",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -114,6 +126,9 @@ def serve(
     api_listen: str | None,
     token_file: str | None,
     store: str | None,
+    access_log: str | None,
+    access_log_format: str | None,
+    statsd: str | None,
     log_level: str,
 ) -> None:
     """Run the load balancer until Ctrl-C or SIGTERM (then drain gracefully)."""
@@ -128,6 +143,9 @@ def serve(
         api_listen=api_listen,
         token_file=token_file,
         store=store,
+        access_log=access_log,
+        access_log_format=access_log_format,
+        statsd=statsd,
     )
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),

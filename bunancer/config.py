@@ -259,10 +259,30 @@ class ApiConfig(_Section):
         return value
 
 
+class StatsConfig(_Section):
+    enabled: bool = True  # per-request counters and histograms (a few % of throughput)
+    statsd: str | None = None  # HOST:PORT: send StatsD lines over UDP once a second
+    statsd_prefix: str = Field(default="bunancer", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("statsd")
+    @classmethod
+    def _check_statsd(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_hostport(value)
+        return value
+
+
+class AccessLogConfig(_Section):
+    path: str | None = None  # off by default; "-" for standard output
+    format: Literal["combined", "json"] = "combined"
+
+
 class Config(_Section):
     state_dir: str = DEFAULT_STATE_DIR
     store: str = "file"  # "file" (state.json in state_dir) or "redis://host:port/db"
     api: ApiConfig = Field(default_factory=ApiConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
     listeners: list[ListenerConfig] = Field(
         default_factory=lambda: [ListenerConfig()], min_length=1
     )
@@ -376,6 +396,9 @@ def apply_overrides(
     api_listen: str | None = None,
     token_file: str | None = None,
     store: str | None = None,
+    access_log: str | None = None,
+    access_log_format: str | None = None,
+    statsd: str | None = None,
 ) -> Config:
     """Apply command-line flags on top of a loaded config: flags win over the file."""
     data = config.model_dump(exclude_none=True)
@@ -387,6 +410,12 @@ def apply_overrides(
         data["api"]["token_file"] = token_file
     if store is not None:
         data["store"] = store
+    if access_log is not None:
+        data["access_log"]["path"] = access_log
+    if access_log_format is not None:
+        data["access_log"]["format"] = access_log_format
+    if statsd is not None:
+        data["stats"]["statsd"] = statsd
     if backends:
         pool_name = config.listeners[0].default_pool
         data["pools"].setdefault(pool_name, {})["servers"] = [{"address": b} for b in backends]

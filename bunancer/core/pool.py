@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from .algorithms import RoundRobin, make_selector
 from .server import Server
+from .stats import ServerStats
 
 
 class ServerPool:
-    __slots__ = ("name", "routable", "selector", "servers")
+    __slots__ = ("name", "rejected", "routable", "selector", "servers")
 
     def __init__(self, name: str, algorithm: str = "round-robin") -> None:
         self.name = name
         self.servers: dict[str, Server] = {}
         self.selector: RoundRobin = make_selector(algorithm)
         self.routable: tuple[Server, ...] = ()
+        self.rejected = ServerStats()  # requests of this pool that reached no server
 
     def add(self, server: Server) -> None:
         if server.id in self.servers:

@@ -17,10 +17,12 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from time import perf_counter  # request timing: uvloop's loop.time() counts milliseconds
 from typing import TYPE_CHECKING
 
 import httptools
 
+from .accesslog import AccessLog
 from .deadline import Deadline
 from .errors import STATUS_LINES, ProxyError, error_response
 from .framing import (
@@ -43,6 +45,7 @@ from .headers import (
     scan_response_headers,
 )
 from .routing import RouteTable
+from .stats import CLIENT_4XX, CLIENT_ABORT, CONNECT, REJECTED, TIMEOUT, UPSTREAM_5XX, ServerStats
 
 if TYPE_CHECKING:
     from .pool import ServerPool
@@ -74,18 +77,22 @@ class ListenerSettings:
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
     forwarding: ForwardingOptions = field(default_factory=ForwardingOptions)
+    stats: bool = True
 
 
 class ListenerContext:
     """What every connection of one listener shares."""
 
     __slots__ = (
+        "access_log",
         "connections",
         "draining",
         "forwarding_cache",
         "loop",
+        "rejected",
         "routes",
         "settings",
+        "stats_enabled",
     )
 
     def __init__(
@@ -100,6 +107,9 @@ class ListenerContext:
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
         self.forwarding_cache: dict[tuple[str, bytes | None], bytes] = {}
+        self.stats_enabled = settings.stats
+        self.access_log: AccessLog | None = None
+        self.rejected = ServerStats()  # requests refused before any pool was chosen
 
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now, busy ones after their reply."""
@@ -113,6 +123,7 @@ class Exchange:
 
     __slots__ = (
         "body_size",
+        "bytes_out",
         "chunked_request",
         "done",
         "down",
@@ -130,12 +141,17 @@ class Exchange:
         "pool",
         "req_body_sent",
         "req_complete",
+        "request_headers",
         "resp_started",
         "retried",
         "server",
         "stale_retries",
+        "started",
+        "status",
+        "target",
         "up",
         "up_body",
+        "up_started",
         "wants_connection",
     )
 
@@ -174,19 +190,26 @@ class Exchange:
         self.up_body = Body.NONE
         self.out_body = Body.NONE
         self.body_size = 0
+        self.bytes_out = 0
+        self.status = 0  # the status sent to the client
+        self.started = 0.0
+        self.target = b""  # these two are kept for the access log only
+        self.request_headers: list[tuple[bytes, bytes]] = []
+        self.up_started = 0.0
 
     # -- start and selection ---------------------------------------------------------------
 
     def start(self) -> None:
         if self.done:
             return
+        self.started = perf_counter()
         if self.local_status:
-            self.fail(self.local_status)
+            self.fail(self.local_status, REJECTED)
             return
         pool = self.pool
         server = pool.pick() if pool is not None else None
         if server is None:
-            self.fail(503)
+            self.fail(503, REJECTED)
             return
         self._use(server)
 
@@ -208,6 +231,8 @@ class Exchange:
             conn.pool.release(conn, True)
             return
         self.up = conn
+        if self.down.ctx.access_log is not None:
+            self.up_started = perf_counter()
         conn.begin(self)
         pending = self.pending
         if pending:
@@ -225,9 +250,9 @@ class Exchange:
         if self.done:
             return
         log.debug("connect to %s failed: %r", server.address, error)
-        server.passive_failure(
-            "connect timeouts" if isinstance(error, TimeoutError) else "connect failures"
-        )
+        timeout = isinstance(error, TimeoutError)
+        server.passive_failure("connect timeouts" if timeout else "connect failures")
+        server.stats.errors[TIMEOUT if timeout else CONNECT] += 1  # an attempt, not a request
         self._release_server()
         # Nothing was sent: one retry on another server is always safe.
         if not self.retried and self.pool is not None:
@@ -236,11 +261,12 @@ class Exchange:
             if other is not None and other is not server:
                 self._use(other)
                 return
-        self.fail(504 if isinstance(error, TimeoutError) else 502)
+        self.fail(504 if timeout else 502, TIMEOUT if timeout else CONNECT)
 
     # -- request body, from the client parser ----------------------------------------------
 
     def request_body(self, data: bytes) -> None:
+        self.body_size += len(data)
         if self.chunked_request:
             data = encode_chunk(data)
         up = self.up
@@ -314,6 +340,7 @@ class Exchange:
         parts.append(b"\r\n")
         self.out.append(b"".join(parts))
         self.resp_started = True
+        self.status = status
 
     def response_body(self, data: bytes) -> None:
         if self.out_body is Body.CHUNKED:
@@ -336,7 +363,9 @@ class Exchange:
     def flush(self) -> None:
         out = self.out
         if out:
-            self.down.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.bytes_out += len(data)
+            self.down.write(data)
             out.clear()
 
     def upstream_lost(self, conn: UpstreamProtocol) -> None:
@@ -371,7 +400,7 @@ class Exchange:
             return
         if self.server is not None:
             self.server.passive_failure("closed connections")
-        self.fail(502)
+        self.fail(502, UPSTREAM_5XX)
 
     def upstream_failed(self, status: int, detail: str) -> None:
         if self.done:
@@ -383,12 +412,13 @@ class Exchange:
             self.flush()
             self.abort_client()
         else:
-            self.fail(status)
+            self.fail(status, TIMEOUT if status == 504 else UPSTREAM_5XX)
 
     # -- endings ------------------------------------------------------------------------------
 
-    def fail(self, status: int) -> None:
-        """Answer `status` ourselves (if no response byte went out yet) and end."""
+    def fail(self, status: int, error: int = REJECTED) -> None:
+        """Answer `status` ourselves (if no response byte went out yet) and end; `error` is
+        the stats error class."""
         if self.done:
             return
         self._drop_upstream()
@@ -406,12 +436,18 @@ class Exchange:
         )
         self.keep_alive = keep
         self.resp_started = True
-        down.write(error_response(status, keep))
-        self._finish()
+        self.status = status
+        response = error_response(status, keep)
+        self.bytes_out += len(response)
+        down.write(response)
+        self._finish(error)
 
     def abort_client(self) -> None:
+        """The response cannot be completed: close the client connection (the upstream
+        died or broke framing mid-response)."""
         self._drop_upstream()
         self.done = True
+        self._record(UPSTREAM_5XX)
         self._release_server()
         self.down.close()
 
@@ -425,16 +461,62 @@ class Exchange:
         elif self.server is not None and self.server.connections is not None:
             self.server.connections.cancel(self)
 
-    def _finish(self) -> None:
+    def _finish(self, error: int = -1) -> None:
         self.done = True
         self.wants_connection = False
+        if error < 0:
+            status = self.status
+            if status >= 500:
+                error = UPSTREAM_5XX
+            elif status >= 400:
+                error = CLIENT_4XX
+        self._record(error)
         self._release_server()
         self.down.exchange_done(self)
+
+    def _record(self, error: int) -> None:
+        """Count the request where it belongs: its server, else its pool, else the listener."""
+        ctx = self.down.ctx
+        if not self.started:
+            return
+        if ctx.stats_enabled:
+            server = self.server
+            if server is not None:
+                stats = server.stats
+            else:
+                stats = self.pool.rejected if self.pool is not None else ctx.rejected
+            stats.record(
+                self.status,
+                int((perf_counter() - self.started) * 1_000_000),
+                len(self.head) + self.body_size,
+                self.bytes_out,
+                error,
+            )
+        if ctx.access_log is not None:
+            self._log_access(ctx.access_log)
+
+    def _log_access(self, access_log: AccessLog) -> None:
+        now = perf_counter()
+        headers = self.request_headers
+        access_log.add(
+            client=self.down.client_ip,
+            method=self.method,
+            target=self.target,
+            http11=self.http11,
+            status=self.status,
+            bytes_out=self.bytes_out,
+            referer=_header(headers, b"referer"),
+            user_agent=_header(headers, b"user-agent"),
+            upstream=self.server.address if self.server is not None else "",
+            upstream_time=now - self.up_started if self.up_started else None,
+            total_time=now - self.started,
+        )
 
     def client_lost(self) -> None:
         if not self.done:
             self._drop_upstream()
             self.done = True
+            self._record(CLIENT_ABORT)
             self._release_server()
 
 
@@ -532,9 +614,12 @@ class DownstreamProtocol(asyncio.Protocol):
                     self._reject(431)
 
     def eof_received(self) -> bool:
+        # A client that closes while its request is in flight has given up on it (nginx's
+        # 499): the upstream request is dropped and counted as a client abort. Clients
+        # that half-close and still wait for an answer are too rare to keep a backend
+        # busy for every client that left.
         self.client_eof = True
-        # Half-closed with a request in flight: answer it, then close. Otherwise close now.
-        return self.active is not None or self.parsing is not None
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -722,6 +807,9 @@ class DownstreamProtocol(asyncio.Protocol):
         exchange = Exchange(
             self, pool, method, request_head, http11, parser.should_keep_alive(), chunked
         )
+        if self.ctx.access_log is not None:
+            exchange.target = target
+            exchange.request_headers = self.headers
         self.parsing = exchange
         if chunked or (content_length is not None and content_length != b"0"):
             self._set_deadline(_T_BODY, settings.body_idle_timeout)
@@ -740,10 +828,8 @@ class DownstreamProtocol(asyncio.Protocol):
         if exchange is None:
             return
         settings = self.ctx.settings
-        if settings.max_body_bytes:
-            exchange.body_size += len(body)
-            if exchange.body_size > settings.max_body_bytes:
-                raise ProxyError(413)
+        if settings.max_body_bytes and exchange.body_size + len(body) > settings.max_body_bytes:
+            raise ProxyError(413)  # (request_body counts body_size)
         exchange.request_body(body)
         if self.timeout_kind == _T_BODY:
             self.deadline.set(settings.body_idle_timeout)
@@ -803,3 +889,10 @@ class DownstreamProtocol(asyncio.Protocol):
             failed.start()
         else:
             self.queue.append(failed)
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .health import CheckSpec
 from .states import HealthPolicy, ServerHealth, State
+from .stats import ServerStats
 
 if TYPE_CHECKING:
     from .upstream import UpstreamPool
@@ -36,6 +37,7 @@ class Server:
         "pool_name",
         "port",
         "source",
+        "stats",
         "watched",
         "weight",
     )
@@ -68,6 +70,7 @@ class Server:
         self.eject_statuses = DEFAULT_EJECT_STATUSES
         self.on_outlier: OutlierHandler | None = None
         self.connections: UpstreamPool | None = None
+        self.stats = ServerStats()
 
     @property
     def routable(self) -> bool:

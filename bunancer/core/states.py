@@ -104,8 +104,11 @@ class ServerHealth:
     """The state of one server and the streaks, history and timers that drive it."""
 
     __slots__ = (
+        "checks_failed",
+        "checks_passed",
         "ejected_until",
         "ejections",
+        "ejections_total",
         "fail_streak",
         "history",
         "ok_streak",
@@ -128,7 +131,10 @@ class ServerHealth:
         self.since = now
         self.ok_streak = 0
         self.fail_streak = 0
-        self.ejections = 0
+        self.ejections = 0  # recent ones (the ejection time grows with them)
+        self.ejections_total = 0
+        self.checks_passed = 0
+        self.checks_failed = 0
         self.ejected_until = 0.0
         self.history: deque[CheckResult] = deque(maxlen=10)
 
@@ -161,9 +167,11 @@ class ServerHealth:
         if result.ok:
             self.ok_streak += 1
             self.fail_streak = 0
+            self.checks_passed += 1
         else:
             self.fail_streak += 1
             self.ok_streak = 0
+            self.checks_failed += 1
         policy = self.policy
         now = result.at
         state = self.state
@@ -221,6 +229,7 @@ class ServerHealth:
     def eject(self, now: float, reason: str) -> Transition:
         """Take a healthy server out for a time that grows with each repeat."""
         self.ejections += 1
+        self.ejections_total += 1
         out_for = min(self.policy.eject_base * self.ejections, self.policy.eject_max)
         self.ejected_until = now + out_for
         return self.apply(Event.EJECT, now, f"ejected for {out_for:g}s: {reason}")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import HealthConfig, OutlierConfig
 from ..core.registry import PoolSettings, Registry, RegistryError, server_view
+from ..core.telemetry import Telemetry
 from .auth import require_token
 from .http import App, HTTPError, Request, Response, json_response
 from .router import Router
@@ -81,10 +82,25 @@ def build_api(
     save: Saver,
     token: str,
     *,
+    telemetry: Telemetry | None = None,
     public_reads: bool = True,
     extra_routes: Callable[[Router[Any]], None] | None = None,
 ) -> App:
     router: Router[Any] = Router()
+
+    if telemetry is not None:
+
+        @router.get("/api/stats")
+        async def stats(request: Request) -> Response:
+            return json_response(telemetry.snapshot())
+
+        @router.get("/metrics")
+        async def metrics(request: Request) -> Response:
+            return Response(
+                200,
+                telemetry.prometheus(),
+                content_type="text/plain; version=0.0.4; charset=utf-8",
+            )
 
     def pool_detail(name: str) -> dict[str, Any]:
         pool = registry.pool(name)

@@ -1,0 +1,138 @@
+"""Access log: one line per request, off by default, written in batches off the hot path.
+
+Lines are formatted when a request ends and appended to a buffer; a timer writes the
+buffer every 0.2 s (sooner past 64 KiB) with one `os.write`. Formats: `combined` (Apache/
+nginx combined, plus upstream server, upstream time and total time) and `json` (one object
+per line). The timestamp text is built once per second, not once per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import IO
+
+import orjson
+
+FLUSH_INTERVAL = 0.2
+FLUSH_BYTES = 64 * 1024
+
+
+class AccessLog:
+    __slots__ = (
+        "_buffer",
+        "_file",
+        "_handle",
+        "_loop",
+        "_size",
+        "_stamp",
+        "_stamp_second",
+        "fd",
+        "json",
+        "path",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: str, fmt: str = "combined") -> None:
+        if fmt not in ("combined", "json"):
+            raise ValueError(f"unknown access log format {fmt!r} (combined or json)")
+        self._loop = loop
+        self.path = path
+        self.json = fmt == "json"
+        self._file: IO[bytes] | None = None
+        if path == "-":
+            self.fd = sys.stdout.fileno()
+        else:
+            self._file = open(path, "ab")  # noqa: SIM115 - kept open for the process's life
+            self.fd = self._file.fileno()
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._stamp_second = -1
+        self._stamp = ""
+
+    def _timestamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+        return self._stamp
+
+    def add(
+        self,
+        *,
+        client: str,
+        method: bytes,
+        target: bytes,
+        http11: bool,
+        status: int,
+        bytes_out: int,
+        referer: bytes | None,
+        user_agent: bytes | None,
+        upstream: str,
+        upstream_time: float | None,
+        total_time: float,
+    ) -> None:
+        now = time.time()
+        if self.json:
+            line = orjson.dumps(
+                {
+                    "time": now,
+                    "client": client,
+                    "method": method.decode("latin-1"),
+                    "target": target.decode("latin-1"),
+                    "status": status,
+                    "bytes": bytes_out,
+                    "referer": referer.decode("latin-1") if referer else None,
+                    "user_agent": user_agent.decode("latin-1") if user_agent else None,
+                    "upstream": upstream or None,
+                    "upstream_time": upstream_time,
+                    "time_total": round(total_time, 6),
+                }
+            )
+            line += b"\n"
+        else:
+            version = "HTTP/1.1" if http11 else "HTTP/1.0"
+            upstream_text = f"{upstream_time:.6f}" if upstream_time is not None else "-"
+            line = (
+                f'{client} - - [{self._timestamp(now)}] "{method.decode("latin-1")} '
+                f'{_quote(target)} {version}" {status} {bytes_out} "{_quote(referer)}" '
+                f'"{_quote(user_agent)}" upstream={upstream or "-"} '
+                f"upstream_time={upstream_text} time={total_time:.6f}\n"
+            ).encode("latin-1", "replace")
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._handle is None:
+            self._handle = self._loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        try:
+            while data:
+                written = os.write(self.fd, data)
+                data = data[written:]
+        except BlockingIOError:
+            pass  # a non-blocking stdout that is full: drop rather than stall the proxy
+        except OSError as error:
+            print(f"bunancer: access log {self.path}: {error.strerror}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+
+
+def _quote(value: bytes | None) -> str:
+    if not value:
+        return "-"
+    return value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')

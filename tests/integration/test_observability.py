@@ -1,0 +1,166 @@
+"""Counters through real sockets, /api/stats, /metrics, access logs and StatsD."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bunancer.client import ApiClient
+from tests.conftest import Backend, Proxy, StartProxy
+from tests.helpers import RawClient, free_port, wait_for
+
+
+def stats(proxy: Proxy) -> dict[str, Any]:
+    return ApiClient(f"127.0.0.1:{proxy.api_port}").request("GET", "/api/stats")  # type: ignore[no-any-return]
+
+
+def metrics(proxy: Proxy) -> dict[str, list[Any]]:
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.api_port)
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+    text = response.read().decode()
+    families: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = family.samples
+    return families
+
+
+def test_counters_match_requests_of_each_class(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    dead = free_port()
+    proxy = start_proxy(
+        [backends[0].url, f"127.0.0.1:{dead}"],
+        "[timeouts]\nupstream_response = 0.3\n[pools.default.health]\nenabled = false\n"
+        "[pools.default.outlier]\nenabled = false\n",
+    )
+    live_id, dead_id = f"127.0.0.1:{backends[0].port}", f"127.0.0.1:{dead}"
+    with proxy.client() as client:
+        for path, status in (
+            ("/", 200),
+            ("/status/404", 404),
+            ("/status/503", 503),
+            ("/hang", 504),
+        ):
+            # round-robin: the dead server's turn is retried on the live one
+            assert client.request("GET", path).status == status
+            assert client.request("GET", path).status == status
+    # a client that goes away before its answer
+    abort = socket.create_connection(("127.0.0.1", proxy.port))
+    abort.sendall(b"GET /sleep/300 HTTP/1.1\r\nHost: t\r\n\r\n")
+    abort.close()
+    # a request the listener rejects before any pool
+    with proxy.client() as client:
+        client.send(b"GET / HTTP/1.1\r\n\r\n")  # no Host
+        assert client.read_response().status == 400
+
+    def settled() -> dict[str, Any] | None:
+        snapshot = stats(proxy)
+        live = snapshot["pools"]["default"]["servers"][live_id]
+        return snapshot if live["errors"]["client_abort"] == 1 else None
+
+    snapshot = wait_for(settled, timeout=5)
+    pool = snapshot["pools"]["default"]
+    live = pool["servers"][live_id]
+    assert live["codes"] == {"2xx": 2, "4xx": 2, "5xx": 4, "none": 1}  # none: the abort
+    assert live["errors"]["upstream_5xx"] == 2
+    assert live["errors"]["client_4xx"] == 2
+    assert live["errors"]["timeout"] == 2
+    assert live["requests"] == 9  # 8 answered + 1 aborted
+    # every other attempt went to the dead server first and was retried on the live one
+    assert pool["servers"][dead_id]["errors"]["connect"] in (4, 5)
+    assert pool["servers"][dead_id]["requests"] == 0
+    assert snapshot["listener_rejected"] == 1
+    assert live["bytes_out"] > 0
+
+    families = metrics(proxy)
+    requests = {
+        (s.labels["server"], s.labels["code_class"]): s.value
+        for s in families["bunancer_requests"]
+        if s.labels["pool"] == "default"
+    }
+    assert requests[(live_id, "2xx")] == 2
+    assert requests[(live_id, "5xx")] == 4
+    histogram = [
+        s
+        for s in families["bunancer_request_duration_seconds"]
+        if s.name.endswith("_count") and s.labels["server"] == live_id
+    ]
+    assert histogram[0].value == 9
+    up = {s.labels["server"]: s.value for s in families["bunancer_server_up"]}
+    assert up[live_id] == 1
+    assert "process_resident_memory_bytes" in families
+
+
+def test_rps_falls_to_zero_when_traffic_stops(proxy: Proxy) -> None:
+    with proxy.client() as client:
+        for _ in range(200):
+            client.request("GET", "/")
+
+    def pool_rps() -> float:
+        return float(stats(proxy)["pools"]["default"]["rps"])
+
+    wait_for(lambda: pool_rps() > 0, timeout=3)
+    wait_for(lambda: pool_rps() == 0, timeout=3)
+    snapshot = stats(proxy)["pools"]["default"]
+    assert snapshot["requests"] >= 200
+    assert max(snapshot["history"]) > 0
+
+
+def test_access_log_combined_and_json(
+    start_proxy: StartProxy, backends: list[Backend], tmp_path: Path
+) -> None:
+    for fmt in ("combined", "json"):
+        path = tmp_path / f"access-{fmt}.log"
+        proxy = start_proxy([backends[0].url], f'[access_log]\npath = "{path}"\nformat = "{fmt}"\n')
+        with proxy.client() as client:
+            client.request("GET", "/size/10?x=1", headers={"User-Agent": "probe/1"})
+        wait_for(lambda p=path: p.exists() and p.read_text().strip(), timeout=3)
+        line = path.read_text().strip().splitlines()[-1]
+        if fmt == "json":
+            entry = json.loads(line)
+            assert entry["target"] == "/size/10?x=1"
+            assert entry["status"] == 200
+            assert entry["user_agent"] == "probe/1"
+            assert entry["upstream"] == f"127.0.0.1:{backends[0].port}"
+            assert entry["time_total"] >= entry["upstream_time"] > 0
+        else:
+            assert '"GET /size/10?x=1 HTTP/1.1" 200' in line
+            assert '"probe/1"' in line
+            assert f"upstream=127.0.0.1:{backends[0].port}" in line
+        proxy.process.stop()
+
+
+def test_statsd_lines_arrive(start_proxy: StartProxy, backends: list[Backend]) -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    port = receiver.getsockname()[1]
+    proxy = start_proxy([backends[0].url], f'[stats]\nstatsd = "127.0.0.1:{port}"\n')
+    with proxy.client() as client:
+        for _ in range(5):
+            client.request("GET", "/")
+    lines: list[str] = []
+
+    def got_requests() -> bool:
+        lines.extend(receiver.recv(65536).decode().splitlines())
+        return any(".requests:" in line for line in lines)
+
+    wait_for(got_requests, timeout=5)
+    receiver.close()
+    assert any(line.endswith("|c") for line in lines)
+    assert any(".up:1|g" in line for line in lines)
+
+
+def test_stats_off_records_nothing(start_proxy: StartProxy, backends: list[Backend]) -> None:
+    proxy = start_proxy([backends[0].url], "[stats]\nenabled = false\n")
+    with RawClient(proxy.port) as client:
+        client.request("GET", "/")
+    assert stats(proxy)["pools"]["default"]["requests"] == 0
