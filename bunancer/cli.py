@@ -25,6 +25,7 @@ from .config import (
     parse_backend_url,
     parse_hostport,
 )
+from .console import STATE_STYLES
 
 EXIT_USAGE = 2
 
@@ -247,16 +248,6 @@ def _call(function: Callable[[], Any]) -> Any:
         sys.exit(1)
 
 
-STATE_STYLES = {
-    "healthy": "green",
-    "pending": "cyan",
-    "unhealthy": "yellow",
-    "dead": "red",
-    "draining": "magenta",
-    "disabled": "dim",
-}
-
-
 @cli.command("pools")
 @api_options
 def pools_command(api_url: str, token: str | None, state_dir: str | None) -> None:
@@ -288,6 +279,37 @@ def pools_command(api_url: str, token: str | None, state_dir: str | None) -> Non
         if not pool["servers"]:
             table.add_row("(empty)", "", "", "", "", "")
         console.print(table)
+
+
+@cli.command("status")
+@api_options
+def status_command(api_url: str, token: str | None, state_dir: str | None) -> None:
+    """Pools and servers with state, reason, req/s, error rate, p99 and last check."""
+    from .console import show_status
+
+    client = _client(api_url, token, state_dir)
+    _call(lambda: show_status(client, Console(highlight=False)))
+
+
+@cli.command("top")
+@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True)
+@click.option("--frames", type=click.IntRange(1), hidden=True, help="Stop after N redraws.")
+@api_options
+def top_command(
+    interval: float,
+    frames: int | None,
+    api_url: str,
+    token: str | None,
+    state_dir: str | None,
+) -> None:
+    """A live view of the balancer (q or Ctrl-C quits)."""
+    from .console import run_top
+
+    client = _client(api_url, token, state_dir)
+    try:
+        _call(lambda: run_top(client, Console(highlight=False), interval, frames))
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.group("servers")

@@ -164,3 +164,28 @@ def test_stats_off_records_nothing(start_proxy: StartProxy, backends: list[Backe
     with RawClient(proxy.port) as client:
         client.request("GET", "/")
     assert stats(proxy)["pools"]["default"]["requests"] == 0
+
+
+def test_status_and_top_commands(proxy: Proxy, backends: list[Backend]) -> None:
+    from click.testing import CliRunner
+
+    from bunancer.cli import cli
+
+    with proxy.client() as client:
+        for _ in range(20):
+            client.request("GET", "/")
+    runner = CliRunner()
+    api = f"127.0.0.1:{proxy.api_port}"
+    status = runner.invoke(cli, ["status", "--api", api], env={"COLUMNS": "200"})
+    assert status.exit_code == 0, status.output
+    assert f"127.0.0.1:{backends[0].port}" in status.output
+    assert "healthy" in status.output
+    assert "routable" in status.output
+    top = runner.invoke(
+        cli, ["top", "--api", api, "--frames", "2", "--interval", "0.2"], env={"COLUMNS": "200"}
+    )
+    assert top.exit_code == 0, top.output
+    assert "bunancer top" in top.output
+    down = runner.invoke(cli, ["status", "--api", f"127.0.0.1:{free_port()}"])
+    assert down.exit_code == 1
+    assert "no balancer answers" in down.output
