@@ -74,6 +74,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HOST = "127.0.0.1"
 FRONTS = ("direct", "bunancer", "nginx", "haproxy")
+# bunancer with a setting changed, to measure what a feature costs (not run by default):
+# `--fronts bunancer,bunancer-nostats,bunancer-accesslog`.
+VARIANTS = {
+    "bunancer-nostats": "[stats]\nenabled = false\n",
+    "bunancer-accesslog": '[access_log]\npath = "{workdir}/access.log"\n',
+}
+ALL_FRONTS = (*FRONTS, *VARIANTS)
 MODES = ("keepalive", "close")
 INSTALL_HINT = "install them with: apt-get install wrk nginx haproxy"
 EXIT_USAGE = 2
@@ -332,17 +339,21 @@ def start_nginx_backend(supervisor: Supervisor, backend_id: str, size: int) -> E
     return Endpoint(backend_id, port, child)
 
 
-def start_bunancer(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
+def start_bunancer(
+    supervisor: Supervisor, backends: list[Endpoint], name: str = "bunancer"
+) -> Endpoint:
     servers = ", ".join(f'{{ address = "{HOST}:{b.port}" }}' for b in backends)
-    config = supervisor.workdir / "bunancer.toml"
+    config = supervisor.workdir / f"{name}.toml"
+    extra = VARIANTS.get(name, "").format(workdir=supervisor.workdir)
     config.write_text(
-        f'[[listeners]]\naddress = "{HOST}:0"\n\n[pools.default]\nservers = [{servers}]\n'
+        f'{extra}[api]\nlisten = "{HOST}:0"\n\n[[listeners]]\naddress = "{HOST}:0"\n\n'
+        f"[pools.default]\nservers = [{servers}]\n"
     )
-    state_dir = supervisor.workdir / "bunancer-state"
+    state_dir = supervisor.workdir / f"{name}-state"
     argv = [sys.executable, "-m", "bunancer", "serve", "--config", str(config)]
-    child = supervisor.start("bunancer", [*argv, "--state-dir", str(state_dir)])
+    child = supervisor.start(name, [*argv, "--state-dir", str(state_dir)])
     ready = wait_log_line(child, r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
-    return Endpoint("bunancer", int(ready.group(1)), child)
+    return Endpoint(name, int(ready.group(1)), child)
 
 
 def start_nginx_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
@@ -403,6 +414,8 @@ def start_fronts(
     for name in names:
         if name == "direct":
             fronts[name] = Endpoint("direct", backends[0].port, backends[0].child)
+        elif name in VARIANTS:
+            fronts[name] = start_bunancer(supervisor, backends, name)
         else:
             fronts[name] = starters[name](supervisor, backends)
     for front in fronts.values():
@@ -583,7 +596,7 @@ def summarise(samples: list[Sample]) -> list[Summary]:
                 runs=len(group),
             )
         )
-    order = {name: index for index, name in enumerate(FRONTS)}
+    order = {name: index for index, name in enumerate(ALL_FRONTS)}
     summaries.sort(key=lambda s: (MODES.index(s.mode), order[s.front]))
     return summaries
 
@@ -608,6 +621,16 @@ def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
                         "mode": mode,
                         "ratio": f"bunancer/{other} req/s",
                         "value": ours.rps / theirs.rps,
+                    }
+                )
+        for variant in VARIANTS:
+            theirs = by_key.get((mode, variant))
+            if theirs is not None and ours.rps > 0:
+                rows.append(
+                    {
+                        "mode": mode,
+                        "ratio": f"{variant}/bunancer req/s",
+                        "value": theirs.rps / ours.rps,
                     }
                 )
         haproxy = by_key.get((mode, "haproxy"))
@@ -729,11 +752,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def choose_fronts(requested: str) -> list[str]:
     """The requested fronts in canonical order, minus proxies that are not installed."""
     names = [name.strip() for name in requested.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(FRONTS))
+    unknown = sorted(set(names) - set(ALL_FRONTS))
     if unknown or not names:
-        fail(f"unknown front(s) {', '.join(unknown) or '(none)'}; choose from {','.join(FRONTS)}")
+        choices = ",".join(ALL_FRONTS)
+        fail(f"unknown front(s) {', '.join(unknown) or '(none)'}; choose from {choices}")
     chosen = []
-    for name in FRONTS:
+    for name in ALL_FRONTS:
         if name not in names:
             continue
         if name in ("nginx", "haproxy") and shutil.which(name) is None:
