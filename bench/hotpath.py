@@ -29,13 +29,16 @@ from typing import Any
 
 import uvloop
 
+from bunancer.core.accesslog import AccessLog
 from bunancer.core.pool import ServerPool
 from bunancer.core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
 from bunancer.core.routing import RouteTable
 from bunancer.core.server import Server
 from bunancer.core.upstream import UpstreamPool, UpstreamProtocol, UpstreamSettings
 
+# Feature switches for cost measurements: HOTPATH_STATS=0, HOTPATH_ACCESS_LOG=1.
 STATS = os.environ.get("HOTPATH_STATS", "1") == "1"
+ACCESS_LOG = os.environ.get("HOTPATH_ACCESS_LOG", "0") == "1"
 REQUEST = (
     b"GET /api/items?id=42 HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\n"
     b"Accept: */*\r\n\r\n"
@@ -89,6 +92,8 @@ def build(
     server.connections = UpstreamPool(server, UpstreamSettings(), loop)
     pool.add(server)
     ctx = ListenerContext(loop, RouteTable([], pool), ListenerSettings(stats=STATS))
+    if ACCESS_LOG:
+        ctx.access_log = AccessLog(loop, os.devnull)
     down = DownstreamProtocol(ctx)
     down_transport = FakeTransport(("127.0.0.1", 50000))
     down.connection_made(down_transport)  # type: ignore[arg-type]

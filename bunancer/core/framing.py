@@ -69,7 +69,7 @@ def check_version(version: str) -> bool:
 
 def check_target(method: bytes, target: bytes) -> None:
     """Accept origin-form, absolute-form (http/https) and OPTIONS's asterisk-form."""
-    if b"#" in target:
+    if 35 in target:  # "#"; an int needle is a memchr, far cheaper than b"#"
         raise ProxyError(400, "request target has a fragment")
     if method == b"CONNECT":
         raise ProxyError(405, "CONNECT is not supported")

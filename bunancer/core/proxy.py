@@ -497,19 +497,25 @@ class Exchange:
 
     def _log_access(self, access_log: AccessLog) -> None:
         now = perf_counter()
-        headers = self.request_headers
+        referer = user_agent = None
+        for name, value in self.request_headers:
+            if len(name) == 10 and name.lower() == b"user-agent":
+                user_agent = value
+            elif len(name) == 7 and name.lower() == b"referer":
+                referer = value
+        server = self.server
         access_log.add(
-            client=self.down.client_ip,
-            method=self.method,
-            target=self.target,
-            http11=self.http11,
-            status=self.status,
-            bytes_out=self.bytes_out,
-            referer=_header(headers, b"referer"),
-            user_agent=_header(headers, b"user-agent"),
-            upstream=self.server.address if self.server is not None else "",
-            upstream_time=now - self.up_started if self.up_started else None,
-            total_time=now - self.started,
+            self.down.client_ip.encode(),
+            self.method,
+            self.target,
+            self.http11,
+            self.status,
+            self.bytes_out,
+            referer,
+            user_agent,
+            server.label if server is not None else b"",
+            now - self.up_started if self.up_started else -1.0,
+            now - self.started,
         )
 
     def client_lost(self) -> None:
@@ -889,10 +895,3 @@ class DownstreamProtocol(asyncio.Protocol):
             failed.start()
         else:
             self.queue.append(failed)
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None

@@ -32,6 +32,7 @@ class Server:
         "host",
         "id",
         "in_flight",
+        "label",
         "on_outlier",
         "passive_failures",
         "pool_name",
@@ -57,6 +58,7 @@ class Server:
         self.id = id
         self.host = host
         self.port = port
+        self.label = self.address.encode()  # for access log lines
         self.weight = weight
         self.pool_name = pool_name
         self.source = source

@@ -82,7 +82,6 @@ class ServerStats:
         "bytes_in",
         "bytes_out",
         "cur_latency",
-        "cur_max_us",
         "errors",
         "latency",
         "seconds",
@@ -97,7 +96,6 @@ class ServerStats:
         self.bytes_out = 0
         # the current second (its counts are lifetime totals minus the mark at rotation)
         self.cur_latency = [0] * BUCKETS
-        self.cur_max_us = 0
         self._mark = (0, 0, 0, 0)  # requests, errors, bytes in, bytes out at the last rotation
         # closed seconds, newest last
         self.seconds: deque[Second] = deque(maxlen=WINDOW_SECONDS)
@@ -120,10 +118,7 @@ class ServerStats:
             index = (length << 2) + ((us >> (length - 3)) & 3)
             if index >= BUCKETS:
                 index = BUCKETS - 1
-        self.latency[index] += 1
-        self.cur_latency[index] += 1
-        if us > self.cur_max_us:
-            self.cur_max_us = us
+        self.cur_latency[index] += 1  # lifetime `latency` takes it in at `rotate`
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
         if error >= 0:
@@ -139,10 +134,17 @@ class ServerStats:
         if requests:
             latency = self.cur_latency
             self.cur_latency = [0] * BUCKETS
+            lifetime = self.latency
+            for index, count in enumerate(latency):
+                if count:
+                    lifetime[index] += count
+            # The slowest request of the second, to within its bucket (no compare per request).
+            top = max(index for index, count in enumerate(latency) if count)
+            max_us = bucket_bounds(top)[1]
         else:
             latency = _EMPTY
-        self.seconds.append(Second(requests, errors, bytes_in, bytes_out, self.cur_max_us, latency))
-        self.cur_max_us = 0
+            max_us = 0
+        self.seconds.append(Second(requests, errors, bytes_in, bytes_out, max_us, latency))
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -312,7 +312,10 @@ def _counters(out: _Exposition, stats: ServerStats, labels: dict[str, str]) -> N
     out.sample("bunancer_bytes_total", {**labels, "direction": "in"}, stats.bytes_in)
     out.sample("bunancer_bytes_total", {**labels, "direction": "out"}, stats.bytes_out)
     cumulative = 0
-    latency = stats.latency
+    # The lifetime histogram takes in the current second at rotation: add it here.
+    latency = [
+        done + current for done, current in zip(stats.latency, stats.cur_latency, strict=True)
+    ]
     start = 0
     for edge in _PROM_EDGES:
         cumulative += sum(latency[start:edge])
