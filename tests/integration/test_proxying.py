@@ -7,7 +7,7 @@ import json
 import socket
 
 from tests.backend import pattern_bytes
-from tests.conftest import Backend, Proxy
+from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import RawClient
 
 
@@ -243,3 +243,35 @@ def test_upgrade_without_body_is_a_plain_request_until_tunnels_exist(proxy: Prox
     assert "upgrade" not in headers
     assert "connection" not in headers
     assert second.body == pattern_bytes(4)
+
+
+def test_routes_choose_pools_first_match_then_default(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    api, web = backends
+    proxy = start_proxy(
+        [web.url],
+        f"""
+        [pools.api]
+        servers = [{{ address = "{api.url}" }}]
+
+        [[routes]]
+        host = "*.api.test"
+        pool = "api"
+
+        [[routes]]
+        path_prefix = "/v1/"
+        pool = "api"
+        """,
+    )
+    with proxy.client() as client:
+
+        def answer(path: str, host: str) -> bytes:
+            client.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            return client.read_response().body
+
+        assert answer("/", "eu.api.test") == b"ok %d\n" % api.port
+        assert answer("/", "EU.API.TEST:8080") == b"ok %d\n" % api.port  # case, port ignored
+        assert answer("/v1/users", "www.test") == b"ok %d\n" % api.port
+        assert answer("/v2/users", "www.test") == b"ok %d\n" % web.port
+        assert answer("/", "api.test") == b"ok %d\n" % web.port  # "*.api.test" is not the apex
