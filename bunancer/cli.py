@@ -423,5 +423,15 @@ def config_check(file: str) -> None:
     )
 
 
+def _add_stubs() -> None:
+    # The stubs live in their own package (stubs/) and are shipped beside bunancer.
+    from stubs.cli import stubs_group
+
+    cli.add_command(stubs_group, "stubs")
+
+
+_add_stubs()
+
+
 def main() -> None:
     cli(prog_name="bunancer")
