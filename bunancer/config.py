@@ -137,6 +137,55 @@ class OutlierConfig(_Section):
         return value
 
 
+Algorithm = Literal[
+    "round-robin",
+    "weighted-round-robin",
+    "least-connections",
+    "random",
+    "p2c",
+    "peak-ewma",
+    "hash",
+    "sticky",
+]
+DEFAULT_ALGORITHM = "p2c"
+
+
+class BalancingConfig(_Section):
+    """Options of the pool's algorithm, retries, overload protection and panic mode."""
+
+    hash_key: str = "client_ip"  # client_ip, path, header:NAME, cookie:NAME (algorithm "hash")
+    sticky_cookie: str = Field(default="bunancer_sticky", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sticky_fallback: Literal[
+        "round-robin", "weighted-round-robin", "least-connections", "random", "p2c", "peak-ewma"
+    ] = "p2c"
+    slow_start: float = Field(default=0.0, ge=0.0, le=3600.0)  # seconds; 0 = off
+    retries: int = Field(default=1, ge=0, le=10)  # extra attempts, each on another server
+    retry_on: list[int] = Field(default_factory=lambda: [502, 503, 504])
+    retry_timeouts: bool = True  # retry idempotent requests whose upstream timed out
+    retry_budget: float = Field(default=0.2, ge=0.0, le=1.0)  # retries per request, at most
+    retry_body_max: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+    max_pending: int = Field(default=0, ge=0)  # requests waiting for a connection; 0 = no cap
+    max_connections: int | None = Field(default=None, ge=0)  # per server; None: [upstream]
+    panic_threshold: float = Field(default=0.0, ge=0.0, le=1.0)  # 0 = off
+
+    @field_validator("hash_key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        kind, _, name = value.partition(":")
+        if kind in ("client_ip", "path") and not name:
+            return value
+        if kind in ("header", "cookie") and name and all(c.isalnum() or c in "-_." for c in name):
+            return value
+        raise ValueError("use client_ip, path, header:NAME or cookie:NAME")
+
+    @field_validator("retry_on")
+    @classmethod
+    def _check_statuses(cls, value: list[int]) -> list[int]:
+        if any(not 500 <= status <= 599 for status in value):
+            raise ValueError("retry only on 5xx statuses")
+        return value
+
+
 class ServerConfig(_Section):
     address: str
     id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
@@ -155,10 +204,11 @@ class ServerConfig(_Section):
 
 
 class PoolConfig(_Section):
-    algorithm: Literal["round-robin"] = "round-robin"
+    algorithm: Algorithm = DEFAULT_ALGORITHM
     servers: list[ServerConfig] = Field(default_factory=list)
     health: HealthConfig = Field(default_factory=HealthConfig)
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    balancing: BalancingConfig = Field(default_factory=BalancingConfig)
 
     @model_validator(mode="after")
     def _unique_servers(self) -> PoolConfig:

@@ -69,8 +69,10 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
         extra: str = "",
         args: tuple[str, ...] = (),
         state_dir: Path | None = None,
+        algorithm: str = "round-robin",
     ) -> Proxy:
-        """`state_dir` reuses a previous proxy's state (a restart)."""
+        """`state_dir` reuses a previous proxy's state (a restart). The default pool is
+        round-robin here (the product's default is p2c) so tests can predict who answers."""
         workdir = tmp_path_factory.mktemp("proxy")
         server_lines = ", ".join(f'{{ address = "{s}" }}' for s in servers)
         extra = textwrap.dedent(extra)
@@ -79,7 +81,7 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
         toml = (
             extra
             + '\n[[listeners]]\naddress = "127.0.0.1:0"\n\n'
-            + f"[pools.default]\nservers = [{server_lines}]\n"
+            + f'[pools.default]\nalgorithm = "{algorithm}"\nservers = [{server_lines}]\n'
         )
         config_path = workdir / "bunancer.toml"
         config_path.write_text(toml)

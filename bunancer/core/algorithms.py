@@ -1,37 +1,81 @@
 """Selection algorithms: small sans-I/O objects that pick a server from a snapshot.
 
-A `Selector` sees the pool's immutable tuple of routable servers (rebuilt when the pool
-changes) and an optional request key; it returns one of them or None. Selectors hold
-only their own small state (a counter here), so they are testable without sockets.
+A `Selector` is handed the pool's immutable tuple of routable servers whenever it changes
+(`update`), and picks from it per request (`pick`), O(1) or O(log n). Selectors read only
+plain attributes of servers: `effective_weight` (the weight, ramped during slow start),
+`in_flight`, and for `peak-ewma` the latency estimate that `observe` keeps. Randomness and
+time come in from outside (an `rng`, a `clock`), so tests run them with a seed.
+
+- round-robin: each server in turn; for alike servers and alike requests.
+- weighted-round-robin: in proportion to weights, interleaved (nginx's smooth order); for
+  servers of different sizes.
+- least-connections: fewest requests in flight per unit of weight; for varied request costs.
+- random: uniformly (weighted) at random; when many balancers share the servers.
+- p2c: the less loaded of two random servers; the default: cheap, steers away from slow ones.
+- peak-ewma: the lower latency x load of two random servers; when latency matters most.
+- hash: by a key (client IP, header, cookie, path) through a Maglev table; caches, affinity.
+- sticky: the server named in a cookie the balancer sets, else a fallback; in-memory sessions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, TypeVar
+import bisect
+import hashlib
+import heapq
+import itertools
+import math
+import random
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-S = TypeVar("S")
+from .server import Server
+
+Clock = Callable[[], float]
 
 
-class Selector(Protocol[S]):
+class Selector(Protocol):
     name: str
+    needs_key: bool  # pick() wants a request key (hash, sticky)
+    tracks_load: bool  # wants started()/finished() calls per request (least-connections)
+    tracks_latency: bool  # wants observe() per response (peak-ewma)
 
-    def pick(self, servers: Sequence[S], key: bytes | None = None) -> S | None: ...
+    def update(self, servers: Sequence[Server]) -> None:
+        """The routable set changed: rebuild per-set state."""
 
-    def update(self, servers: Sequence[S]) -> None:
-        """Called when the routable set changes (rebuild any per-set state)."""
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None: ...
 
 
-class RoundRobin:
+class _Base:
+    name = ""
+    needs_key = False
+    tracks_load = False
+    tracks_latency = False
+
+    def update(self, servers: Sequence[Server]) -> None:
+        pass
+
+    def started(self, server: Server) -> None:
+        pass
+
+    def finished(self, server: Server) -> None:
+        pass
+
+    def observe(self, server: Server, us: int) -> None:
+        pass
+
+
+class RoundRobin(_Base):
     """Each routable server in turn."""
 
     name = "round-robin"
     __slots__ = ("_next",)
 
-    def __init__(self) -> None:
+    def __init__(self, **_: Any) -> None:
         self._next = 0
 
-    def pick(self, servers: Sequence[S], key: bytes | None = None) -> S | None:
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
         count = len(servers)
         if not count:
             return None
@@ -41,16 +85,326 @@ class RoundRobin:
         self._next = index + 1
         return servers[index]
 
-    def update(self, servers: Sequence[S]) -> None:
+    def update(self, servers: Sequence[Server]) -> None:
         if self._next >= len(servers):
             self._next = 0
 
 
-ALGORITHMS: dict[str, type[RoundRobin]] = {RoundRobin.name: RoundRobin}
+def _weights(servers: Sequence[Server]) -> list[int]:
+    """Integer weights (effective weights during slow start can be fractional)."""
+    return [max(1, round(s.effective_weight * 10)) for s in servers]
 
 
-def make_selector(name: str) -> RoundRobin:
+class WeightedRoundRobin(_Base):
+    """nginx's smooth weighted round-robin, precomputed: weights 5,1,1 give a,a,b,a,c,a,a
+    rather than a,a,a,a,a,b,c. The order is built once per change (`update`), so a pick is
+    an index into it, O(1)."""
+
+    name = "weighted-round-robin"
+    MAX_SCHEDULE = 4096  # longer schedules are scaled down (proportions kept to ~0.1%)
+
+    def __init__(self, **_: Any) -> None:
+        self._schedule: list[Server] = []
+        self._next = 0
+
+    def update(self, servers: Sequence[Server]) -> None:
+        weights = _weights(servers)
+        divisor = math.gcd(*weights) if weights else 1
+        weights = [w // divisor for w in weights]
+        total = sum(weights)
+        if total > self.MAX_SCHEDULE:
+            weights = [max(1, w * self.MAX_SCHEDULE // total) for w in weights]
+            total = sum(weights)
+        current = [0] * len(weights)
+        schedule = []
+        for _ in range(total):
+            for index, weight in enumerate(weights):
+                current[index] += weight
+            best = max(range(len(weights)), key=current.__getitem__)
+            current[best] -= total
+            schedule.append(servers[best])
+        self._schedule = schedule
+        self._next = 0
+
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        schedule = self._schedule
+        if not schedule:
+            return None
+        index = self._next
+        if index >= len(schedule):
+            index = 0
+        self._next = index + 1
+        return schedule[index]
+
+
+class LeastConnections(_Base):
+    """Fewest requests in flight per unit of weight; ties broken in turn.
+
+    A heap with lazy invalidation keeps each pick O(log n): every start and finish of a
+    request pushes the server's new load, and stale entries are dropped when they surface.
+    """
+
+    name = "least-connections"
+    tracks_load = True
+
+    def __init__(self, **_: Any) -> None:
+        self._heap: list[tuple[float, int, int, Server]] = []
+        self._version: dict[Server, int] = {}
+        self._order = itertools.count()
+
+    def update(self, servers: Sequence[Server]) -> None:
+        self._version = dict.fromkeys(servers, 0)
+        self._heap = []
+        for server in servers:
+            self._push(server)
+
+    def _push(self, server: Server) -> None:
+        version = self._version.get(server)
+        if version is None:
+            return  # not routable (any more)
+        version += 1
+        self._version[server] = version
+        load = (server.in_flight + 1) / server.effective_weight
+        heapq.heappush(self._heap, (load, next(self._order), version, server))
+        if len(self._heap) > 4 * len(self._version) + 64:
+            self.update(list(self._version))  # drop the stale entries in one go
+
+    started = finished = _push
+
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        heap = self._heap
+        version = self._version
+        while heap:
+            _, _, entry_version, server = heap[0]
+            if version.get(server) == entry_version:
+                return server
+            heapq.heappop(heap)
+        return None
+
+
+class Random(_Base):
+    """Uniformly at random, or in proportion to weights (bisect over cumulative weights)."""
+
+    name = "random"
+
+    def __init__(self, rng: random.Random | None = None, **_: Any) -> None:
+        self._rng = rng or random.Random()
+        self._cumulative: list[int] = []
+        self._servers: Sequence[Server] = ()
+
+    def update(self, servers: Sequence[Server]) -> None:
+        self._servers = servers
+        self._cumulative = list(itertools.accumulate(_weights(servers)))
+
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        cumulative = self._cumulative
+        if not cumulative:
+            return None
+        point = self._rng.random() * cumulative[-1]
+        return self._servers[bisect.bisect_right(cumulative, point)]
+
+
+class PowerOfTwoChoices(_Base):
+    """Two servers at random, the one with fewer requests in flight per unit of weight.
+
+    Nearly as good as least-connections at keeping a slow server from piling up requests
+    (its in-flight count grows), at O(1) and without shared bookkeeping.
+    """
+
+    name = "p2c"
+
+    def __init__(self, rng: random.Random | None = None, **_: Any) -> None:
+        self._rng = rng or random.Random()
+
+    def _cost(self, server: Server) -> float:
+        return (server.in_flight + 1) / server.effective_weight
+
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        count = len(servers)
+        if count < 2:
+            return servers[0] if count else None
+        first = int(self._rng.random() * count)
+        second = int(self._rng.random() * (count - 1))
+        if second >= first:
+            second += 1
+        a, b = servers[first], servers[second]
+        return a if self._cost(a) <= self._cost(b) else b
+
+
+class PeakEwma(PowerOfTwoChoices):
+    """Power of two choices on latency x load (Finagle's peak EWMA).
+
+    Each server keeps an exponentially weighted moving average of its response times that
+    jumps up at once on a slow response (the "peak") and decays with time constant `decay`,
+    also while no request is sent to it: a server that was slow is tried again once its
+    estimate has decayed, rather than shunned for ever. Cost = estimate x (in flight + 1).
+    """
+
+    name = "peak-ewma"
+    tracks_latency = True
+
+    def __init__(
+        self,
+        rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
+        decay: float = 10.0,
+        **_: Any,
+    ) -> None:
+        super().__init__(rng)
+        self._clock = clock
+        self._decay = decay
+
+    def observe(self, server: Server, us: int) -> None:
+        now = self._clock()
+        estimate = self._decayed(server, now)
+        if us > estimate:
+            server.latency_ewma = float(us)  # peak: believe a slowdown at once
+        else:
+            weight = math.exp(-(now - server.latency_at) / self._decay)
+            server.latency_ewma = estimate * weight + us * (1.0 - weight)
+        server.latency_at = now
+
+    def _decayed(self, server: Server, now: float) -> float:
+        age = now - server.latency_at
+        if age <= 0:
+            return server.latency_ewma
+        return server.latency_ewma * math.exp(-age / self._decay)
+
+    def _cost(self, server: Server) -> float:
+        # A server with no estimate yet costs as little as possible: it gets tried.
+        estimate = self._decayed(server, self._clock()) or 1.0
+        return estimate * (server.in_flight + 1) / server.effective_weight
+
+
+def _stable_hash(data: bytes) -> int:
+    """A hash that is the same in every process (Python's own is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class MaglevHash(_Base):
+    """Consistent hashing with a Maglev lookup table: O(1) per pick, and when a server
+    joins or leaves about 1/n of the keys move. Weights give servers more table entries.
+
+    The table size is a prime well above the number of servers (65537 here for up to a few
+    hundred servers); building it is O(table size) per change of the routable set.
+    """
+
+    name = "hash"
+    needs_key = True
+    TABLE_SIZE = 65537
+
+    def __init__(self, **_: Any) -> None:
+        self._table: list[Server] = []
+        self._fallback = RoundRobin()
+
+    def update(self, servers: Sequence[Server]) -> None:
+        self._fallback.update(servers)
+        size = self.TABLE_SIZE
+        if not servers:
+            self._table = []
+            return
+        # Order by id so that the table depends on the set, not on the order of the tuple.
+        ordered = sorted(servers, key=lambda s: s.id)
+        weights = _weights(ordered)
+        top = max(weights)
+        offsets, skips = [], []
+        for server in ordered:
+            digest = _stable_hash(server.id.encode())
+            offsets.append((digest >> 32) % size)
+            skips.append((digest & 0xFFFFFFFF) % (size - 1) + 1)
+        nexts = [0] * len(ordered)
+        credit = [0.0] * len(ordered)
+        table: list[Server | None] = [None] * size
+        filled = 0
+        while filled < size:
+            for index, server in enumerate(ordered):
+                credit[index] += weights[index] / top
+                if credit[index] < 1.0:
+                    continue
+                credit[index] -= 1.0
+                slot = (offsets[index] + nexts[index] * skips[index]) % size
+                while table[slot] is not None:
+                    nexts[index] += 1
+                    slot = (offsets[index] + nexts[index] * skips[index]) % size
+                table[slot] = server
+                nexts[index] += 1
+                filled += 1
+                if filled == size:
+                    break
+        self._table = table  # type: ignore[assignment]
+
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        table = self._table
+        if not table:
+            return None
+        if key is None:
+            return self._fallback.pick(servers)
+        return table[zlib.crc32(key) % self.TABLE_SIZE]
+
+
+def sticky_token(server: Server) -> str:
+    """The cookie value naming a server: opaque, stable across restarts and instances."""
+    return hashlib.blake2b(f"{server.pool_name}/{server.id}".encode(), digest_size=6).hexdigest()
+
+
+class Sticky(_Base):
+    """The server named by the request's sticky cookie, while it is routable; otherwise
+    `fallback` picks, and the response sets the cookie (see `Exchange`)."""
+
+    name = "sticky"
+    needs_key = True
+
+    def __init__(self, fallback: str = "p2c", **options: Any) -> None:
+        if fallback in ("sticky", "hash"):
+            raise ValueError("sticky needs a fallback that does not use a key")
+        self.fallback = make_selector(fallback, **options)
+        self.tracks_load = self.fallback.tracks_load
+        self.tracks_latency = self.fallback.tracks_latency
+        self._by_token: dict[bytes, Server] = {}
+
+    def update(self, servers: Sequence[Server]) -> None:
+        self.fallback.update(servers)
+        self._by_token = {sticky_token(s).encode(): s for s in servers}
+
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        if key:
+            server = self._by_token.get(key)
+            if server is not None:
+                return server
+        return self.fallback.pick(servers)
+
+    def knows(self, key: bytes | None) -> bool:
+        return bool(key) and key in self._by_token
+
+    def started(self, server: Server) -> None:
+        self.fallback.started(server)
+
+    def finished(self, server: Server) -> None:
+        self.fallback.finished(server)
+
+    def observe(self, server: Server, us: int) -> None:
+        self.fallback.observe(server, us)
+
+
+ALGORITHMS: dict[str, type[Any]] = {
+    cls.name: cls
+    for cls in (
+        RoundRobin,
+        WeightedRoundRobin,
+        LeastConnections,
+        Random,
+        PowerOfTwoChoices,
+        PeakEwma,
+        MaglevHash,
+        Sticky,
+    )
+}
+ALGORITHM_NAMES = tuple(ALGORITHMS)
+
+
+def make_selector(name: str, **options: Any) -> Any:
     try:
-        return ALGORITHMS[name]()
+        cls = ALGORITHMS[name]
     except KeyError:
         raise ValueError(f"unknown algorithm {name!r}") from None
+    return cls(**options)

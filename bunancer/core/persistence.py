@@ -18,7 +18,7 @@ import logging
 
 from pydantic import ValidationError
 
-from ..config import HealthConfig, OutlierConfig
+from ..config import BalancingConfig, HealthConfig, OutlierConfig
 from .registry import PoolSettings, Registry, RegistryError
 from .server import Server
 from .states import State as ServerState
@@ -56,6 +56,7 @@ class Persistence:
                 algorithm=settings.algorithm,
                 health=settings.health.model_dump(mode="json"),
                 outlier=settings.outlier.model_dump(mode="json"),
+                balancing=settings.balancing.model_dump(mode="json"),
                 servers=[
                     ServerRecord(
                         id=server.id,
@@ -226,6 +227,7 @@ def _pool_settings(record: PoolRecord) -> PoolSettings | None:
             HealthConfig.model_validate(record.health),
             OutlierConfig.model_validate(record.outlier),
             source="api",
+            balancing=BalancingConfig.model_validate(record.balancing),
         )
     except ValidationError as error:
         log.warning("not restoring pool %s: %s", record.name, error)

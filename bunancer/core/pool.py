@@ -1,25 +1,76 @@
-"""ServerPool: the servers of one named pool and the snapshot the data plane selects from.
+"""ServerPool: the servers of one named pool and what the data plane selects from.
 
 The data plane reads `routable`, an immutable tuple rebuilt whenever a server is added,
-removed or changes state, so a selection never sees a half-changed set.
+removed or changes state, so a selection never sees a half-changed set. The pool also
+holds what the request path needs of its settings: the selector, how to take a request's
+key (hash, sticky), the retry rules and budget, the cap on waiting requests, panic mode.
 """
 
 from __future__ import annotations
 
-from .algorithms import RoundRobin, make_selector
+from typing import Any
+
+from ..config import DEFAULT_ALGORITHM, BalancingConfig
+from .algorithms import make_selector
 from .server import Server
+from .states import State
 from .stats import ServerStats
+
+_OUT_OF_ROTATION = (State.DISABLED, State.DRAINING)
 
 
 class ServerPool:
-    __slots__ = ("name", "rejected", "routable", "selector", "servers")
+    __slots__ = (
+        "balancing",
+        "key_kind",
+        "key_name",
+        "max_pending",
+        "name",
+        "panic",
+        "pending",
+        "rejected",
+        "retry_on",
+        "retry_tokens",
+        "routable",
+        "selector",
+        "servers",
+    )
 
-    def __init__(self, name: str, algorithm: str = "round-robin") -> None:
+    def __init__(
+        self,
+        name: str,
+        algorithm: str = DEFAULT_ALGORITHM,
+        balancing: BalancingConfig | None = None,
+    ) -> None:
         self.name = name
         self.servers: dict[str, Server] = {}
-        self.selector: RoundRobin = make_selector(algorithm)
         self.routable: tuple[Server, ...] = ()
         self.rejected = ServerStats()  # requests of this pool that reached no server
+        self.panic = False
+        self.pending = 0  # requests waiting for an upstream connection (max_pending)
+        self.retry_tokens = 10.0
+        self.selector: Any = None
+        self.configure(algorithm, balancing or BalancingConfig())
+
+    def configure(self, algorithm: str, balancing: BalancingConfig) -> None:
+        """Apply settings (live: the next request uses them)."""
+        options: dict[str, Any] = {}
+        if algorithm == "sticky":
+            options["fallback"] = balancing.sticky_fallback
+        self.selector = make_selector(algorithm, **options)
+        self.balancing = balancing
+        self.retry_on = frozenset(balancing.retry_on)
+        self.max_pending = balancing.max_pending
+        if algorithm == "sticky":
+            self.key_kind, self.key_name = "cookie", balancing.sticky_cookie.encode()
+        elif algorithm == "hash":
+            kind, _, name = balancing.hash_key.partition(":")
+            self.key_kind, self.key_name = kind, name.lower().encode()
+        else:
+            self.key_kind, self.key_name = "", b""
+        self.rebuild()
+
+    # -- membership ---------------------------------------------------------------------------
 
     def add(self, server: Server) -> None:
         if server.id in self.servers:
@@ -32,19 +83,72 @@ class ServerPool:
         self.rebuild()
         return server
 
-    def rebuild(self) -> None:
-        self.routable = tuple(s for s in self.servers.values() if s.routable)
-        self.selector.update(self.routable)
+    def rebuild(self) -> bool:
+        """Recompute the routable snapshot; True when panic mode switched on or off."""
+        healthy = tuple(s for s in self.servers.values() if s.routable)
+        panic = False
+        threshold = self.balancing.panic_threshold
+        if threshold:
+            # Envoy's panic mode: with too few healthy servers, spreading load over all of
+            # them beats crushing the few healthy ones.
+            candidates = tuple(s for s in self.servers.values() if s.state not in _OUT_OF_ROTATION)
+            panic = bool(candidates) and len(healthy) < threshold * len(candidates)
+            if panic:
+                healthy = candidates
+        changed = panic != self.panic
+        self.panic = panic
+        self.routable = healthy
+        self.selector.update(healthy)
+        return changed
+
+    # -- the request path -----------------------------------------------------------------------
 
     def pick(self, key: bytes | None = None, avoid: Server | None = None) -> Server | None:
         """Select a routable server; with `avoid`, prefer any other one (for a retry)."""
         routable = self.routable
         server = self.selector.pick(routable, key)
         if avoid is not None and server is avoid and len(routable) > 1:
-            server = self.selector.pick(routable, key)
+            server = self.selector.pick(routable, None)
             if server is avoid:
                 server = next(s for s in routable if s is not avoid)
         return server
 
+    def request_key(
+        self, client_ip: str, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> bytes | None:
+        """The request's key for hash and sticky selection."""
+        kind = self.key_kind
+        if kind == "client_ip":
+            return client_ip.encode()
+        if kind == "path":
+            return target.partition(b"?")[0]
+        name = self.key_name
+        if kind == "header":
+            for key, value in headers:
+                if key.lower() == name:
+                    return value
+            return None
+        if kind == "cookie":
+            for key, value in headers:
+                if key.lower() == b"cookie":
+                    for part in value.split(b";"):
+                        cookie, _, cookie_value = part.strip().partition(b"=")
+                        if cookie == name:
+                            return cookie_value
+            return None
+        return None
+
+    def take_retry(self) -> bool:
+        """Spend one retry from the budget (retries are at most `retry_budget` per request,
+        with a few always allowed so a quiet pool can still retry)."""
+        if self.retry_tokens >= 1.0:
+            self.retry_tokens -= 1.0
+            return True
+        return False
+
     def __repr__(self) -> str:
-        return f"<ServerPool {self.name} servers={len(self.servers)} routable={len(self.routable)}>"
+        panic = " PANIC" if self.panic else ""
+        return (
+            f"<ServerPool {self.name} servers={len(self.servers)} "
+            f"routable={len(self.routable)}{panic}>"
+        )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .accesslog import AccessLog
+from .algorithms import sticky_token
 from .deadline import Deadline
 from .errors import STATUS_LINES, ProxyError, error_response
 from .framing import (
@@ -46,6 +47,7 @@ from .headers import (
 )
 from .routing import RouteTable
 from .stats import CLIENT_4XX, CLIENT_ABORT, CONNECT, REJECTED, TIMEOUT, UPSTREAM_5XX, ServerStats
+from .upstream import Overloaded
 
 if TYPE_CHECKING:
     from .pool import ServerPool
@@ -132,6 +134,8 @@ class Exchange:
         "http11",
         "idempotent",
         "keep_alive",
+        "kept",
+        "key",
         "local_status",
         "method",
         "out",
@@ -143,12 +147,12 @@ class Exchange:
         "req_complete",
         "request_headers",
         "resp_started",
-        "retried",
         "server",
-        "stale_retries",
+        "set_sticky",
         "started",
         "status",
         "target",
+        "tries",
         "up",
         "up_body",
         "up_started",
@@ -183,8 +187,12 @@ class Exchange:
         self.resp_started = False
         self.done = False
         self.wants_connection = True
-        self.retried = False
-        self.stale_retries = 0
+        self.tries = 0  # servers tried
+        self.key: bytes | None = None  # for hash and sticky selection
+        self.set_sticky = False
+        # The request body kept for a retry after it was sent: idempotent requests only,
+        # up to the pool's retry_body_max (None: not replayable once sent).
+        self.kept: list[bytes] | None = [] if self.idempotent else None
         self.local_status = 0
         self.out: list[bytes] = []
         self.up_body = Body.NONE
@@ -207,15 +215,25 @@ class Exchange:
             self.fail(self.local_status, REJECTED)
             return
         pool = self.pool
-        server = pool.pick() if pool is not None else None
+        if pool is None:
+            self.fail(503, REJECTED)
+            return
+        tokens = pool.retry_tokens + pool.balancing.retry_budget
+        pool.retry_tokens = tokens if tokens < 10.0 else 10.0
+        server = pool.pick(self.key)
         if server is None:
             self.fail(503, REJECTED)
             return
+        if pool.key_kind == "cookie" and not pool.selector.knows(self.key):
+            self.set_sticky = True  # the client has no (valid) sticky cookie: give one
         self._use(server)
 
     def _use(self, server: Server) -> None:
         self.server = server
+        self.tries += 1
         server.in_flight += 1
+        if self.pool is not None and self.pool.selector.tracks_load:
+            self.pool.selector.started(server)
         assert server.connections is not None
         server.connections.acquire(self)
 
@@ -224,6 +242,19 @@ class Exchange:
         if server is not None:
             server.in_flight -= 1
             self.server = None
+            if self.pool is not None and self.pool.selector.tracks_load:
+                self.pool.selector.finished(server)
+
+    def _retry(self, failed: Server) -> bool:
+        """Send the request again, to another server when there is one; False when the
+        pool's tries or retry budget are used up."""
+        pool = self.pool
+        if pool is None or self.tries > pool.balancing.retries or not pool.take_retry():
+            return False
+        self._release_server()
+        other = pool.pick(self.key, avoid=failed)
+        self._use(other if other is not None else failed)
+        return True
 
     def attach(self, conn: UpstreamProtocol) -> None:
         """The pool gives us a connection: send the head and what body we have."""
@@ -235,7 +266,10 @@ class Exchange:
             self.up_started = perf_counter()
         conn.begin(self)
         pending = self.pending
-        if pending:
+        if self.req_body_sent and self.kept is not None:
+            # A retry of a request whose body went to the failed server: replay it.
+            conn.write(b"".join((self.head, *self.kept)))
+        elif pending:
             conn.write(b"".join((self.head, *pending)))
             self.req_body_sent = True
             self.pending = []
@@ -250,18 +284,17 @@ class Exchange:
         if self.done:
             return
         log.debug("connect to %s failed: %r", server.address, error)
+        if isinstance(error, Overloaded):
+            # No free connection and the pool's queue is full: another server may have room.
+            if not self._retry(server):
+                self.fail(503, REJECTED)
+            return
         timeout = isinstance(error, TimeoutError)
         server.passive_failure("connect timeouts" if timeout else "connect failures")
         server.stats.errors[TIMEOUT if timeout else CONNECT] += 1  # an attempt, not a request
-        self._release_server()
-        # Nothing was sent: one retry on another server is always safe.
-        if not self.retried and self.pool is not None:
-            self.retried = True
-            other = self.pool.pick(avoid=server)
-            if other is not None and other is not server:
-                self._use(other)
-                return
-        self.fail(504 if timeout else 502, TIMEOUT if timeout else CONNECT)
+        # Nothing was sent: a retry on another server is always safe.
+        if not self._retry(server):
+            self.fail(504 if timeout else 502, TIMEOUT if timeout else CONNECT)
 
     # -- request body, from the client parser ----------------------------------------------
 
@@ -269,6 +302,13 @@ class Exchange:
         self.body_size += len(data)
         if self.chunked_request:
             data = encode_chunk(data)
+        kept = self.kept
+        if kept is not None:
+            pool = self.pool
+            if pool is not None and self.body_size <= pool.balancing.retry_body_max:
+                kept.append(data)
+            else:
+                self.kept = None
         up = self.up
         if up is not None:
             up.write(data)
@@ -283,6 +323,8 @@ class Exchange:
         self.req_complete = True
         up = self.up
         if self.chunked_request:
+            if self.kept is not None:
+                self.kept.append(LAST_CHUNK)
             if up is not None:
                 up.write(LAST_CHUNK)
             elif not self.done:
@@ -309,6 +351,14 @@ class Exchange:
                 server.passive_failure(str(status))
             elif server.passive_failures:
                 server.passive_failures = 0
+            pool = self.pool
+            if (
+                pool is not None
+                and status in pool.retry_on
+                and self.replayable()
+                and self._retry_after_answer(server)
+            ):
+                return  # this answer is dropped; another server was asked
         head = scan_response_headers(headers)
         up_body = response_body(
             status, self.head_request, head.content_length is not None, head.chunked
@@ -337,10 +387,37 @@ class Exchange:
             parts.append(b"Connection: close\r\n")
         elif not self.http11:
             parts.append(b"Connection: keep-alive\r\n")
+        if self.set_sticky and server is not None and self.pool is not None:
+            parts.append(sticky_cookie(self.pool.balancing.sticky_cookie, server))
         parts.append(b"\r\n")
         self.out.append(b"".join(parts))
         self.resp_started = True
         self.status = status
+
+    def replayable(self) -> bool:
+        """Can the request go to another server after this one saw it? Idempotent, fully
+        received, and its body (if any was sent) kept."""
+        return (
+            self.idempotent
+            and self.req_complete
+            and (not self.req_body_sent or self.kept is not None)
+        )
+
+    def _retry_after_answer(self, server: Server) -> bool:
+        """Drop the current upstream (its answer is not wanted) and retry elsewhere."""
+        pool = self.pool
+        if pool is None or self.tries > pool.balancing.retries or not pool.take_retry():
+            return False
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.exchange = None
+            up.abort()  # its answer is still arriving: the connection cannot be reused
+        self.out.clear()
+        self._release_server()
+        other = pool.pick(self.key, avoid=server)
+        self._use(other if other is not None else server)
+        return True
 
     def response_body(self, data: bytes) -> None:
         if self.out_body is Body.CHUNKED:
@@ -380,23 +457,17 @@ class Exchange:
                 self.flush()
                 self.abort_client()  # never present a truncated body as complete
             return
+        server = self.server
         if (
-            conn.reused
+            server is not None
             and not conn.got_bytes
-            and not self.req_body_sent
-            and self.idempotent
-            and self.stale_retries < 2
-            and self.server is not None
+            and (self.replayable() or (conn.reused and not self.req_body_sent and self.idempotent))
+            and self._retry(server)
         ):
             # The connection closed before any answer (a kept-alive connection the backend
-            # closed as we reused it, or a backend that just died): nothing was processed,
-            # so the request goes again, to another server when there is one (its other
-            # pooled connections are likely dead too), else on a fresh connection.
-            self.stale_retries += 1
-            server = self.server
-            self._release_server()
-            other = self.pool.pick(avoid=server) if self.pool is not None else None
-            self._use(other if other is not None else server)
+            # closed as we reused it, or a backend that just died): the request goes again,
+            # to another server when there is one (its other pooled connections are likely
+            # dead too).
             return
         if self.server is not None:
             self.server.passive_failure("closed connections")
@@ -406,8 +477,19 @@ class Exchange:
         if self.done:
             return
         log.debug("upstream failure (%d): %s", status, detail)
-        if self.server is not None:
-            self.server.passive_failure("timeouts" if status == 504 else "invalid responses")
+        server = self.server
+        if server is not None:
+            server.passive_failure("timeouts" if status == 504 else "invalid responses")
+            pool = self.pool
+            if (
+                status == 504
+                and not self.resp_started
+                and pool is not None
+                and pool.balancing.retry_timeouts
+                and self.replayable()
+                and self._retry_after_answer(server)
+            ):
+                return
         if self.resp_started:
             self.flush()
             self.abort_client()
@@ -471,6 +553,9 @@ class Exchange:
             elif status >= 400:
                 error = CLIENT_4XX
         self._record(error)
+        server = self.server
+        if server is not None and self.pool is not None and self.pool.selector.tracks_latency:
+            self.pool.selector.observe(server, int((perf_counter() - self.started) * 1_000_000))
         self._release_server()
         self.down.exchange_done(self)
 
@@ -813,6 +898,8 @@ class DownstreamProtocol(asyncio.Protocol):
         exchange = Exchange(
             self, pool, method, request_head, http11, parser.should_keep_alive(), chunked
         )
+        if pool is not None and pool.key_kind:
+            exchange.key = pool.request_key(self.client_ip, target, self.headers)
         if self.ctx.access_log is not None:
             exchange.target = target
             exchange.request_headers = self.headers
@@ -895,3 +982,10 @@ class DownstreamProtocol(asyncio.Protocol):
             failed.start()
         else:
             self.queue.append(failed)
+
+
+def sticky_cookie(name: str, server: Server) -> bytes:
+    return b"Set-Cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (
+        name.encode(),
+        sticky_token(server).encode(),
+    )

@@ -15,13 +15,20 @@ starts `pending` after a restart and is checked at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import HealthConfig, OutlierConfig, PoolConfig
+from ..config import (
+    DEFAULT_ALGORITHM,
+    BalancingConfig,
+    HealthConfig,
+    OutlierConfig,
+    PoolConfig,
+)
 from .events import (
     POOL_ADDED,
     POOL_REMOVED,
@@ -61,14 +68,15 @@ class Conflict(RegistryError):
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
-    algorithm: str = "round-robin"
+    algorithm: str = DEFAULT_ALGORITHM
     health: HealthConfig = field(default_factory=HealthConfig)
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     source: str = "config"
+    balancing: BalancingConfig = field(default_factory=BalancingConfig)
 
     @classmethod
     def from_config(cls, config: PoolConfig, source: str = "config") -> PoolSettings:
-        return cls(config.algorithm, config.health, config.outlier, source)
+        return cls(config.algorithm, config.health, config.outlier, source, config.balancing)
 
 
 def health_policy(health: HealthConfig, outlier: OutlierConfig) -> HealthPolicy:
@@ -147,6 +155,8 @@ class Registry:
         self.removing: set[Server] = set()  # deregistered, draining until removed
         self.checker = HealthChecker(loop, self._on_check, rng)
         self.on_change: Callable[[], None] | None = None  # persistence hook (app)
+        self._ramping: dict[Server, float] = {}
+        self._ramp_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lookups -------------------------------------------------------------------------------
@@ -173,7 +183,7 @@ class Registry:
     def add_pool(self, name: str, settings: PoolSettings) -> ServerPool:
         if name in self.pools:
             raise Conflict(f"pool {name!r} exists", "name")
-        pool = ServerPool(name, settings.algorithm)
+        pool = ServerPool(name, settings.algorithm, settings.balancing)
         self.pools[name] = pool
         self.settings[name] = settings
         self.bus.publish(POOL_ADDED, self.pool_view(pool))
@@ -184,11 +194,12 @@ class Registry:
         pool = self.pool(name)
         old = self.settings[name]
         self.settings[name] = settings
-        if settings.algorithm != old.algorithm:
-            from .algorithms import make_selector
-
-            pool.selector = make_selector(settings.algorithm)
-            pool.rebuild()
+        if settings.algorithm != old.algorithm or settings.balancing != old.balancing:
+            # Live: the next request uses the new selector; requests in flight finish.
+            pool.configure(settings.algorithm, settings.balancing)
+            for server in pool.servers.values():
+                if server.connections is not None:
+                    server.connections.settings = self._upstream_for(settings)
         if settings.health != old.health or settings.outlier != old.outlier:
             for server in pool.servers.values():
                 self._apply_health_settings(server, settings, self.overrides.get(server, {}))
@@ -217,6 +228,8 @@ class Registry:
             "source": settings.source,
             "health": settings.health.model_dump(),
             "outlier": settings.outlier.model_dump(),
+            "balancing": settings.balancing.model_dump(),
+            "panic": pool.panic,
             "servers": len(pool.servers),
             "routable": len(pool.routable),
             "states": counts,
@@ -255,7 +268,8 @@ class Registry:
             server.health.apply(Event.DISABLE, self.loop.time(), "disabled by admin")
         elif admin == "draining":
             server.health.apply(Event.DRAIN, self.loop.time(), "drained by admin")
-        server.connections = UpstreamPool(server, self.upstream, self.loop)
+        server.connections = UpstreamPool(server, self._upstream_for(settings), self.loop)
+        server.connections.owner = pool
         server.on_outlier = self._on_outlier
         pool.add(server)
         if override:
@@ -266,6 +280,12 @@ class Registry:
         log.info("server %s/%s added: %s", pool_name, server_id, server.address)
         self._changed()
         return server
+
+    def _upstream_for(self, settings: PoolSettings) -> UpstreamSettings:
+        limit = settings.balancing.max_connections
+        if limit is None:
+            return self.upstream
+        return dataclasses.replace(self.upstream, max_connections=limit)
 
     def _apply_health_settings(
         self, server: Server, settings: PoolSettings, override: dict[str, Any]
@@ -282,6 +302,8 @@ class Registry:
     def set_weight(self, pool_name: str, server_id: str, weight: int) -> Server:
         server = self.server(pool_name, server_id)
         server.weight = weight
+        if server not in self._ramping:
+            server.effective_weight = weight
         self.pool(pool_name).rebuild()
         self.bus.publish(SERVER_UPDATED, server_view(server))
         self._changed()
@@ -401,8 +423,10 @@ class Registry:
 
     def _transition(self, server: Server, transition: Transition) -> None:
         pool = self.pools.get(server.pool_name)
-        if pool is not None:
-            pool.rebuild()
+        if transition.new is State.HEALTHY:
+            self._start_ramp(server)
+        if pool is not None and pool.rebuild():
+            self._panic_changed(pool)
         if (
             transition.new in (State.UNHEALTHY, State.DEAD, State.DISABLED)
             and server.connections is not None
@@ -435,6 +459,52 @@ class Registry:
             },
         )
 
+    # -- slow start and panic mode -----------------------------------------------------------
+
+    def _start_ramp(self, server: Server) -> None:
+        """Slow start: a server coming up takes a growing share of traffic, from 10% of its
+        weight to all of it over `slow_start` seconds (weighted algorithms only)."""
+        settings = self.settings.get(server.pool_name)
+        if settings is None or not settings.balancing.slow_start:
+            server.effective_weight = server.weight
+            return
+        server.effective_weight = server.weight * 0.1
+        self._ramping[server] = self.loop.time()
+        if self._ramp_handle is None:
+            self._ramp_handle = self.loop.call_later(0.5, self._ramp)
+
+    def _ramp(self) -> None:
+        self._ramp_handle = None
+        now = self.loop.time()
+        touched: set[str] = set()
+        for server, since in list(self._ramping.items()):
+            settings = self.settings.get(server.pool_name)
+            duration = settings.balancing.slow_start if settings is not None else 0.0
+            share = 1.0 if not duration else min(1.0, max(0.1, (now - since) / duration))
+            if server.state is not State.HEALTHY or share >= 1.0:
+                share = 1.0
+                del self._ramping[server]
+            server.effective_weight = server.weight * share
+            touched.add(server.pool_name)
+        for name in touched:
+            pool = self.pools.get(name)
+            if pool is not None and pool.rebuild():
+                self._panic_changed(pool)
+        if self._ramping:
+            self._ramp_handle = self.loop.call_later(0.5, self._ramp)
+
+    def _panic_changed(self, pool: ServerPool) -> None:
+        if pool.panic:
+            log.warning(
+                "pool %s: panic mode: fewer than %d%% of its servers are healthy; "
+                "balancing across all of them",
+                pool.name,
+                round(pool.balancing.panic_threshold * 100),
+            )
+        else:
+            log.info("pool %s: panic mode over", pool.name)
+        self.bus.publish(POOL_UPDATED, self.pool_view(pool))
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def first_checks(self, timeout: float) -> None:
@@ -458,6 +528,8 @@ class Registry:
             self.on_change()
 
     async def close(self) -> None:
+        if self._ramp_handle is not None:
+            self._ramp_handle.cancel()
         await self.checker.close()
         for task in list(self._tasks):
             task.cancel()

@@ -26,6 +26,7 @@ class Server:
     __slots__ = (
         "check",
         "connections",
+        "effective_weight",
         "eject_after",
         "eject_statuses",
         "health",
@@ -33,6 +34,8 @@ class Server:
         "id",
         "in_flight",
         "label",
+        "latency_at",
+        "latency_ewma",
         "on_outlier",
         "passive_failures",
         "pool_name",
@@ -60,6 +63,9 @@ class Server:
         self.port = port
         self.label = self.address.encode()  # for access log lines
         self.weight = weight
+        self.effective_weight: float = weight  # below `weight` while slow start ramps up
+        self.latency_ewma = 0.0  # microseconds, kept by latency-aware selectors
+        self.latency_at = 0.0
         self.pool_name = pool_name
         self.source = source
         # Without a control plane (unit tests, benchmarks) a server simply takes traffic.

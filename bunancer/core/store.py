@@ -80,6 +80,7 @@ class PoolRecord:
     health: dict[str, Any] = field(default_factory=dict)  # pool health settings, opaque here
     servers: list[ServerRecord] = field(default_factory=list)
     outlier: dict[str, Any] = field(default_factory=dict)  # passive ejection, opaque here
+    balancing: dict[str, Any] = field(default_factory=dict)  # algorithm options, opaque here
 
 
 @dataclass
@@ -97,6 +98,7 @@ class State:
                     "algorithm": pool.algorithm,
                     "health": pool.health,
                     "outlier": pool.outlier,
+                    "balancing": pool.balancing,
                     "servers": [dataclasses.asdict(server) for server in pool.servers],
                 }
                 for pool in self.pools.values()
@@ -164,7 +166,7 @@ def _parse_state(doc: Any) -> State:
     pools: dict[str, PoolRecord] = {}
     for index, item in enumerate(doc["pools"]):
         where = f"pools[{index}]"
-        _object(item, where, {"name"}, {"algorithm", "health", "outlier", "servers"})
+        _object(item, where, {"name"}, {"algorithm", "health", "outlier", "balancing", "servers"})
         name = _text(item["name"], f"{where}.name")
         if name in pools:
             raise _fail(f"{where}.name", f"duplicate pool {name!r}")
@@ -183,6 +185,7 @@ def _parse_state(doc: Any) -> State:
             health=_mapping(item.get("health", {}), f"{where}.health"),
             servers=servers,
             outlier=_mapping(item.get("outlier", {}), f"{where}.outlier"),
+            balancing=_mapping(item.get("balancing", {}), f"{where}.balancing"),
         )
     return State(pools=pools, revision=revision)
 

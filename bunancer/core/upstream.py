@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from .server import Server
 
 
+class PendingCounter(Protocol):
+    """What a pool exposes to cap the requests waiting for a connection (ServerPool)."""
+
+    pending: int
+    max_pending: int
+
+
 class ExchangeSide(Protocol):
     """What an upstream connection needs from the exchange it serves (see proxy.Exchange)."""
 
@@ -50,6 +57,10 @@ class UpstreamSettings:
     max_connections: int = 0  # 0: no limit
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
+
+
+class Overloaded(Exception):
+    """No connection free and the pool's queue of waiting requests is full."""
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -251,6 +262,7 @@ class UpstreamPool:
         "idle",
         "loop",
         "opening",
+        "owner",
         "server",
         "settings",
         "total",
@@ -268,6 +280,7 @@ class UpstreamPool:
         self.opening = 0
         self.waiters: deque[tuple[ExchangeSide, asyncio.TimerHandle]] = deque()
         self.closing = False
+        self.owner: PendingCounter | None = None  # the server's pool: caps waiting requests
 
     def acquire(self, exchange: ExchangeSide) -> None:
         """Give `exchange` a connection now (idle one) or later (opened, or freed)."""
@@ -280,6 +293,12 @@ class UpstreamPool:
                 return
         limit = self.settings.max_connections
         if limit and self.total >= limit:
+            owner = self.owner
+            if owner is not None and owner.max_pending and owner.pending >= owner.max_pending:
+                exchange.connect_failed(self.server, Overloaded())  # a fast 503, no queue
+                return
+            if owner is not None:
+                owner.pending += 1
             handle = self.loop.call_later(
                 self.settings.connect_timeout, self._waiter_timeout, exchange
             )
@@ -295,6 +314,7 @@ class UpstreamPool:
             if waiter is exchange:
                 handle.cancel()
                 del self.waiters[index]
+                self._left_queue()
                 return
 
     async def _open(self, exchange: ExchangeSide | None) -> None:
@@ -326,6 +346,7 @@ class UpstreamPool:
         if self.waiters:
             exchange, handle = self.waiters.popleft()
             handle.cancel()
+            self._left_queue()
             # Deferred: we may be inside the previous response's parser callback.
             self.loop.call_soon(self._hand_over, conn, exchange)
             return
@@ -355,12 +376,18 @@ class UpstreamPool:
         if self.waiters and not self.closing and (not limit or self.total < limit):
             exchange, handle = self.waiters.popleft()
             handle.cancel()
+            self._left_queue()
             self.acquire(exchange)
+
+    def _left_queue(self) -> None:
+        if self.owner is not None:
+            self.owner.pending -= 1
 
     def _waiter_timeout(self, exchange: ExchangeSide) -> None:
         for index, (waiter, _) in enumerate(self.waiters):
             if waiter is exchange:
                 del self.waiters[index]
+                self._left_queue()
                 break
         exchange.connect_failed(self.server, TimeoutError("no free upstream connection"))
 
@@ -373,6 +400,7 @@ class UpstreamPool:
         while self.waiters:
             exchange, handle = self.waiters.popleft()
             handle.cancel()
+            self._left_queue()
             exchange.connect_failed(self.server, ConnectionError("shutting down"))
 
     @property

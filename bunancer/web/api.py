@@ -12,7 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import HealthConfig, OutlierConfig
+from ..config import (
+    DEFAULT_ALGORITHM,
+    Algorithm,
+    BalancingConfig,
+    HealthConfig,
+    OutlierConfig,
+)
 from ..core.registry import PoolSettings, Registry, RegistryError, server_view
 from ..core.telemetry import Telemetry
 from .auth import require_token
@@ -20,7 +26,6 @@ from .http import App, HTTPError, Request, Response, json_response
 from .router import Router
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-Algorithm = Literal["round-robin"]
 Saver = Callable[[], Awaitable[None]]
 
 
@@ -31,15 +36,17 @@ class _Body(BaseModel):
 
 class PoolCreate(_Body):
     name: str = Field(pattern=NAME_PATTERN)
-    algorithm: Algorithm = "round-robin"
+    algorithm: Algorithm = DEFAULT_ALGORITHM
     health: dict[str, Any] = Field(default_factory=dict)
     outlier: dict[str, Any] = Field(default_factory=dict)
+    balancing: dict[str, Any] = Field(default_factory=dict)
 
 
 class PoolUpdate(_Body):
     algorithm: Algorithm | None = None
     health: dict[str, Any] | None = None
     outlier: dict[str, Any] | None = None
+    balancing: dict[str, Any] | None = None
 
 
 class ServerCreate(_Body):
@@ -67,7 +74,9 @@ def _registry_error(error: RegistryError) -> HTTPError:
     return HTTPError(error.status, error.message, **extra)
 
 
-def _merged(base: HealthConfig | OutlierConfig, patch: dict[str, Any], key: str) -> Any:
+def _merged(
+    base: HealthConfig | OutlierConfig | BalancingConfig, patch: dict[str, Any], key: str
+) -> Any:
     try:
         return type(base).model_validate({**base.model_dump(), **patch})
     except ValidationError as error:
@@ -124,6 +133,7 @@ def build_api(
             _merged(HealthConfig(), body.health, "health"),
             _merged(OutlierConfig(), body.outlier, "outlier"),
             source="api",
+            balancing=_merged(BalancingConfig(), body.balancing, "balancing"),
         )
         try:
             registry.add_pool(body.name, settings)
@@ -153,6 +163,9 @@ def build_api(
                 if body.outlier is None
                 else _merged(old.outlier, body.outlier, "outlier"),
                 old.source,
+                old.balancing
+                if body.balancing is None
+                else _merged(old.balancing, body.balancing, "balancing"),
             )
             registry.update_pool(name, settings)
         except RegistryError as error:

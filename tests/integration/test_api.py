@@ -320,7 +320,7 @@ def test_create_pool(shared: Proxy) -> None:
     assert reply.status == 201, reply.body
     view = reply.json
     assert view["name"] == name
-    assert view["algorithm"] == "round-robin"
+    assert view["algorithm"] == "p2c"  # the default
     assert view["servers"] == []
     assert view["health"]["rise"] == 3
     assert view["health"]["fall"] == 2  # the rest keeps its defaults
@@ -363,7 +363,7 @@ def test_create_pool_with_an_unknown_key(shared: Proxy) -> None:
         pytest.param({"health": {"interval": -1}}, "health.interval", id="interval"),
         pytest.param({"health": {"bogus": 1}}, "health.bogus", id="health-unknown"),
         pytest.param({"outlier": {"statuses": [99]}}, "outlier.statuses", id="outlier"),
-        pytest.param({"algorithm": "random"}, "algorithm", id="algorithm"),
+        pytest.param({"algorithm": "fastest"}, "algorithm", id="algorithm"),
     ],
 )
 def test_create_pool_with_bad_settings(shared: Proxy, section: dict, field: str) -> None:
@@ -377,12 +377,12 @@ def test_update_pool(shared: Proxy, pool: str) -> None:
         shared,
         "PATCH",
         f"/api/pools/{pool}",
-        {"algorithm": "round-robin", "health": {"interval": 2, "expect": "200-299"}},
+        {"algorithm": "least-connections", "health": {"interval": 2, "expect": "200-299"}},
     )
     assert reply.status == 200, reply.body
     health = reply.json["health"]
     assert (health["interval"], health["expect"], health["rise"]) == (2.0, "200-299", 2)
-    assert reply.json["algorithm"] == "round-robin"
+    assert reply.json["algorithm"] == "least-connections"
 
     # A second patch merges with the first rather than resetting it.
     reply = api(shared, "PATCH", f"/api/pools/{pool}", {"health": {"rise": 4}})
