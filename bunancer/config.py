@@ -147,7 +147,9 @@ Algorithm = Literal[
     "hash",
     "sticky",
 ]
-DEFAULT_ALGORITHM = "p2c"
+# peak-ewma, not p2c: with one backend 10x slower, p2c still sends it ~1/21 of requests (in
+# flight counts equalise) and p99 stays at its latency; peak-ewma does not (bench/algorithms.py).
+DEFAULT_ALGORITHM = "peak-ewma"
 
 
 class BalancingConfig(_Section):

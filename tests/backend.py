@@ -9,6 +9,7 @@
   /sha256            reads the whole request body, answers "<hex> <length>"
   /echo-headers      the request line and headers it received, as JSON
   /status/N          an empty response with status N
+  /fail-on/P/N       status N if this backend listens on port P, else 200 "<sha> <len> <port>"
   /sleep/MS          answers after MS milliseconds
   /hang              never answers
   /die               announces 100 bytes, sends 10, closes
@@ -180,6 +181,13 @@ class BackendProtocol(asyncio.Protocol):
             )
         elif kind == "status":
             self.send(int(arg), b"")
+        elif kind == "fail-on":
+            # /fail-on/PORT/STATUS: this backend fails if it listens on PORT, else answers.
+            failing, status = int(parts[1]), int(parts[2])
+            if STATE.port == failing:
+                self.send(status, b"failed\n")
+            else:
+                self.send(200, f"{self.digest.hexdigest()} {self.length} {STATE.port}".encode())
         elif kind == "sleep":
             loop = asyncio.get_running_loop()
             loop.call_later(int(arg) / 1000, self.send, 200, b"slept\n")

@@ -234,14 +234,16 @@ class PowerOfTwoChoices(_Base):
 class PeakEwma(PowerOfTwoChoices):
     """Power of two choices on latency x load (Finagle's peak EWMA).
 
-    Each server keeps an exponentially weighted moving average of its response times that
-    jumps up at once on a slow response (the "peak") and decays with time constant `decay`,
-    also while no request is sent to it: a server that was slow is tried again once its
-    estimate has decayed, rather than shunned for ever. Cost = estimate x (in flight + 1).
+    Each server keeps a moving average of its response times that jumps up at once on a
+    slow response (the "peak"), moves a fifth of the way toward each faster one, and decays
+    with time constant `decay` while no answer comes: a server that was slow is tried again
+    once its estimate has decayed, rather than shunned for ever. Cost = estimate x (in
+    flight + 1).
     """
 
     name = "peak-ewma"
     tracks_latency = True
+    ALPHA = 0.2  # weight of a new sample below the estimate
 
     def __init__(
         self,
@@ -260,8 +262,10 @@ class PeakEwma(PowerOfTwoChoices):
         if us > estimate:
             server.latency_ewma = float(us)  # peak: believe a slowdown at once
         else:
-            weight = math.exp(-(now - server.latency_at) / self._decay)
-            server.latency_ewma = estimate * weight + us * (1.0 - weight)
+            # Per sample, not per second: a one-off spike on a busy fast server is forgotten
+            # after a few answers (a purely time-based weight kept it for ~`decay` seconds
+            # and sent traffic to the slow server meanwhile: bench/algorithms.py).
+            server.latency_ewma = estimate + (us - estimate) * self.ALPHA
         server.latency_at = now
 
     def _decayed(self, server: Server, now: float) -> float:

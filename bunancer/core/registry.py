@@ -118,6 +118,7 @@ def server_view(server: Server) -> dict[str, Any]:
         "port": server.port,
         "address": server.address,
         "weight": server.weight,
+        "effective_weight": round(server.effective_weight, 2),
         "state": health.state.value,
         "reason": health.reason,
         "since": health.since,
@@ -271,7 +272,9 @@ class Registry:
         server.connections = UpstreamPool(server, self._upstream_for(settings), self.loop)
         server.connections.owner = pool
         server.on_outlier = self._on_outlier
+        was_panic = pool.panic
         pool.add(server)
+        self._rebuilt(pool, was_panic)
         if override:
             self.overrides[server] = override
         server.watched = True
@@ -358,7 +361,9 @@ class Registry:
         pool = self.pools.get(server.pool_name)
         if pool is None or pool.servers.get(server.id) is not server:
             return
+        was_panic = pool.panic
         pool.remove(server.id)
+        self._rebuilt(pool, was_panic)
         self.removing.discard(server)
         server.watched = False
         self.checker.unwatch(server)
@@ -492,6 +497,11 @@ class Registry:
                 self._panic_changed(pool)
         if self._ramping:
             self._ramp_handle = self.loop.call_later(0.5, self._ramp)
+
+    def _rebuilt(self, pool: ServerPool, was_panic: bool) -> None:
+        """After a rebuild done elsewhere: report a change of panic mode."""
+        if pool.panic != was_panic:
+            self._panic_changed(pool)
 
     def _panic_changed(self, pool: ServerPool) -> None:
         if pool.panic:

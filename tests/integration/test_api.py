@@ -320,7 +320,7 @@ def test_create_pool(shared: Proxy) -> None:
     assert reply.status == 201, reply.body
     view = reply.json
     assert view["name"] == name
-    assert view["algorithm"] == "p2c"  # the default
+    assert view["algorithm"] == "peak-ewma"  # the default
     assert view["servers"] == []
     assert view["health"]["rise"] == 3
     assert view["health"]["fall"] == 2  # the rest keeps its defaults

@@ -23,7 +23,7 @@ def test_kill_and_restart_one_of_three_under_load() -> None:
     assert requests > 5000
     # Design goal: errors stop within 1 s (retry on connect failure, passive ejection)...
     assert result["error_window_s"] < 1.0, result
-    assert result["errors_after_kill"] <= requests * 0.001, result
+    assert result["errors_after_kill"] == 0, result  # retries hide the kill from clients
     # ...the dead backend stops getting traffic at once, and is back within 3 s.
     last = result["last_answer_from_killed_s"]
     assert isinstance(last, float)

@@ -100,7 +100,7 @@ def test_serve_flags_without_config(tmp_path: Path, backends: list[Backend]) -> 
         port = int(process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)").group(1))
         with RawClient(port) as client:
             answers = {client.request("GET", "/").body for _ in range(20)}
-        assert len(answers) == 2  # p2c (the default) uses both
+        assert len(answers) == 2  # the default algorithm uses both
         state = tmp_path / ".bunancer"
         assert state.is_dir()
         assert state.stat().st_mode & 0o777 == 0o700

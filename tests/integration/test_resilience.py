@@ -1,0 +1,212 @@
+"""Algorithms, retries, overload and panic mode through a real balancer and backends."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from bench.algorithms import scenario as algorithms_scenario
+from bunancer.client import ApiClient
+from tests.conftest import Backend, Proxy, StartProxy
+from tests.helpers import free_port, wait_for
+from tests.integration.test_lifecycle import backend_log
+
+
+def api(proxy: Proxy) -> ApiClient:
+    return ApiClient(f"127.0.0.1:{proxy.api_port}", proxy.token)
+
+
+def test_idempotent_request_is_retried_on_another_server(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    failing, healthy = backends
+    proxy = start_proxy([b.url for b in backends], "[pools.default.outlier]\nenabled = false\n")
+    path = f"/fail-on/{failing.port}/503"
+    with proxy.client() as client:
+        answers = [client.request("GET", f"{path}?n={n}") for n in range(10)]
+        posts = [client.request("POST", f"{path}?p={n}", b"x" * 100) for n in range(10)]
+    # GETs that met the failing server were answered by the other one.
+    assert [a.status for a in answers] == [200] * 10
+    assert all(a.body.endswith(b" %d" % healthy.port) for a in answers)
+    # POSTs are never retried once their body went out: half of them see the 503.
+    assert [p.status for p in posts].count(503) == 5
+
+
+def test_small_put_body_is_kept_and_replayed(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    failing, healthy = backends
+    proxy = start_proxy([b.url for b in backends])
+    body = b"replay me" * 100
+    with proxy.client() as client:
+        for n in range(4):
+            response = client.request("PUT", f"/fail-on/{failing.port}/502?n={n}", body)
+            assert response.status == 200
+            digest, length, port = response.body.decode().split()
+            assert (digest, int(length), int(port)) == (
+                hashlib.sha256(body).hexdigest(),
+                len(body),
+                healthy.port,
+            )
+
+
+def test_retry_budget_caps_retries(start_proxy: StartProxy, backends: list[Backend]) -> None:
+    failing, _ = backends
+    proxy = start_proxy(
+        [b.url for b in backends],
+        "[pools.default.balancing]\nretry_budget = 0.0\nretries = 3\n"
+        "[pools.default.outlier]\nenabled = false\n",
+    )
+    tag = f"b{time.monotonic_ns()}"
+    with proxy.client() as client:
+        statuses = [
+            client.request("GET", f"/fail-on/{failing.port}/503?{tag}={n}").status
+            for n in range(60)
+        ]
+    met_failing = sum(tag in line for line in backend_log(failing))
+    # The budget starts with 10 retries and never refills (budget 0): of the requests that
+    # met the failing server, 10 were retried elsewhere and the rest answered 503.
+    assert met_failing > 15
+    assert statuses.count(503) == met_failing - 10
+
+
+def test_overload_gives_a_fast_503(start_proxy: StartProxy, backends: list[Backend]) -> None:
+    proxy = start_proxy(
+        [backends[0].url],
+        "[pools.default.balancing]\nmax_connections = 1\nmax_pending = 1\nretries = 0\n",
+    )
+    clients = [proxy.client() for _ in range(4)]
+    arrivals: list[tuple[int, float]] = []
+
+    def read(client: Any) -> None:
+        response = client.read_response()
+        arrivals.append((response.status, time.monotonic() - started))
+
+    started = time.monotonic()
+    readers = [threading.Thread(target=read, args=(client,)) for client in clients]
+    try:
+        for client, reader in zip(clients, readers, strict=True):
+            client.send(b"GET /sleep/500 HTTP/1.1\r\nHost: t\r\n\r\n")
+            reader.start()
+        for reader in readers:
+            reader.join(10)
+    finally:
+        for client in clients:
+            client.close()
+    arrivals.sort(key=lambda a: a[1])
+    # One in progress, one waiting for the connection; the other two have no place in the
+    # queue and are refused at once, not after the 500 ms the others take.
+    assert [status for status, _ in arrivals] == [503, 503, 200, 200], arrivals
+    assert arrivals[1][1] < 0.4, arrivals
+
+
+def test_panic_mode_spreads_over_all_servers(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    dead = free_port()
+    proxy = start_proxy(
+        [backends[0].url, f"127.0.0.1:{dead}", f"127.0.0.1:{free_port()}"],
+        "[pools.default.balancing]\npanic_threshold = 0.5\n",
+    )
+    view = api(proxy).pool("default")
+    assert view["panic"] is True  # 1 of 3 healthy < 50%
+    assert view["routable"] == 3
+    assert any("panic mode" in line for line in proxy.process.lines)
+    # the dead ones fail to connect and are retried: clients still get answers
+    with proxy.client() as client:
+        assert client.request("GET", "/").status == 200
+
+
+def test_sticky_cookie_keeps_a_client_on_its_server(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([b.url for b in backends], algorithm="sticky")
+    with proxy.client() as client:
+        first = client.request("GET", "/")
+        cookie = first.header("Set-Cookie")
+        assert cookie is not None
+        assert cookie.startswith("bunancer_sticky=")
+        assert "HttpOnly" in cookie
+        value = cookie.split(";")[0]
+        answers = {
+            client.request("GET", "/", headers={"Cookie": f"a=b; {value}"}).body for _ in range(10)
+        }
+        assert answers == {first.body}
+        again = client.request("GET", "/", headers={"Cookie": value})
+        assert again.header("Set-Cookie") is None  # a valid cookie is not set again
+
+
+def test_hash_on_a_header(start_proxy: StartProxy, backends: list[Backend]) -> None:
+    proxy = start_proxy(
+        [b.url for b in backends],
+        '[pools.default.balancing]\nhash_key = "header:X-User"\n',
+        algorithm="hash",
+    )
+    with proxy.client() as client:
+        for user in ("alice", "bob", "carol", "dave"):
+            bodies = {client.request("GET", "/", headers={"X-User": user}).body for _ in range(5)}
+            assert len(bodies) == 1, user
+
+
+def test_slow_start_ramps_effective_weight(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy(
+        [backends[0].url],
+        "[pools.default.balancing]\nslow_start = 2.0\n",
+        algorithm="weighted-round-robin",
+    )
+    client = api(proxy)
+    client.register("default", "127.0.0.1", backends[1].port, server_id="late", weight=10)
+    wait_for(lambda: client.pool("default")["servers"][1]["state"] == "healthy", timeout=5)
+
+    def weight() -> float:
+        return float(
+            next(s for s in client.pool("default")["servers"] if s["id"] == "late")[
+                "effective_weight"
+            ]
+        )
+
+    first = weight()
+    assert first < 10
+    wait_for(lambda: weight() == 10, timeout=5)
+
+
+def test_switching_algorithm_live_drops_nothing(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([b.url for b in backends])
+    statuses: list[int] = []
+    with proxy.client() as client:
+        for name in ("least-connections", "p2c", "hash", "weighted-round-robin", "round-robin"):
+            client.send(b"GET /sleep/100 HTTP/1.1\r\nHost: t\r\n\r\n")
+            api(proxy).request("PATCH", "/api/pools/default", {"algorithm": name})
+            statuses.append(client.read_response().status)
+            statuses.append(client.request("GET", "/").status)
+    assert statuses == [200] * 10
+
+
+@pytest.mark.slow
+def test_latency_aware_algorithm_keeps_p99_low_with_one_slow_server() -> None:
+    args = argparse.Namespace(
+        seconds=3.0,
+        connections=8,
+        fast="2ms",
+        slow="20ms",
+        algorithms=["round-robin", "p2c", "peak-ewma"],
+    )
+    with tempfile.TemporaryDirectory(prefix="bunancer-alg-") as tmp:
+        results: dict[str, Any] = uvloop.run(algorithms_scenario(args, Path(tmp)))
+    print(results)
+    rr, p2c, ewma = results["round-robin"], results["p2c"], results["peak-ewma"]
+    assert ewma["p99_ms"] <= rr["p99_ms"] / 2, results
+    assert p2c["p90_ms"] <= rr["p90_ms"] / 2, results
+    assert ewma["slow_share"] < 0.01, results
