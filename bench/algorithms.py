@@ -95,7 +95,7 @@ async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, dict[st
     config = workdir / "bunancer.toml"
     config.write_text(
         f'[[listeners]]\naddress = "127.0.0.1:{proxy_port}"\n'
-        f'[api]\nlisten = "127.0.0.1:{api_port}"\n{pools}'
+        f'[api]\nlisten = "127.0.0.1:{api_port}"\n[dashboard]\nlisten = "127.0.0.1:0"\n{pools}'
     )
     proxy = start(
         ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / "s")],

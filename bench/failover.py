@@ -146,7 +146,7 @@ async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, object]
     )
     config.write_text(
         f'[[listeners]]\naddress = "127.0.0.1:{proxy_port}"\n'
-        f'[api]\nlisten = "127.0.0.1:{api_port}"\n'
+        f'[api]\nlisten = "127.0.0.1:{api_port}"\n[dashboard]\nlisten = "127.0.0.1:0"\n'
         f"[pools.default]\nservers = [{servers}]\n"
     )
     proxy = start(

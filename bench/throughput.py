@@ -346,7 +346,8 @@ def start_bunancer(
     config = supervisor.workdir / f"{name}.toml"
     extra = VARIANTS.get(name, "").format(workdir=supervisor.workdir)
     config.write_text(
-        f'{extra}[api]\nlisten = "{HOST}:0"\n\n[[listeners]]\naddress = "{HOST}:0"\n\n'
+        f'{extra}[api]\nlisten = "{HOST}:0"\n[dashboard]\nlisten = "{HOST}:0"\n'
+        f'[[listeners]]\naddress = "{HOST}:0"\n\n'
         f"[pools.default]\nservers = [{servers}]\n"
     )
     state_dir = supervisor.workdir / f"{name}-state"

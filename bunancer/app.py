@@ -139,13 +139,16 @@ class Balancer:
         self.persistence: Persistence | None = None
         self.api_app: App | None = None
         self.api_server: asyncio.Server | None = None
+        self.dashboard_app: App | None = None
+        self.dashboard_server: asyncio.Server | None = None
 
     @property
     def api_address(self) -> str:
-        if self.api_server is None or not self.api_server.sockets:
-            return self.config.api.listen
-        host, port = self.api_server.sockets[0].getsockname()[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return _bound(self.api_server, self.config.api.listen)
+
+    @property
+    def dashboard_address(self) -> str:
+        return _bound(self.dashboard_server, self.config.dashboard.listen)
 
     async def save_state(self) -> None:
         """Make the registry's current state durable (API changes wait for this)."""
@@ -203,6 +206,30 @@ class Balancer:
         except OSError as error:
             await self.close_listeners()
             raise StartupError(_bind_problem(f"{api.listen} (API)", error)) from None
+        if self.config.dashboard.enabled:
+            await self._start_dashboard()
+
+    async def _start_dashboard(self) -> None:
+        from .web.dashboard import DashboardContext, build_dashboard
+
+        assert self.token is not None
+        self.dashboard_app = build_dashboard(
+            DashboardContext(
+                registry=self.registry,
+                telemetry=self.telemetry,
+                bus=self.bus,
+                token=self.token.value,
+                state_dir=self.config.state_dir,
+                save=self.save_state,
+            )
+        )
+        listen = self.config.dashboard.listen
+        host, port = parse_hostport(listen)
+        try:
+            self.dashboard_server = await web_serve(self.dashboard_app, host, port)
+        except OSError as error:
+            await self.close_listeners()
+            raise StartupError(_bind_problem(f"{listen} (dashboard)", error)) from None
 
     def _open_access_log(self) -> None:
         settings = self.config.access_log
@@ -235,11 +262,18 @@ class Balancer:
         except OSError as error:
             raise StartupError(f"state dir {path}: {error.strerror}") from None
 
+    def _close_apps(self) -> None:
+        for server, app in (
+            (self.api_server, self.api_app),
+            (self.dashboard_server, self.dashboard_app),
+        ):
+            if server is not None:
+                server.close()
+                if app is not None:
+                    app.close_connections()
+
     async def close_listeners(self) -> None:
-        if self.api_server is not None:
-            self.api_server.close()
-            if self.api_app is not None:
-                self.api_app.close_connections()
+        self._close_apps()
         for listener in self.listeners:
             if listener.server is not None:
                 listener.server.close()
@@ -265,10 +299,7 @@ class Balancer:
 
     async def shutdown(self) -> None:
         log.info("shutting down: draining connections for up to %.1fs", self.config.timeouts.drain)
-        if self.api_server is not None:
-            self.api_server.close()
-            if self.api_app is not None:
-                self.api_app.close_connections()
+        self._close_apps()
         for listener in self.listeners:
             if listener.server is not None:
                 listener.server.close()
@@ -295,6 +326,14 @@ class Balancer:
             if server.connections is not None:
                 server.connections.close()
         log.info("stopped")
+
+
+def _bound(server: asyncio.Server | None, configured: str) -> str:
+    """The address a server actually bound (port 0 becomes a real port)."""
+    if server is None or not server.sockets:
+        return configured
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _bind_problem(address: str, error: OSError) -> str:

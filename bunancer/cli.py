@@ -92,6 +92,12 @@ def cli() -> None:
     help="Registry/admin API listener (default 127.0.0.1:8081).",
 )
 @click.option(
+    "--dashboard-listen",
+    callback=_check_listen,
+    metavar="HOST:PORT",
+    help="Dashboard listener (default 127.0.0.1:8082).",
+)
+@click.option(
     "--token-file",
     type=click.Path(dir_okay=False),
     help="File holding the API token (default: BUNANCER_TOKEN, else <state-dir>/token).",
@@ -125,6 +131,7 @@ def serve(
     backends: tuple[str, ...],
     state_dir: str | None,
     api_listen: str | None,
+    dashboard_listen: str | None,
     token_file: str | None,
     store: str | None,
     access_log: str | None,
@@ -142,6 +149,7 @@ def serve(
         backends=backends,
         state_dir=state_dir,
         api_listen=api_listen,
+        dashboard_listen=dashboard_listen,
         token_file=token_file,
         store=store,
         access_log=access_log,
@@ -191,6 +199,8 @@ def _banner(balancer: object) -> None:
     console.print(pools)
     token = balancer.token
     console.print(f"api:   http://{balancer.api_address}/api/pools")
+    if balancer.dashboard_server is not None:
+        console.print(f"dashboard: http://{balancer.dashboard_address}/")
     if token is not None:
         if token.created:
             console.print(f"token: {token.value}   (new; saved in {token.source.split(' ', 1)[1]})")
@@ -200,6 +210,8 @@ def _banner(balancer: object) -> None:
     log = logging.getLogger("bunancer")
     # Plain lines for scripts and tests that wait for readiness.
     log.info("ready: api listening on %s", balancer.api_address)
+    if balancer.dashboard_server is not None:
+        log.info("ready: dashboard listening on %s", balancer.dashboard_address)
     for listener in balancer.listeners:
         log.info("ready: proxy listening on %s", listener.bound)
     sys.stdout.flush()

@@ -17,6 +17,7 @@ from .core.health import parse_expect
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_API_LISTEN = "127.0.0.1:8081"
+DEFAULT_DASHBOARD_LISTEN = "127.0.0.1:8082"
 DEFAULT_POOL = "default"
 DEFAULT_STATE_DIR = ".bunancer"
 
@@ -329,10 +330,22 @@ class AccessLogConfig(_Section):
     format: Literal["combined", "json"] = "combined"
 
 
+class DashboardConfig(_Section):
+    listen: str = DEFAULT_DASHBOARD_LISTEN  # read-only without login; actions need the token
+    enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+
 class Config(_Section):
     state_dir: str = DEFAULT_STATE_DIR
     store: str = "file"  # "file" (state.json in state_dir) or "redis://host:port/db"
     api: ApiConfig = Field(default_factory=ApiConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     access_log: AccessLogConfig = Field(default_factory=AccessLogConfig)
     listeners: list[ListenerConfig] = Field(
@@ -446,6 +459,7 @@ def apply_overrides(
     backends: tuple[str, ...] = (),
     state_dir: str | None = None,
     api_listen: str | None = None,
+    dashboard_listen: str | None = None,
     token_file: str | None = None,
     store: str | None = None,
     access_log: str | None = None,
@@ -458,6 +472,8 @@ def apply_overrides(
         data["listeners"][0]["address"] = listen
     if api_listen is not None:
         data["api"]["listen"] = api_listen
+    if dashboard_listen is not None:
+        data["dashboard"]["listen"] = dashboard_listen
     if token_file is not None:
         data["api"]["token_file"] = token_file
     if store is not None:

@@ -28,6 +28,7 @@ class Proxy:
     port: int
     state_dir: Path
     api_port: int = 0
+    dashboard_port: int = 0
 
     @property
     def token(self) -> str:
@@ -78,6 +79,8 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
         extra = textwrap.dedent(extra)
         if "[api]" not in extra:
             extra += '\n[api]\nlisten = "127.0.0.1:0"\n'
+        if "[dashboard]" not in extra:
+            extra += '\n[dashboard]\nlisten = "127.0.0.1:0"\n'
         toml = (
             extra
             + '\n[[listeners]]\naddress = "127.0.0.1:0"\n\n'
@@ -100,7 +103,14 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
         )
         match = process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
         api = process.wait_line(r"ready: api listening on 127\.0\.0\.1:(\d+)")
-        proxy = Proxy(process, int(match.group(1)), state_dir, int(api.group(1)))
+        dashboard = process.wait_line(r"ready: (?:dashboard listening on 127\.0\.0\.1:(\d+)|proxy)")
+        proxy = Proxy(
+            process,
+            int(match.group(1)),
+            state_dir,
+            int(api.group(1)),
+            int(dashboard.group(1) or 0),
+        )
         started.append(proxy)
         return proxy
 

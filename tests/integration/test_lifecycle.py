@@ -89,6 +89,8 @@ def test_serve_flags_without_config(tmp_path: Path, backends: list[Backend]) -> 
             "127.0.0.1:0",
             "--api-listen",
             "127.0.0.1:0",
+            "--dashboard-listen",
+            "127.0.0.1:0",
             "--backend",
             backends[0].url,
             "--backend",
