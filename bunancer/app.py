@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from .config import Config, parse_hostport
+from .config import Config, ListenerConfig, parse_hostport
 from .core.accesslog import AccessLog
 from .core.events import EventBus
 from .core.headers import ForwardingOptions
@@ -25,6 +27,7 @@ from .core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
 from .core.registry import PoolSettings, Registry
 from .core.routing import Route, RouteTable
 from .core.store import Store, StoreError, open_store
+from .core.tcp import TcpClientEnd, TcpListenerContext, TcpSettings
 from .core.telemetry import Telemetry
 from .core.upstream import UpstreamSettings
 from .web.api import build_api
@@ -44,7 +47,9 @@ class Listener:
     address: str
     host: str
     port: int
-    ctx: ListenerContext
+    ctx: ListenerContext | TcpListenerContext
+    factory: Callable[[], asyncio.BaseProtocol]
+    mode: str = "http"
     server: asyncio.Server | None = None
 
     @property
@@ -83,7 +88,7 @@ class Balancer:
                     host,
                     port,
                     weight=server_config.weight,
-                    server_id=server_config.id or server_config.address.removeprefix("http://"),
+                    server_id=server_config.id or server_config.address.split("://")[-1],
                     health=server_config.health,
                     source="config",
                 )
@@ -100,6 +105,7 @@ class Balancer:
             max_headers=limits.max_headers,
             max_body_bytes=limits.max_body_bytes,
             max_pipelined=limits.max_pipelined,
+            tunnel_idle_timeout=timeouts.tunnel_idle,
             write_buffer_high=limits.write_buffer_high,
             write_buffer_low=limits.write_buffer_low,
             stats=config.stats.enabled,
@@ -120,9 +126,17 @@ class Balancer:
         self.listeners: list[Listener] = []
         for listener_config in config.listeners:
             host, port = listener_config.host_port
-            table = RouteTable(routes, self.pools[listener_config.default_pool])
-            ctx = ListenerContext(loop, table, settings)
-            self.listeners.append(Listener(listener_config.address, host, port, ctx))
+            pool = self.pools[listener_config.default_pool]
+            if listener_config.mode == "tcp":
+                tcp_ctx = TcpListenerContext(loop, pool, self._tcp_settings(listener_config))
+                factory: Callable[[], asyncio.BaseProtocol] = partial(TcpClientEnd, tcp_ctx)
+                self.listeners.append(
+                    Listener(listener_config.address, host, port, tcp_ctx, factory, "tcp")
+                )
+                continue
+            ctx = ListenerContext(loop, RouteTable(routes, pool), settings)
+            factory = partial(DownstreamProtocol, ctx)
+            self.listeners.append(Listener(listener_config.address, host, port, ctx, factory))
         self._stopping: asyncio.Event | None = None
         statsd = config.stats.statsd
         self.telemetry = Telemetry(
@@ -141,6 +155,19 @@ class Balancer:
         self.api_server: asyncio.Server | None = None
         self.dashboard_app: App | None = None
         self.dashboard_server: asyncio.Server | None = None
+
+    def _tcp_settings(self, listener: ListenerConfig) -> TcpSettings:
+        return TcpSettings(
+            connect_timeout=self.config.timeouts.connect,
+            idle_timeout=listener.idle_timeout,
+            max_connections=listener.max_connections,
+            send_proxy=listener.send_proxy_protocol,
+            accept_proxy=listener.accept_proxy_protocol,
+            trusted=tuple(
+                ipaddress.ip_network(network, strict=False) for network in listener.trusted_proxies
+            ),
+            retries=self.config.pools[listener.default_pool].balancing.retries,
+        )
 
     @property
     def api_address(self) -> str:
@@ -169,10 +196,9 @@ class Balancer:
         )
         await self.registry.first_checks(longest + 0.25)
         for listener in self.listeners:
-            ctx = listener.ctx
             try:
                 listener.server = await self.loop.create_server(
-                    lambda ctx=ctx: DownstreamProtocol(ctx),  # type: ignore[misc]
+                    listener.factory,
                     listener.host,
                     listener.port,
                     reuse_address=True,
@@ -240,7 +266,8 @@ class Balancer:
         except OSError as error:
             raise StartupError(f"access log {settings.path}: {error.strerror}") from None
         for listener in self.listeners:
-            listener.ctx.access_log = self.access_log
+            if isinstance(listener.ctx, ListenerContext):
+                listener.ctx.access_log = self.access_log
 
     async def _restore_state(self) -> None:
         try:
@@ -306,14 +333,12 @@ class Balancer:
         for listener in self.listeners:
             listener.ctx.drain()
         deadline = self.loop.time() + self.config.timeouts.drain
-        while any(listener.ctx.connections for listener in self.listeners):
+        while any(listener.ctx.busy for listener in self.listeners):
             if self.loop.time() >= deadline:
-                left = sum(len(listener.ctx.connections) for listener in self.listeners)
+                left = sum(listener.ctx.busy for listener in self.listeners)
                 log.warning("drain timeout: closing %d connection(s) still busy", left)
                 for listener in self.listeners:
-                    for conn in list(listener.ctx.connections):
-                        if conn.transport is not None:
-                            conn.transport.abort()
+                    listener.ctx.abort_all()
                 break
             await asyncio.sleep(0.05)
         self.telemetry.stop()

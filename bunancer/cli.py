@@ -76,13 +76,18 @@ def cli() -> None:
     help="Proxy listener address (default 127.0.0.1:8080).",
 )
 @click.option(
+    "--mode",
+    type=click.Choice(["http", "tcp"]),
+    help="Mode of the --listen listener: http (default) or tcp (a byte tunnel per connection).",
+)
+@click.option(
     "-b",
     "--backend",
     "backends",
     multiple=True,
     callback=_check_backends,
     metavar="URL",
-    help="Upstream server for the default pool, e.g. http://127.0.0.1:9001 (repeatable).",
+    help="Upstream server for the default pool: http://HOST:PORT, tcp://HOST:PORT (repeatable).",
 )
 @click.option("--state-dir", metavar="DIR", help="Where state lives (default ./.bunancer).")
 @click.option(
@@ -128,6 +133,7 @@ def cli() -> None:
 def serve(
     config_path: str | None,
     listen: str | None,
+    mode: str | None,
     backends: tuple[str, ...],
     state_dir: str | None,
     api_listen: str | None,
@@ -146,6 +152,7 @@ def serve(
     config = _load(
         config_path,
         listen=listen,
+        mode=mode,
         backends=backends,
         state_dir=state_dir,
         api_listen=api_listen,
@@ -187,7 +194,9 @@ def _banner(balancer: object) -> None:
     table.add_column("address")
     table.add_column("default pool")
     for listener in balancer.listeners:
-        table.add_row("proxy (http)", f"http://{listener.bound}", listener.ctx.routes.default.name)
+        pool = listener.ctx.pool if listener.mode == "tcp" else listener.ctx.routes.default  # type: ignore[union-attr]
+        scheme = "tcp" if listener.mode == "tcp" else "http"
+        table.add_row(f"proxy ({scheme})", f"{scheme}://{listener.bound}", pool.name)
     console.print(table)
     pools = Table(show_edge=False)
     pools.add_column("pool")

@@ -7,6 +7,7 @@ prints it and exits with code 2. Flags are applied on top of the file by `apply_
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,12 +45,12 @@ def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, 
 
 
 def parse_backend_url(text: str) -> tuple[str, int]:
-    """Accept ``http://HOST:PORT`` or a bare ``HOST:PORT`` for an upstream server."""
+    """Accept ``http://HOST:PORT``, ``tcp://HOST:PORT`` or a bare ``HOST:PORT``."""
     rest = text
     if "://" in text:
         scheme, _, rest = text.partition("://")
-        if scheme != "http":
-            raise ValueError(f"unsupported scheme {scheme!r} in {text!r} (only http:// for now)")
+        if scheme not in ("http", "tcp"):
+            raise ValueError(f"unsupported scheme {scheme!r} in {text!r} (http:// or tcp://)")
         rest = rest.rstrip("/")
         if "/" in rest:
             raise ValueError(f"a backend address has no path: {text!r}")
@@ -68,13 +69,28 @@ Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 class ListenerConfig(_Section):
     address: str = DEFAULT_LISTEN
-    mode: Literal["http"] = "http"
-    default_pool: str = DEFAULT_POOL
+    mode: Literal["http", "tcp"] = "http"
+    default_pool: str = DEFAULT_POOL  # for tcp: the pool every connection goes to
+    # TCP mode
+    idle_timeout: float = Field(default=300.0, gt=0)  # a tunnel with no bytes either way
+    max_connections: int = Field(default=0, ge=0)  # 0 = no limit
+    # PROXY protocol: send a header to upstreams ("v1"/"v2"), accept one from trusted
+    # sources only (a header from anyone else closes the connection).
+    send_proxy_protocol: Literal["v1", "v2"] | None = None
+    accept_proxy_protocol: bool = False
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
 
     @field_validator("address")
     @classmethod
     def _check_address(cls, value: str) -> str:
         parse_hostport(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
         return value
 
     @property
@@ -86,6 +102,7 @@ class HealthConfig(_Section):
     """Active health checks of a pool (each server may override any key)."""
 
     enabled: bool = True
+    type: Literal["http", "tcp"] = "http"  # tcp: a connect is the check (TCP-mode pools)
     method: Literal["GET", "HEAD", "OPTIONS"] = "GET"
     path: str = "/"
     expect: str = "200-499"  # status ranges that pass: "200-399", "200,204"
@@ -265,6 +282,7 @@ class TimeoutsConfig(_Section):
     upstream_response: Seconds = 60.0
     keepalive: Seconds = 75.0
     drain: Seconds = 10.0
+    tunnel_idle: Seconds = 3600.0  # an upgraded (WebSocket) connection with no bytes either way
 
 
 class LimitsConfig(_Section):
@@ -381,6 +399,22 @@ class Config(_Section):
         for index, route in enumerate(self.routes):
             if route.pool not in self.pools:
                 raise _KeyedError(f"routes[{index}].pool", f"unknown pool {route.pool!r}")
+        tcp_pools = {x.default_pool for x in self.listeners if x.mode == "tcp"}
+        http_pools = {x.default_pool for x in self.listeners if x.mode == "http"}
+        http_pools |= {r.pool for r in self.routes}
+        for name in tcp_pools - http_pools:
+            pool = self.pools.get(name)
+            if pool is None:
+                continue
+            # A pool only TCP listeners use is checked with a connect, not HTTP, and is
+            # round-robin by default (no response times to be latency-aware about).
+            update: dict[str, Any] = {}
+            if "type" not in pool.health.model_fields_set:
+                update["health"] = pool.health.model_copy(update={"type": "tcp"})
+            if "algorithm" not in pool.model_fields_set:
+                update["algorithm"] = "round-robin"
+            if update:
+                self.pools[name] = pool.model_copy(update=update)
         for index, listener in enumerate(self.listeners):
             if listener.default_pool not in self.pools:
                 raise _KeyedError(
@@ -456,6 +490,7 @@ def apply_overrides(
     config: Config,
     *,
     listen: str | None = None,
+    mode: str | None = None,
     backends: tuple[str, ...] = (),
     state_dir: str | None = None,
     api_listen: str | None = None,
@@ -467,9 +502,18 @@ def apply_overrides(
     statsd: str | None = None,
 ) -> Config:
     """Apply command-line flags on top of a loaded config: flags win over the file."""
-    data = config.model_dump(exclude_none=True)
+    # Only what the file set (defaults are filled in again), so that derived defaults such
+    # as a TCP pool's connect checks follow the flags too.
+    data = config.model_dump(exclude_none=True, exclude_unset=True)
+    if not data.get("listeners"):
+        data["listeners"] = [{}]
+    for section in ("api", "dashboard", "access_log", "stats"):
+        data.setdefault(section, {})
+    data.setdefault("pools", {})
     if listen is not None:
         data["listeners"][0]["address"] = listen
+    if mode is not None:
+        data["listeners"][0]["mode"] = mode
     if api_listen is not None:
         data["api"]["listen"] = api_listen
     if dashboard_listen is not None:

@@ -63,6 +63,7 @@ class RequestHead:
         "lines",
         "transfer_encoding",
         "upgrade",
+        "upgrade_value",
         "x_forwarded_for",
     )
 
@@ -76,7 +77,8 @@ class RequestHead:
         self.x_forwarded_for: bytes | None = None
         self.forwarded: bytes | None = None
         self.expect_continue = False
-        self.upgrade = False
+        self.upgrade = False  # Connection names "upgrade"
+        self.upgrade_value: bytes | None = None  # the Upgrade header
 
 
 def scan_request_headers(
@@ -102,6 +104,8 @@ def scan_request_headers(
             head.content_length = value.strip()
         elif lowered == b"transfer-encoding":
             head.transfer_encoding = value.strip()
+        elif lowered == b"upgrade":
+            head.upgrade_value = value
         elif lowered == b"connection":
             tokens = _connection_tokens(value)
             if b"upgrade" in tokens:
@@ -167,12 +171,13 @@ def build_request_head(
 class ResponseHead:
     """Response header lines to forward, and the framing facts of the upstream message."""
 
-    __slots__ = ("chunked", "content_length", "lines")
+    __slots__ = ("chunked", "content_length", "lines", "upgrade_value")
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
         self.content_length: bytes | None = None
         self.chunked = False
+        self.upgrade_value: bytes | None = None
 
 
 def scan_response_headers(
@@ -188,6 +193,8 @@ def scan_response_headers(
                 lines.extend((name, b": ", value, b"\r\n"))
         elif lowered == b"content-length":
             head.content_length = value
+        elif lowered == b"upgrade":
+            head.upgrade_value = value
         elif lowered == b"transfer-encoding":
             # llhttp only accepts a Transfer-Encoding whose last coding is chunked... for
             # requests; a response may end with another coding and is then close-delimited.

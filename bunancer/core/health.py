@@ -34,6 +34,7 @@ class CheckSpec:
     """What a check sends and what counts as passing."""
 
     enabled: bool = True
+    kind: str = "http"  # "tcp": a successful connect is the check
     method: str = "GET"
     path: str = "/"
     expect: tuple[tuple[int, int], ...] = ((200, 499),)  # inclusive status ranges
@@ -99,6 +100,8 @@ def _describe_error(error: BaseException, timeout: float) -> str:
 
 async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
     """Run one check against host:port; never raises."""
+    if spec.kind == "tcp":
+        return await probe_connect(host, port, spec.timeout)
     loop = asyncio.get_running_loop()
     started = loop.time()
     transport: asyncio.BaseTransport | None = None
@@ -121,6 +124,20 @@ async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
     ok = spec.passes(status)
     detail = f"{status} in {latency * 1000:.1f} ms" if ok else f"status {status}"
     return CheckResult(loop.time(), ok, detail, latency)
+
+
+async def probe_connect(host: str, port: int, timeout: float) -> CheckResult:
+    """A TCP check: the server accepts a connection within `timeout`."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(timeout):
+            transport, _ = await loop.create_connection(asyncio.Protocol, host, port)
+    except (OSError, TimeoutError) as error:
+        return CheckResult(loop.time(), False, _describe_error(error, timeout), 0.0)
+    transport.close()
+    latency = loop.time() - started
+    return CheckResult(loop.time(), True, f"connected in {latency * 1000:.1f} ms", latency)
 
 
 ResultCallback = Callable[["Server", CheckResult], None]

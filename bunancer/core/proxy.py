@@ -40,6 +40,7 @@ from .framing import (
 from .headers import (
     ForwardingOptions,
     RequestHead,
+    ResponseHead,
     build_request_head,
     forwarding_lines,
     scan_request_headers,
@@ -47,6 +48,7 @@ from .headers import (
 )
 from .routing import RouteTable
 from .stats import CLIENT_4XX, CLIENT_ABORT, CONNECT, REJECTED, TIMEOUT, UPSTREAM_5XX, ServerStats
+from .tunnel import Tunnel
 from .upstream import Overloaded
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ _PAUSE_UPSTREAM_FULL = 1  # the upstream write buffer is over its high-water mar
 _PAUSE_PENDING = 2  # body bytes are buffered while no upstream connection is attached
 _PAUSE_PIPELINE = 4  # too many pipelined requests wait behind the active one
 _PAUSE_DONE = 8  # no more requests will be read on this connection
+_PAUSE_UPGRADE = 16  # an upgrade request waits for its answer
 
 # What the single downstream deadline currently means.
 _T_NONE, _T_HEADER, _T_BODY, _T_KEEPALIVE, _T_SEND = range(5)
@@ -76,6 +79,7 @@ class ListenerSettings:
     max_headers: int = 100
     max_body_bytes: int = 0  # 0: no limit
     max_pipelined: int = 32
+    tunnel_idle_timeout: float = 3600.0
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
     forwarding: ForwardingOptions = field(default_factory=ForwardingOptions)
@@ -95,6 +99,7 @@ class ListenerContext:
         "routes",
         "settings",
         "stats_enabled",
+        "tunnels",
     )
 
     def __init__(
@@ -111,6 +116,7 @@ class ListenerContext:
         self.forwarding_cache: dict[tuple[str, bytes | None], bytes] = {}
         self.stats_enabled = settings.stats
         self.access_log: AccessLog | None = None
+        self.tunnels: set[Tunnel] = set()  # upgraded connections (WebSocket)
         self.rejected = ServerStats()  # requests refused before any pool was chosen
 
     def drain(self) -> None:
@@ -118,6 +124,18 @@ class ListenerContext:
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
+
+    @property
+    def busy(self) -> int:
+        """Connections and tunnels still open (graceful shutdown waits for them)."""
+        return len(self.connections) + len(self.tunnels)
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for tunnel in list(self.tunnels):
+            tunnel.close()
 
 
 class Exchange:
@@ -129,6 +147,7 @@ class Exchange:
         "chunked_request",
         "done",
         "down",
+        "early_data",
         "head",
         "head_request",
         "http11",
@@ -156,6 +175,7 @@ class Exchange:
         "up",
         "up_body",
         "up_started",
+        "upgrade",
         "wants_connection",
     )
 
@@ -194,6 +214,8 @@ class Exchange:
         # up to the pool's retry_body_max (None: not replayable once sent).
         self.kept: list[bytes] | None = [] if self.idempotent else None
         self.local_status = 0
+        self.upgrade = False  # asked to switch protocols (WebSocket)
+        self.early_data = b""  # client bytes after the upgrade request, held
         self.out: list[bytes] = []
         self.up_body = Body.NONE
         self.out_body = Body.NONE
@@ -360,6 +382,9 @@ class Exchange:
             ):
                 return  # this answer is dropped; another server was asked
         head = scan_response_headers(headers)
+        if status == 101:
+            self._switching_head(head)
+            return
         up_body = response_body(
             status, self.head_request, head.content_length is not None, head.chunked
         )
@@ -393,6 +418,56 @@ class Exchange:
         self.out.append(b"".join(parts))
         self.resp_started = True
         self.status = status
+
+    def _switching_head(self, head: ResponseHead) -> None:
+        """The 101 head: Connection and Upgrade go back in (they are what it is about)."""
+        if not self.upgrade or head.upgrade_value is None:
+            # A 101 nobody asked for cannot be relayed as HTTP: treat it as broken.
+            self.upstream_failed(502, "101 Switching Protocols without an upgrade request")
+            return
+        self.out.append(
+            b"".join(
+                (
+                    STATUS_LINES[101],
+                    *head.lines,
+                    b"Connection: Upgrade\r\nUpgrade: ",
+                    head.upgrade_value,
+                    b"\r\n\r\n",
+                )
+            )
+        )
+        self.resp_started = True
+        self.status = 101
+
+    def upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None:
+        """The backend switched protocols: both connections become one byte tunnel."""
+        if self.done or not self.resp_started:
+            conn.close()
+            return
+        down = self.down
+        ctx = down.ctx
+        self.flush()
+        self.up = None
+        self.done = True
+        self.keep_alive = False
+        tunnel = Tunnel(ctx.loop, ctx.settings.tunnel_idle_timeout)
+
+        def closed(tunnel: Tunnel) -> None:
+            ctx.tunnels.discard(tunnel)
+            self.bytes_out += tunnel.bytes_out
+            self.body_size += tunnel.bytes_in
+            self._record(-1)
+            self._release_server()
+
+        tunnel.on_close = closed
+        ctx.tunnels.add(tunnel)
+        ctx.connections.discard(down)
+        down.detach()
+        assert down.transport is not None
+        assert conn.transport is not None
+        tunnel.client.adopt(down.transport)
+        tunnel.server.adopt(conn.transport)
+        tunnel.link(to_client=rest, to_server=self.early_data)
 
     def replayable(self) -> bool:
         """Can the request go to another server after this one saw it? Idempotent, fully
@@ -634,6 +709,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "queue",
         "timeout_kind",
         "transport",
+        "upgrading",
         "url",
         "write_paused",
     )
@@ -654,6 +730,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.active: Exchange | None = None  # the exchange whose response is being sent
         self.queue: deque[Exchange] = deque()  # pipelined exchanges waiting their turn
         self.parsing: Exchange | None = None  # the exchange whose request body is being read
+        self.upgrading: Exchange | None = None  # an Upgrade request waiting for its answer
         # the request head being read
         self.in_head = False
         self.url = b""
@@ -676,6 +753,9 @@ class DownstreamProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._pause & _PAUSE_DONE:
             return  # an error ended reading; what follows is not parsed
+        if self.upgrading is not None and self._pause & _PAUSE_UPGRADE:
+            self.upgrading.early_data += data  # arrived before reading paused
+            return
         was_in_head = self.in_head
         try:
             self.parser.feed_data(data)
@@ -768,6 +848,13 @@ class DownstreamProtocol(asyncio.Protocol):
             if self.timeout_kind == _T_BODY:
                 self.deadline.set(self.ctx.settings.body_idle_timeout)
 
+    def detach(self) -> None:
+        """The transport went to a tunnel: this protocol is done with it."""
+        self.closed = True
+        self.deadline.cancel()
+        self.active = self.parsing = self.upgrading = None
+        self.queue.clear()
+
     def drain(self) -> None:
         """Graceful shutdown: close when idle, else after the reply in progress."""
         if self.active is None and self.parsing is None and not self.queue:
@@ -781,6 +868,12 @@ class DownstreamProtocol(asyncio.Protocol):
         if not exchange.keep_alive or self.closed:
             self.close()
             return
+        if exchange is self.upgrading:
+            # The backend did not switch protocols: back to HTTP with what was held.
+            self.upgrading = None
+            self.set_paused(_PAUSE_UPGRADE, False)
+            if exchange.early_data:
+                self.ctx.loop.call_soon(self.data_received, exchange.early_data)
         if self.queue:
             following = self.queue.popleft()
             self.active = following
@@ -862,10 +955,10 @@ class DownstreamProtocol(asyncio.Protocol):
             raise ProxyError(400, "HTTP/1.1 request without Host")
         content_length = head.content_length
         chunked = head.transfer_encoding is not None
+        upgrade = False
         if chunked or head.upgrade:
-            check_request_framing(
-                http11, content_length, head.transfer_encoding, parser.should_upgrade()
-            )
+            upgrade = parser.should_upgrade() and head.upgrade_value is not None
+            check_request_framing(http11, content_length, head.transfer_encoding, upgrade)
         if content_length is not None:
             if settings.max_body_bytes and int(content_length) > settings.max_body_bytes:
                 raise ProxyError(413)
@@ -873,6 +966,10 @@ class DownstreamProtocol(asyncio.Protocol):
         elif chunked:
             # Codings before the final chunked (rare) stay; chunked is re-applied by us.
             framing = b"Transfer-Encoding: " + head.transfer_encoding + b"\r\n"
+        elif upgrade:
+            # A protocol switch (WebSocket): the backend must see it asked for.
+            assert head.upgrade_value is not None
+            framing = b"Connection: Upgrade\r\nUpgrade: " + head.upgrade_value + b"\r\n"
         else:
             framing = b""
         pool = self.ctx.routes.match(head.host, target)
@@ -900,6 +997,9 @@ class DownstreamProtocol(asyncio.Protocol):
         )
         if pool is not None and pool.key_kind:
             exchange.key = pool.request_key(self.client_ip, target, self.headers)
+        if upgrade:
+            exchange.upgrade = True
+            self.upgrading = exchange
         if self.ctx.access_log is not None:
             exchange.target = target
             exchange.request_headers = self.headers
@@ -955,10 +1055,16 @@ class DownstreamProtocol(asyncio.Protocol):
         return path, scan_request_headers(headers)
 
     def _after_upgrade(self, rest: bytes) -> None:
-        """llhttp stopped at an Upgrade request. Without a tunnel (yet), it was proxied as
-        a plain request with Upgrade removed; parse what follows as the next request."""
-        if rest and not self.closed:
-            self.data_received(rest)
+        """llhttp stopped after an Upgrade request. Until the backend answers, what follows
+        is held: after a 101 it is the new protocol's first bytes, after any other answer
+        it is parsed as the next request."""
+        exchange = self.upgrading
+        if exchange is None:
+            if rest and not self.closed:
+                self.data_received(rest)
+            return
+        exchange.early_data += rest
+        self.set_paused(_PAUSE_UPGRADE, True)
 
     def _reject(self, status: int) -> None:
         """A request we cannot parse or accept: answer `status` in turn, then close."""

@@ -100,6 +100,7 @@ def health_policy(health: HealthConfig, outlier: OutlierConfig) -> HealthPolicy:
 def check_spec(health: HealthConfig) -> CheckSpec:
     return CheckSpec(
         enabled=health.enabled,
+        kind=health.type,
         method=health.method,
         path=health.path,
         expect=parse_expect(health.expect),
@@ -407,6 +408,8 @@ class Registry:
         if pool is None:
             return
         outlier = self.settings[pool.name].outlier
+        if not outlier.enabled:
+            return
         now = self.loop.time()
         candidates = [
             s for s in pool.servers.values() if s.state not in (State.DISABLED, State.DRAINING)

@@ -46,6 +46,7 @@ class ExchangeSide(Protocol):
     def upstream_lost(self, conn: UpstreamProtocol) -> None: ...
     def upstream_failed(self, status: int, detail: str) -> None: ...
     def upstream_paused(self, paused: bool) -> None: ...
+    def upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "_discard",
         "_headers",
         "_interim",
+        "_upgraded",
         "closed",
         "deadline",
         "exchange",
@@ -92,6 +94,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
         self._discard = False
+        self._upgraded = False  # a 101 answered: the connection becomes a tunnel
 
     # -- connection events -------------------------------------------------------------
 
@@ -109,9 +112,24 @@ class UpstreamProtocol(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._upgraded:
+                self._switch(exchange, data[upgrade.args[0] :])
+                return
+            self.close()
+            exchange.upstream_failed(502, "unexpected upgrade from upstream")
+            return
         except httptools.HttpParserError as error:
+            if self._upgraded:
+                # llhttp stops at a 101 without "Connection: upgrade" with an error.
+                end = data.find(b"\r\n\r\n")
+                self._switch(exchange, data[end + 4 :] if end >= 0 else b"")
+                return
             self.close()
             exchange.upstream_failed(502, f"invalid response from upstream: {error}")
+            return
+        if self._upgraded:
+            self._switch(exchange, b"")
             return
         if self._discard:
             # The response to a HEAD request ended at its head, but llhttp still expects
@@ -123,6 +141,13 @@ class UpstreamProtocol(asyncio.Protocol):
             # ended in this read, the usual case for small ones).
             self.deadline.set(self.pool.settings.response_timeout)
         exchange.flush()
+
+    def _switch(self, exchange: ExchangeSide, rest: bytes) -> None:
+        """The backend switched protocols: this connection leaves the pool for a tunnel."""
+        self.exchange = None
+        self.deadline.cancel()
+        self.pool.detach(self)
+        exchange.upgraded(self, rest)
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -220,7 +245,9 @@ class UpstreamProtocol(asyncio.Protocol):
         status = self.parser.get_status_code()
         headers = self._headers
         self._headers = []
-        if status < 200 and status != 101:
+        if status == 101:
+            self._upgraded = True
+        elif status < 200:
             # Interim (100 Continue, 103 Early Hints): llhttp ends it as a message of its own.
             self._interim = True
             exchange.interim_response(status, headers)
@@ -236,6 +263,8 @@ class UpstreamProtocol(asyncio.Protocol):
             exchange.response_body(body)
 
     def on_message_complete(self) -> None:
+        if self._upgraded:
+            return  # not a message end: the tunnel takes over (see data_received)
         if self._interim:
             self._interim = False
             return
@@ -363,6 +392,13 @@ class UpstreamPool:
             self.release(conn, True)
         else:
             exchange.attach(conn)
+
+    def detach(self, conn: UpstreamProtocol) -> None:
+        """A connection becomes a tunnel: it is no longer the pool's (never reused)."""
+        self.total -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self._serve_waiter()
 
     def forget(self, conn: UpstreamProtocol) -> None:
         """A connection closed: drop it from the books and let a waiter open one."""

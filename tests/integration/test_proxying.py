@@ -229,9 +229,9 @@ def test_client_disconnect_mid_response_does_not_break_proxy(proxy: Proxy) -> No
         assert client.request("GET", "/size/3").body == pattern_bytes(3)
 
 
-def test_upgrade_without_body_is_a_plain_request_until_tunnels_exist(proxy: Proxy) -> None:
-    """Connection: Upgrade without a body: proxied with Upgrade removed, and a request
-    pipelined behind it is parsed as the next request."""
+def test_upgrade_refused_by_backend_continues_as_http(proxy: Proxy) -> None:
+    """An Upgrade request goes to the backend with Connection/Upgrade kept; a non-101
+    answer is a normal response, and a request pipelined behind it is parsed next."""
     with proxy.client() as client:
         client.send(
             b"GET /echo-headers HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\n"
@@ -239,9 +239,9 @@ def test_upgrade_without_body_is_a_plain_request_until_tunnels_exist(proxy: Prox
         )
         first = client.read_response()
         second = client.read_response()
-    headers = {k.lower() for k, _ in json.loads(first.body)["headers"]}
-    assert "upgrade" not in headers
-    assert "connection" not in headers
+    headers = {k.lower(): v for k, v in json.loads(first.body)["headers"]}
+    assert headers["upgrade"] == "websocket"
+    assert headers["connection"] == "Upgrade"
     assert second.body == pattern_bytes(4)
 
 

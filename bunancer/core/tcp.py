@@ -1,0 +1,208 @@
+"""TCP mode: balance whole TCP connections (databases, Redis, anything) over a pool.
+
+For each accepted connection: optionally read a PROXY header (trusted sources only),
+select a server through the pool's `Selector` (a `hash` pool keys on the client address),
+connect with a timeout (a failed connect is retried on another server), optionally send a
+PROXY header, then hand both sides to a `Tunnel`. Bytes that arrive meanwhile are held
+(bounded) and delivered first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import proxyproto
+from .stats import CONNECT, TIMEOUT, ServerStats
+from .tunnel import Tunnel, TunnelEnd
+
+if TYPE_CHECKING:
+    from .pool import ServerPool
+    from .server import Server
+
+log = logging.getLogger("bunancer.tcp")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class TcpSettings:
+    connect_timeout: float = 3.0
+    idle_timeout: float = 300.0
+    max_connections: int = 0  # 0: no limit
+    send_proxy: str | None = None  # "v1" or "v2"
+    accept_proxy: bool = False
+    trusted: tuple[Network, ...] = field(default_factory=tuple)
+    retries: int = 1
+
+
+class TcpListenerContext:
+    """What every connection of one TCP listener shares."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, pool: ServerPool, settings: TcpSettings
+    ) -> None:
+        self.loop = loop
+        self.pool = pool
+        self.settings = settings
+        self.tunnels: set[Tunnel] = set()
+        self.rejected = ServerStats()  # connections refused before reaching a server
+        self.draining = False
+
+    def trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.settings.trusted)
+
+    def drain(self) -> None:
+        """Stop taking connections; open tunnels run on until the drain timeout."""
+        self.draining = True
+
+    @property
+    def busy(self) -> int:
+        return len(self.tunnels)
+
+    def abort_all(self) -> None:
+        for tunnel in list(self.tunnels):
+            tunnel.close()
+
+
+class TcpClientEnd(TunnelEnd):
+    """The accepted side of a TCP-mode connection: it reads a PROXY header if expected,
+    then gets its server connected."""
+
+    def __init__(self, ctx: TcpListenerContext) -> None:
+        self.ctx = ctx
+        tunnel = Tunnel(ctx.loop, ctx.settings.idle_timeout, self._tunnel_closed)
+        super().__init__(tunnel, "client")
+        tunnel.client = self
+        self.client_address: tuple[str, int] = ("", 0)
+        self.local_address: tuple[str, int] = ("", 0)
+        self.header = b""  # a PROXY header being read
+        self.awaiting_header = False
+        self.server: Server | None = None
+        self.tries = 0
+        self.started = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        ctx = self.ctx
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self.client_address = (peer[0], peer[1])
+        self.local_address = (local[0], local[1])
+        self.started = ctx.loop.time()
+        limit = ctx.settings.max_connections
+        if ctx.draining or (limit and len(ctx.tunnels) >= limit):
+            ctx.rejected.record(0, 0, 0, 0, -1)
+            self.close(abort=True)
+            return
+        ctx.tunnels.add(self.tunnel)
+        self.tunnel.touch()
+        if ctx.settings.accept_proxy and ctx.trusted(peer[0]):
+            self.awaiting_header = True
+            return
+        self._connect()
+
+    def data_received(self, data: bytes) -> None:
+        if self.awaiting_header:
+            self._read_header(data)
+            return
+        if (
+            self.ctx.settings.accept_proxy
+            and self.received == 0
+            and self.peer is None
+            and proxyproto.looks_like_header(data)
+        ):
+            # An untrusted source sending a PROXY header: it may be trying to forge its
+            # address. Refuse rather than pass the header on as data.
+            log.warning("PROXY header from untrusted %s: closing", self.client_address[0])
+            self.close(abort=True)
+            return
+        super().data_received(data)
+
+    def _read_header(self, data: bytes) -> None:
+        self.header += data
+        try:
+            addresses, used = proxyproto.parse(self.header)
+        except proxyproto.ProxyHeaderError as error:
+            log.warning("bad PROXY header from %s: %s", self.client_address[0], error)
+            self.close(abort=True)
+            return
+        if not used:
+            return  # more to come
+        self.awaiting_header = False
+        rest, self.header = self.header[used:], b""
+        if addresses is not None:
+            self.client_address = (addresses.source, addresses.source_port)
+            self.local_address = (addresses.destination, addresses.destination_port)
+        self._connect()
+        if rest:
+            super().data_received(rest)
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def _connect(self, avoid: Server | None = None) -> None:
+        pool = self.ctx.pool
+        key = self.client_address[0].encode() if pool.key_kind else None
+        server = pool.pick(key, avoid=avoid)
+        if server is None:
+            self.ctx.rejected.record(0, 0, 0, 0, -1)
+            self.close(abort=True)
+            return
+        self.server = server
+        self.tries += 1
+        server.in_flight += 1
+        self.ctx.loop.create_task(self._open(server))
+
+    async def _open(self, server: Server) -> None:
+        loop = self.ctx.loop
+        try:
+            async with asyncio.timeout(self.ctx.settings.connect_timeout):
+                await loop.create_connection(lambda: self.tunnel.server, server.host, server.port)
+        except (OSError, TimeoutError) as error:
+            server.in_flight -= 1
+            timeout = isinstance(error, TimeoutError)
+            server.passive_failure("connect timeouts" if timeout else "connect failures")
+            server.stats.errors[TIMEOUT if timeout else CONNECT] += 1
+            self.server = None
+            if self.closed:
+                return
+            others = any(s is not server for s in self.ctx.pool.routable)
+            if self.tries <= self.ctx.settings.retries and others:
+                self._connect(avoid=server)
+            else:
+                log.debug("tcp: no server answered for %s", self.client_address[0])
+                self.close(abort=True)
+            return
+        if self.closed:
+            self.tunnel.server.close()
+            return
+        header = b""
+        send = self.ctx.settings.send_proxy
+        if send is not None:
+            addresses = proxyproto.Addresses(
+                self.client_address[0],
+                self.client_address[1],
+                self.local_address[0],
+                self.local_address[1],
+            )
+            header = (proxyproto.encode_v2 if send == "v2" else proxyproto.encode_v1)(addresses)
+        self.tunnel.link(to_server=header)
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _tunnel_closed(self, tunnel: Tunnel) -> None:
+        ctx = self.ctx
+        ctx.tunnels.discard(tunnel)
+        server = self.server
+        if server is not None:
+            server.in_flight -= 1
+            self.server = None
+            us = int((ctx.loop.time() - self.started) * 1_000_000)
+            server.stats.record(0, us, tunnel.bytes_in, tunnel.bytes_out, -1)

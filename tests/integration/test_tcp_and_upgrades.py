@@ -1,0 +1,253 @@
+"""TCP mode and HTTP upgrades through one tunnel relay, with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import textwrap
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bunancer.core import proxyproto
+from tests.conftest import StartProxy
+from tests.helpers import Process, free_port, spawn
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class TcpProxy:
+    process: Process
+    port: int
+
+
+@pytest.fixture(scope="module")
+def echoes() -> Iterator[list[int]]:
+    started = [spawn(["-m", "tests.echo_backend"]) for _ in range(2)]
+    ports = [int(p.wait_line(r"^PORT (\d+)$").group(1)) for p in started]
+    yield ports
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def start_tcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    running: list[TcpProxy] = []
+
+    def start(backends: list[int], listener: str = "", extra: str = "") -> TcpProxy:
+        workdir = tmp_path_factory.mktemp("tcp")
+        servers = ", ".join(f'{{ address = "tcp://127.0.0.1:{p}" }}' for p in backends)
+        config = workdir / "bunancer.toml"
+        config.write_text(
+            textwrap.dedent(extra)
+            + '[api]\nlisten = "127.0.0.1:0"\n[dashboard]\nlisten = "127.0.0.1:0"\n'
+            + '[[listeners]]\naddress = "127.0.0.1:0"\nmode = "tcp"\n'
+            + textwrap.dedent(listener)
+            + f"\n[pools.default]\nservers = [{servers}]\n"
+        )
+        process = spawn(
+            ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / "s")]
+        )
+        port = int(process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)").group(1))
+        proxy = TcpProxy(process, port)
+        running.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in running:
+        proxy.process.stop()
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def test_100_mib_both_ways_intact(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_tcp(echoes)
+    sent = hashlib.sha256()
+    received = hashlib.sha256()
+    total = 100 * MiB
+    block = bytes(range(256)) * 256
+    counted = [0]
+
+    def reader(sock: socket.socket) -> None:
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                return
+            received.update(data)
+            counted[0] += len(data)
+
+    with connect(proxy.port, timeout=60) as sock:
+        thread = threading.Thread(target=reader, args=(sock,))
+        thread.start()
+        for _ in range(total // len(block)):
+            sock.sendall(block)
+            sent.update(block)
+        sock.shutdown(socket.SHUT_WR)
+        thread.join(60)
+    assert counted[0] == total
+    assert received.hexdigest() == sent.hexdigest()
+
+
+def test_half_close_still_reads_the_whole_reply(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_tcp(echoes)
+    with connect(proxy.port) as sock:
+        sock.sendall(b"a" * 300_000)
+        sock.shutdown(socket.SHUT_WR)  # we are done talking, not listening
+        assert read_until_closed(sock) == b"a" * 300_000
+
+
+def test_500_concurrent_connections(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_tcp(echoes)
+
+    async def one(n: int) -> bool:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        message = b"hello %d\n" % n
+        writer.write(message)
+        answer = await asyncio.wait_for(reader.readexactly(len(message)), 20)
+        writer.close()
+        return answer == message
+
+    async def main() -> list[bool]:
+        return await asyncio.gather(*(one(n) for n in range(500)))
+
+    assert all(asyncio.run(main()))
+
+
+def test_refused_backend_is_retried_then_closed(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    dead = free_port()
+    proxy = start_tcp(
+        [dead, echoes[0]],
+        extra="[pools.default.health]\nenabled = false\n[pools.default.outlier]\nenabled = false\n",
+    )
+    for _ in range(6):  # round-robin: every other connection meets the dead one first
+        with connect(proxy.port) as sock:
+            sock.sendall(b"ping")
+            sock.shutdown(socket.SHUT_WR)
+            assert read_until_closed(sock) == b"ping"
+    only_dead = start_tcp([free_port()], extra="[pools.default.health]\nenabled = false\n")
+    with connect(only_dead.port) as sock:
+        sock.sendall(b"ping")
+        try:
+            assert read_until_closed(sock) == b""
+        except ConnectionResetError:
+            pass  # closed by a reset: also a close
+
+
+def test_idle_tunnel_is_closed(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_tcp(echoes, listener="idle_timeout = 0.5\n")
+    with connect(proxy.port, timeout=5) as sock:
+        sock.sendall(b"x")
+        assert sock.recv(10) == b"x"
+        # Nothing more either way: the tunnel ends after 0.5 s (recv returns at the close).
+        assert read_until_closed(sock) == b""
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_protocol_header_sent_to_backend(start_tcp, echoes: list[int], version: str) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_tcp(echoes[:1], listener=f'send_proxy_protocol = "{version}"\n')
+    with connect(proxy.port) as sock:
+        client_port = sock.getsockname()[1]
+        sock.sendall(b"after")
+        sock.shutdown(socket.SHUT_WR)
+        reply = read_until_closed(sock)
+    line, _, rest = reply.partition(b"\n")
+    header = bytes.fromhex(line.removeprefix(b"HEADER ").decode())
+    addresses = proxyproto.Addresses("127.0.0.1", client_port, "127.0.0.1", proxy.port)
+    expected = (proxyproto.encode_v2 if version == "v2" else proxyproto.encode_v1)(addresses)
+    assert header == expected
+    assert rest == b"after"
+
+
+def test_proxy_protocol_accepted_from_trusted_only(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    trusted = start_tcp(
+        echoes[:1],
+        listener='accept_proxy_protocol = true\nsend_proxy_protocol = "v1"\n'
+        'trusted_proxies = ["127.0.0.1/32"]\n',
+    )
+    incoming = proxyproto.encode_v1(proxyproto.Addresses("203.0.113.7", 4242, "10.0.0.1", 80))
+    with connect(trusted.port) as sock:
+        sock.sendall(incoming + b"data")
+        sock.shutdown(socket.SHUT_WR)
+        reply = read_until_closed(sock)
+    line, _, rest = reply.partition(b"\n")
+    forwarded = proxyproto.parse(bytes.fromhex(line.removeprefix(b"HEADER ").decode()))[0]
+    assert forwarded == proxyproto.Addresses("203.0.113.7", 4242, "10.0.0.1", 80)
+    assert rest == b"data"
+    # a malformed header from a trusted source closes the connection
+    with connect(trusted.port) as sock:
+        sock.sendall(b"PROXY TCP4 nonsense\r\n")
+        assert read_until_closed(sock) == b""
+    untrusted = start_tcp(
+        echoes[:1], listener='accept_proxy_protocol = true\ntrusted_proxies = ["10.0.0.0/8"]\n'
+    )
+    with connect(untrusted.port) as sock:
+        sock.sendall(incoming + b"data")
+        try:
+            assert read_until_closed(sock) == b""  # closed, the header never passed on
+        except ConnectionResetError:
+            pass
+
+
+def test_websocket_through_an_http_listener(start_proxy: StartProxy, tmp_path: Path) -> None:
+    websockets = pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import serve as ws_serve
+
+    async def main() -> list[str]:
+        async def handler(websocket: object) -> None:
+            async for message in websocket:  # type: ignore[attr-defined]
+                await websocket.send(f"echo: {message}")  # type: ignore[attr-defined]
+
+        async with ws_serve(handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            proxy = await asyncio.to_thread(start_proxy, [f"127.0.0.1:{port}"])
+            answers = []
+            async with ws_connect(f"ws://127.0.0.1:{proxy.port}/chat") as websocket:
+                for text in ("hello", "x" * 100_000, "bye"):
+                    await websocket.send(text)
+                    answers.append(await asyncio.wait_for(websocket.recv(), 10))
+            # the HTTP side still works beside the tunnel
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(b"GET /nowhere HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\r\n")
+            status = await reader.readline()
+            writer.close()
+            answers.append(status.decode().strip())
+            return answers
+
+    answers = asyncio.run(main())
+    assert answers[0] == "echo: hello"
+    assert answers[1] == "echo: " + "x" * 100_000
+    assert answers[2] == "echo: bye"
+    assert answers[3].startswith("HTTP/1.1 ")  # a plain answer from the websocket server
+    del websockets
+
+
+def test_proxy_shutdown_closes_tunnels(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    proxy = start_tcp(echoes, extra="[timeouts]\ndrain = 0.3\n")
+    with connect(proxy.port) as sock:
+        sock.sendall(b"x")
+        assert sock.recv(1) == b"x"
+        proxy.process.signal(signal.SIGTERM)
+        assert proxy.process.proc.wait(10) == 0
+        try:
+            assert sock.recv(10) == b""
+        except ConnectionResetError:
+            pass
