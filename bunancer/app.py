@@ -147,6 +147,7 @@ class Balancer:
             statsd=parse_hostport(statsd) if statsd else None,
             statsd_prefix=config.stats.statsd_prefix,
         )
+        self.telemetry.listeners_view = self.listeners_view
         self.access_log: AccessLog | None = None
         self.token: Token | None = None
         self.store: Store | None = None
@@ -155,6 +156,25 @@ class Balancer:
         self.api_server: asyncio.Server | None = None
         self.dashboard_app: App | None = None
         self.dashboard_server: asyncio.Server | None = None
+
+    def listeners_view(self) -> list[dict[str, object]]:
+        views: list[dict[str, object]] = []
+        for listener in self.listeners:
+            ctx = listener.ctx
+            tunnels = list(ctx.tunnels)
+            views.append(
+                {
+                    "address": listener.bound,
+                    "mode": listener.mode,
+                    "connections": len(ctx.connections)
+                    if isinstance(ctx, ListenerContext)
+                    else len(tunnels),
+                    "tunnels": len(tunnels),
+                    "tunnel_bytes_in": sum(t.bytes_in for t in tunnels),
+                    "tunnel_bytes_out": sum(t.bytes_out for t in tunnels),
+                }
+            )
+        return views
 
     def _tcp_settings(self, listener: ListenerConfig) -> TcpSettings:
         return TcpSettings(

@@ -100,6 +100,20 @@ def render(pools: list[dict[str, Any]], stats: dict[str, Any], *, sparklines: bo
         tables.append(table)
     if not tables:
         tables.append(Text("no pools"))
+    listeners = stats.get("listeners") or []
+    if listeners:
+        table = Table(title="listeners", title_justify="left")
+        for column in ("address", "mode", "connections", "tunnels", "tunnel bytes in/out"):
+            table.add_column(column)
+        for listener in listeners:
+            table.add_row(
+                listener["address"],
+                listener["mode"],
+                str(listener["connections"]),
+                str(listener["tunnels"]),
+                f"{listener['tunnel_bytes_in']} / {listener['tunnel_bytes_out']}",
+            )
+        tables.insert(0, table)
     return Group(*tables)
 
 

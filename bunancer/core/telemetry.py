@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .events import STATS_TICK, EventBus
@@ -76,6 +76,8 @@ class Telemetry:
         self.bus = bus
         self.loop = loop
         self.listener_stats = list(listener_stats)
+        # Set by the app: the listeners with their open connections and tunnels.
+        self.listeners_view: Callable[[], list[dict[str, Any]]] = list
         self.started_at = time.time()
         self._handle: asyncio.TimerHandle | None = None
         self._last: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -190,6 +192,7 @@ class Telemetry:
         return {
             "at": time.time(),
             "uptime": time.time() - self.started_at,
+            "listeners": self.listeners_view(),
             "pools": pools,
             "listener_rejected": rejected.requests,
         }

@@ -251,3 +251,27 @@ def test_proxy_shutdown_closes_tunnels(start_tcp, echoes: list[int]) -> None:  #
             assert sock.recv(10) == b""
         except ConnectionResetError:
             pass
+
+
+def test_status_shows_tcp_listeners_and_tunnels(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import re
+    import urllib.request
+
+    proxy = start_tcp(echoes)
+    api_port = int(
+        next(
+            re.search(r"api listening on 127\.0\.0\.1:(\d+)", line).group(1)  # type: ignore[union-attr]
+            for line in proxy.process.lines
+            if "api listening" in line
+        )
+    )
+    with connect(proxy.port) as sock:
+        sock.sendall(b"12345")
+        assert sock.recv(5) == b"12345"
+        stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{api_port}/api/stats").read())
+        (listener,) = stats["listeners"]
+        assert listener["mode"] == "tcp"
+        assert listener["tunnels"] == 1
+        assert listener["tunnel_bytes_in"] == 5
+        assert listener["tunnel_bytes_out"] == 5
