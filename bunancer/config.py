@@ -240,7 +240,7 @@ class PoolConfig(_Section):
                     self.health.merged(server.health)
                 except ValidationError as error:
                     first = error.errors()[0]
-                    key = _format_location(tuple(first["loc"]))
+                    key = field_path(tuple(first["loc"]))
                     message = first["msg"].removeprefix("Value error, ")
                     if first["type"] == "extra_forbidden":
                         message = "unknown key"
@@ -437,7 +437,8 @@ class _KeyedError(ValueError):
         self.problem = problem
 
 
-def _format_location(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as people write keys: ``pools.web.servers[0].weight``."""
     text = ""
     for part in loc:
         if isinstance(part, int):
@@ -454,7 +455,7 @@ def _describe(error: ValidationError, source: str) -> str:
         if isinstance(ctx_error, _KeyedError):
             lines.append(f"{source}: {ctx_error.key}: {ctx_error.problem}")
             continue
-        key = _format_location(tuple(item["loc"])) or "(top level)"
+        key = field_path(tuple(item["loc"])) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"

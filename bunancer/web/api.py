@@ -18,6 +18,7 @@ from ..config import (
     BalancingConfig,
     HealthConfig,
     OutlierConfig,
+    field_path,
 )
 from ..core.registry import PoolSettings, Registry, RegistryError, server_view
 from ..core.telemetry import Telemetry
@@ -81,7 +82,7 @@ def _merged(
         return type(base).model_validate({**base.model_dump(), **patch})
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
+        field = field_path(tuple(first["loc"]))
         message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
         raise HTTPError(422, "validation failed", field=f"{key}.{field}", detail=message) from None
 

@@ -27,6 +27,7 @@ import httptools
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from ..config import field_path
 from .router import Match, MethodNotAllowed, NotFound, ParamValue, Router
 
 log = logging.getLogger("bunancer.web")
@@ -165,13 +166,7 @@ def _parse_cookies(header: str) -> dict[str, str]:
 def _field(loc: tuple[int | str, ...]) -> str | None:
     """A pydantic location as `servers[0].port`, the form config errors use; None for the
     body as a whole."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text or None
+    return field_path(loc) or None
 
 
 def _validation_error(error: ValidationError) -> HTTPError:
