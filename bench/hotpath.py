@@ -87,7 +87,7 @@ class FakeTransport:
 def build(
     loop: asyncio.AbstractEventLoop,
 ) -> tuple[DownstreamProtocol, FakeTransport, UpstreamProtocol, FakeTransport]:
-    pool = ServerPool("default")
+    pool = ServerPool("default", os.environ.get("HOTPATH_ALGORITHM", "peak-ewma"))
     server = Server("s1", "127.0.0.1", 9001)
     server.connections = UpstreamPool(server, UpstreamSettings(), loop)
     pool.add(server)

@@ -79,7 +79,9 @@ FRONTS = ("direct", "bunancer", "nginx", "haproxy")
 VARIANTS = {
     "bunancer-nostats": "[stats]\nenabled = false\n",
     "bunancer-accesslog": '[access_log]\npath = "{workdir}/access.log"\n',
+    "bunancer-rr": "",  # round-robin instead of the default algorithm (see ALGORITHM)
 }
+ALGORITHM = {"bunancer-rr": "round-robin"}
 ALL_FRONTS = (*FRONTS, *VARIANTS)
 MODES = ("keepalive", "close")
 INSTALL_HINT = "install them with: apt-get install wrk nginx haproxy"
@@ -345,10 +347,11 @@ def start_bunancer(
     servers = ", ".join(f'{{ address = "{HOST}:{b.port}" }}' for b in backends)
     config = supervisor.workdir / f"{name}.toml"
     extra = VARIANTS.get(name, "").format(workdir=supervisor.workdir)
+    algorithm = f'algorithm = "{ALGORITHM[name]}"\n' if name in ALGORITHM else ""
     config.write_text(
         f'{extra}[api]\nlisten = "{HOST}:0"\n[dashboard]\nlisten = "{HOST}:0"\n'
         f'[[listeners]]\naddress = "{HOST}:0"\n\n'
-        f"[pools.default]\nservers = [{servers}]\n"
+        f"[pools.default]\n{algorithm}servers = [{servers}]\n"
     )
     state_dir = supervisor.workdir / f"{name}-state"
     argv = [sys.executable, "-m", "bunancer", "serve", "--config", str(config)]

@@ -270,14 +270,25 @@ class PeakEwma(PowerOfTwoChoices):
 
     def _decayed(self, server: Server, now: float) -> float:
         age = now - server.latency_at
-        if age <= 0:
-            return server.latency_ewma
+        if age < 0.05:
+            return server.latency_ewma  # fresh: decay is under 1% (and exp() costs)
         return server.latency_ewma * math.exp(-age / self._decay)
 
-    def _cost(self, server: Server) -> float:
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        count = len(servers)
+        if count < 2:
+            return servers[0] if count else None
+        random_ = self._rng.random
+        first = int(random_() * count)
+        second = int(random_() * (count - 1))
+        if second >= first:
+            second += 1
+        a, b = servers[first], servers[second]
+        now = self._clock()  # once per pick, not per candidate
         # A server with no estimate yet costs as little as possible: it gets tried.
-        estimate = self._decayed(server, self._clock()) or 1.0
-        return estimate * (server.in_flight + 1) / server.effective_weight
+        cost_a = (self._decayed(a, now) or 1.0) * (a.in_flight + 1) / a.effective_weight
+        cost_b = (self._decayed(b, now) or 1.0) * (b.in_flight + 1) / b.effective_weight
+        return a if cost_a <= cost_b else b
 
 
 def _stable_hash(data: bytes) -> int:

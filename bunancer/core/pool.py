@@ -30,6 +30,7 @@ class ServerPool:
         "pending",
         "rejected",
         "retry_on",
+        "retry_ratio",
         "retry_tokens",
         "routable",
         "selector",
@@ -60,6 +61,7 @@ class ServerPool:
         self.selector = make_selector(algorithm, **options)
         self.balancing = balancing
         self.retry_on = frozenset(balancing.retry_on)
+        self.retry_ratio = balancing.retry_budget
         self.max_pending = balancing.max_pending
         if algorithm == "sticky":
             self.key_kind, self.key_name = "cookie", balancing.sticky_cookie.encode()

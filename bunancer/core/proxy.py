@@ -154,6 +154,7 @@ class Exchange:
         "idempotent",
         "keep_alive",
         "kept",
+        "kept_lost",
         "key",
         "local_status",
         "method",
@@ -210,9 +211,11 @@ class Exchange:
         self.tries = 0  # servers tried
         self.key: bytes | None = None  # for hash and sticky selection
         self.set_sticky = False
-        # The request body kept for a retry after it was sent: idempotent requests only,
-        # up to the pool's retry_body_max (None: not replayable once sent).
-        self.kept: list[bytes] | None = [] if self.idempotent else None
+        # The request body kept for a retry after it was sent: idempotent requests only, up
+        # to the pool's retry_body_max. Made at the first body byte (most requests have
+        # none); `kept_lost` once the body outgrew it.
+        self.kept: list[bytes] | None = None
+        self.kept_lost = not self.idempotent
         self.local_status = 0
         self.upgrade = False  # asked to switch protocols (WebSocket)
         self.early_data = b""  # client bytes after the upgrade request, held
@@ -240,8 +243,9 @@ class Exchange:
         if pool is None:
             self.fail(503, REJECTED)
             return
-        tokens = pool.retry_tokens + pool.balancing.retry_budget
-        pool.retry_tokens = tokens if tokens < 10.0 else 10.0
+        tokens = pool.retry_tokens + pool.retry_ratio
+        if tokens <= 10.0:
+            pool.retry_tokens = tokens
         server = pool.pick(self.key)
         if server is None:
             self.fail(503, REJECTED)
@@ -288,9 +292,9 @@ class Exchange:
             self.up_started = perf_counter()
         conn.begin(self)
         pending = self.pending
-        if self.req_body_sent and self.kept is not None:
+        if self.req_body_sent and not self.kept_lost:
             # A retry of a request whose body went to the failed server: replay it.
-            conn.write(b"".join((self.head, *self.kept)))
+            conn.write(b"".join((self.head, *(self.kept or ()))))
         elif pending:
             conn.write(b"".join((self.head, *pending)))
             self.req_body_sent = True
@@ -324,13 +328,16 @@ class Exchange:
         self.body_size += len(data)
         if self.chunked_request:
             data = encode_chunk(data)
-        kept = self.kept
-        if kept is not None:
+        if not self.kept_lost:
             pool = self.pool
             if pool is not None and self.body_size <= pool.balancing.retry_body_max:
-                kept.append(data)
+                if self.kept is None:
+                    self.kept = [data]
+                else:
+                    self.kept.append(data)
             else:
                 self.kept = None
+                self.kept_lost = True
         up = self.up
         if up is not None:
             up.write(data)
@@ -345,7 +352,7 @@ class Exchange:
         self.req_complete = True
         up = self.up
         if self.chunked_request:
-            if self.kept is not None:
+            if self.kept is not None and not self.kept_lost:
                 self.kept.append(LAST_CHUNK)
             if up is not None:
                 up.write(LAST_CHUNK)
@@ -473,9 +480,7 @@ class Exchange:
         """Can the request go to another server after this one saw it? Idempotent, fully
         received, and its body (if any was sent) kept."""
         return (
-            self.idempotent
-            and self.req_complete
-            and (not self.req_body_sent or self.kept is not None)
+            self.idempotent and self.req_complete and (not self.req_body_sent or not self.kept_lost)
         )
 
     def _retry_after_answer(self, server: Server) -> bool:
