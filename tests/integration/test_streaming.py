@@ -144,6 +144,7 @@ def test_one_gib_upload_rss_flat(proxy: Proxy) -> None:
         digest, length = upload_digest(client, size)
     assert length == size
     assert digest == expected_digest(size)
+    print(f"1 GiB: proxy RSS grew {watcher.growth_mib:.1f} MiB from {watcher.baseline} KiB")
     assert watcher.growth_mib < 16, f"proxy RSS grew {watcher.growth_mib:.1f} MiB"
 
 
@@ -154,4 +155,5 @@ def test_one_gib_download_rss_flat(proxy: Proxy) -> None:
         digest, length = download_digest(client, f"/size/{size}")
     assert length == size
     assert digest == expected_digest(size)
+    print(f"1 GiB: proxy RSS grew {watcher.growth_mib:.1f} MiB from {watcher.baseline} KiB")
     assert watcher.growth_mib < 16, f"proxy RSS grew {watcher.growth_mib:.1f} MiB"
