@@ -17,6 +17,10 @@ from .states import State
 from .stats import ServerStats
 
 _OUT_OF_ROTATION = (State.DISABLED, State.DRAINING)
+# Retries allowed in a burst beyond the budget's share: enough for every request in flight
+# on a server that dies at once (a few dozen at 20k req/s), small against a pool that fails
+# for good (then the share, retry_budget per request, is the limit).
+RETRY_RESERVE = 100.0
 
 
 class ServerPool:
@@ -49,7 +53,7 @@ class ServerPool:
         self.rejected = ServerStats()  # requests of this pool that reached no server
         self.panic = False
         self.pending = 0  # requests waiting for an upstream connection (max_pending)
-        self.retry_tokens = 10.0
+        self.retry_tokens = RETRY_RESERVE
         self.selector: Any = None
         self.configure(algorithm, balancing or BalancingConfig())
 
@@ -141,8 +145,8 @@ class ServerPool:
         return None
 
     def take_retry(self) -> bool:
-        """Spend one retry from the budget (retries are at most `retry_budget` per request,
-        with a few always allowed so a quiet pool can still retry)."""
+        """Spend one retry from the budget: `retry_budget` per request, plus a reserve of
+        RETRY_RESERVE for bursts."""
         if self.retry_tokens >= 1.0:
             self.retry_tokens -= 1.0
             return True

@@ -46,6 +46,7 @@ from .headers import (
     scan_request_headers,
     scan_response_headers,
 )
+from .pool import RETRY_RESERVE
 from .routing import RouteTable
 from .stats import CLIENT_4XX, CLIENT_ABORT, CONNECT, REJECTED, TIMEOUT, UPSTREAM_5XX, ServerStats
 from .tunnel import Tunnel
@@ -244,7 +245,7 @@ class Exchange:
             self.fail(503, REJECTED)
             return
         tokens = pool.retry_tokens + pool.retry_ratio
-        if tokens <= 10.0:
+        if tokens <= RETRY_RESERVE:
             pool.retry_tokens = tokens
         server = pool.pick(self.key)
         if server is None:

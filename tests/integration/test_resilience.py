@@ -15,6 +15,7 @@ import uvloop
 
 from bench.algorithms import scenario as algorithms_scenario
 from bunancer.client import ApiClient
+from bunancer.core.pool import RETRY_RESERVE
 from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import free_port, wait_for
 from tests.integration.test_lifecycle import backend_log
@@ -69,13 +70,13 @@ def test_retry_budget_caps_retries(start_proxy: StartProxy, backends: list[Backe
     with proxy.client() as client:
         statuses = [
             client.request("GET", f"/fail-on/{failing.port}/503?{tag}={n}").status
-            for n in range(60)
+            for n in range(2 * int(RETRY_RESERVE) + 60)
         ]
     met_failing = sum(tag in line for line in backend_log(failing))
-    # The budget starts with 10 retries and never refills (budget 0): of the requests that
-    # met the failing server, 10 were retried elsewhere and the rest answered 503.
-    assert met_failing > 15
-    assert statuses.count(503) == met_failing - 10
+    # The budget starts with its reserve and never refills (budget 0): of the requests
+    # that met the failing server, RETRY_RESERVE were retried elsewhere, the rest got 503.
+    assert met_failing > RETRY_RESERVE + 15
+    assert statuses.count(503) == met_failing - RETRY_RESERVE
 
 
 def test_overload_gives_a_fast_503(start_proxy: StartProxy, backends: list[Backend]) -> None:
