@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # System packages the test suite needs, installed with apt-get when missing.
-# (Chromium joins this list with its tests.)
 set -euo pipefail
 
 packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
 
 need redis-server redis-server   # tests/integration/test_redis_store.py
+# tests/browser/: Playwright drives Debian's Chromium at /usr/bin/chromium (no browser download)
+[ -x /usr/bin/chromium ] || packages+=(chromium)
 
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0
