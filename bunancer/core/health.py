@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -103,7 +104,8 @@ async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
     if spec.kind == "tcp":
         return await probe_connect(host, port, spec.timeout)
     loop = asyncio.get_running_loop()
-    started = loop.time()
+    # perf_counter, not loop.time(): uvloop's clock is cached per iteration in whole ms.
+    started = time.perf_counter()
     transport: asyncio.BaseTransport | None = None
     try:
         async with asyncio.timeout(spec.timeout):
@@ -120,7 +122,7 @@ async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
     finally:
         if transport is not None:
             transport.close()
-    latency = loop.time() - started
+    latency = time.perf_counter() - started
     ok = spec.passes(status)
     detail = f"{status} in {latency * 1000:.1f} ms" if ok else f"status {status}"
     return CheckResult(loop.time(), ok, detail, latency)
@@ -129,14 +131,14 @@ async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
 async def probe_connect(host: str, port: int, timeout: float) -> CheckResult:
     """A TCP check: the server accepts a connection within `timeout`."""
     loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
             transport, _ = await loop.create_connection(asyncio.Protocol, host, port)
     except (OSError, TimeoutError) as error:
         return CheckResult(loop.time(), False, _describe_error(error, timeout), 0.0)
     transport.close()
-    latency = loop.time() - started
+    latency = time.perf_counter() - started
     return CheckResult(loop.time(), True, f"connected in {latency * 1000:.1f} ms", latency)
 
 
