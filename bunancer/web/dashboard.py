@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -86,6 +87,8 @@ LIVE_KINDS = (
     STATS_TICK,
 )
 FEED_KINDS = (SERVER_ADDED, SERVER_REMOVED, SERVER_STATE, POOL_ADDED, POOL_REMOVED, POOL_UPDATED)
+# What changes the picture outside the one-second rotation (the summary is computed again).
+CHANGE_KINDS = (*FEED_KINDS, SERVER_UPDATED)
 HISTORY = 60  # seconds of per-second figures the pages start with (what the stats keep)
 LOG_FOLLOWERS = 8  # live stub logs open at once (each holds a thread)
 STUB_CACHE = 1.5  # seconds the list of stubs is reused between pages
@@ -233,19 +236,24 @@ def build_summary(registry: Registry, telemetry: Telemetry) -> dict[str, Any]:
 
 
 class Summaries:
-    """The summary, computed at most once per stats rotation however many tabs are open.
+    """The summary, computed at most once per stats rotation however many tabs are open, and
+    again when a server or pool changed (so a page rendered right after a change shows it).
 
     `seq` counts the balancer's one-second rotations, so a page can line up per-second
-    series: a jump of two means one second went by unseen (and was like the one before)."""
+    series: a jump of two means one second went by unseen (and was like the one before).
+    `version` counts computations: a new one is worth sending even within the same second."""
 
-    def __init__(self, registry: Registry, telemetry: Telemetry) -> None:
+    def __init__(self, registry: Registry, telemetry: Telemetry, bus: EventBus) -> None:
         self.registry = registry
         self.telemetry = telemetry
         self.seq = 0
+        self.version = 0
         self._data: dict[str, Any] | None = None
         self._body = b""
         self._marker: object = None
         self._observed = 0.0
+        # Never read as a stream: a non-empty queue just says "something changed".
+        self._changes = bus.subscribe(CHANGE_KINDS, maxsize=1)
 
     def _rotation_marker(self) -> object:
         # Every rotation appends a new `Second` to every stats object: the newest one of any
@@ -259,21 +267,28 @@ class Summaries:
         return None
 
     def current(self) -> tuple[int, dict[str, Any], bytes]:
+        """(version, summary, summary as JSON)."""
         now = time.monotonic()
         marker = self._rotation_marker()
-        if self._data is not None and (
-            marker is self._marker if marker is not None else now - self._observed < 1.0
-        ):
-            return self.seq, self._data, self._body
-        # Rotations are a second apart: the time since the last look says how many passed.
-        self.seq += 1 if self._data is None else max(1, round(now - self._observed))
-        self._marker = marker
-        self._observed = now
+        rotated = self._data is None or (
+            marker is not self._marker if marker is not None else now - self._observed >= 1.0
+        )
+        changed = self._changes.pending() > 0
+        if not rotated and not changed:
+            return self.version, self._data, self._body  # type: ignore[return-value]
+        while self._changes.get_nowait() is not None:
+            pass
+        if rotated:
+            # Rotations are a second apart: the time since the last look says how many passed.
+            self.seq += 1 if self._data is None else max(1, round(now - self._observed))
+            self._marker = marker
+            self._observed = now
+        self.version += 1
         data = build_summary(self.registry, self.telemetry)
         data["seq"] = self.seq
         self._data = data
         self._body = orjson.dumps(data)
-        return self.seq, data, self._body
+        return self.version, data, self._body
 
 
 def server_history(stats: ServerStats, seconds: int = HISTORY) -> dict[str, list[Any]]:
@@ -315,11 +330,12 @@ def fmt_ms(value: float | None) -> str:
     if value is None:
         return "—"
     ms = value * 1000
-    if ms < 1:
+    # Thresholds sit where rounding would carry over: 0.9996 ms is "1.0 ms", not "1000 µs".
+    if ms < 0.9995:
         return f"{ms * 1000:.0f} µs"
-    if ms < 10:
+    if ms < 9.95:
         return f"{ms:.1f} ms"
-    if ms < 10000:
+    if ms < 9999.5:
         return f"{ms:.0f} ms"
     return f"{ms / 1000:.1f} s"
 
@@ -432,8 +448,10 @@ class StubDirectory:
             }
         return found
 
-    async def of(self, server: Server) -> dict[str, Any] | None:
-        return (await self.by_address()).get((_host_key(server.host), server.port))
+
+def _natural(text: str) -> tuple[Any, ...]:
+    """Sort key putting s2 before s10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 def _host_key(host: str) -> str:
@@ -558,7 +576,8 @@ def flow_layout(pools: list[dict[str, Any]]) -> dict[str, Any]:
         rows = max(len(pool["servers"]), 1)
         block = rows * ROW
         pool_y = y + block / 2 - POOL[1] / 2
-        node = {"x": COLUMNS[1], "y": pool_y, "w": POOL[0], "h": POOL[1], "pool": pool}
+        node: dict[str, Any] = {"x": COLUMNS[1], "y": pool_y, "w": POOL[0], "h": POOL[1]}
+        node["pool"] = pool
         servers = []
         for index, server in enumerate(pool["servers"]):
             server_y = y + index * ROW + (ROW - SERVER[1]) / 2
@@ -569,7 +588,7 @@ def flow_layout(pools: list[dict[str, Any]]) -> dict[str, Any]:
         laid_pools.append(node)
         y += block + GROUP_GAP
     height = max(y - GROUP_GAP + MARGIN, BALANCER[1] + 2 * MARGIN)
-    balancer = {
+    balancer: dict[str, Any] = {
         "x": COLUMNS[0],
         "y": height / 2 - BALANCER[1] / 2,
         "w": BALANCER[0],
@@ -655,7 +674,7 @@ class Dashboard:
         self.registry = context.registry
         self.sessions = Sessions()
         self.assets = load_assets()
-        self.summaries = Summaries(context.registry, context.telemetry)
+        self.summaries = Summaries(context.registry, context.telemetry, context.bus)
         self.frames = sse.FrameCache()
         self.stubs = StubDirectory(context.state_dir)
         self.env = Environment(
@@ -737,10 +756,11 @@ class Dashboard:
                 }
             )
             servers.append(server_data)
+        servers.sort(key=lambda s: _natural(s["id"]))
         settings = registry.settings.get(name, PoolSettings())
         states = dict.fromkeys(STATES, 0)
-        for server in servers:
-            states[server["state"]] += 1
+        for row in servers:
+            states[row["state"]] += 1
         return {
             "name": name,
             **figures,
@@ -756,11 +776,13 @@ class Dashboard:
 
     def boot(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The data a page's script starts from (then SSE takes over)."""
-        seq, summary, _ = self.summaries.current()
+        _, summary, _ = self.summaries.current()
         newest = self.context.bus.recent(None, limit=1)
         return {
             "summary": summary,
-            "seq": seq,
+            "seq": summary["seq"],
+            # The script's EventSource resumes from here: nothing between render and connect
+            # is lost.
             "last_id": newest[-1].id if newest else 0,
             **(extra or {}),
         }
@@ -838,12 +860,15 @@ def build_dashboard(context: DashboardContext) -> App:
             }
             for check in reversed(server.health.history)
         ]
+        health = registry.settings[pool_name].health
+        override = registry.overrides.get(server)
         return {
             "server": data,
             "pool": pool,
             "checks": checks,
             "series": server_history(server.stats),
-            "health": registry.settings[pool_name].health.model_dump(),
+            # What this server is checked with: the pool's settings and its own overrides.
+            "health": (health.merged(override) if override else health).model_dump(),
         }
 
     @router.get("/servers/{pool}/{id}")
@@ -927,10 +952,10 @@ def build_dashboard(context: DashboardContext) -> App:
 
         def pulse(last_id: int) -> bytes | None:
             nonlocal sent
-            seq, _, body = dash.summaries.current()
-            if seq == sent:
+            version, _, body = dash.summaries.current()
+            if version == sent:
                 return None
-            sent = seq
+            sent = version
             return sse.frame(body, event="summary", id=last_id)
 
         stream = sse.event_stream(
@@ -974,11 +999,14 @@ def build_dashboard(context: DashboardContext) -> App:
         if dash.stubs.followers >= LOG_FOLLOWERS:
             raise HTTPError(503, "too many live logs open; close one", headers={"Retry-After": "5"})
 
+        raw = (request.query.get("lines") or ["50"])[0]
+        backlog = min(int(raw), 500) if raw.isdigit() else 50  # lines before the live ones
+
         async def lines() -> AsyncIterator[bytes]:
             dash.stubs.followers += 1
             try:
                 yield b"retry: 3000\n\n"
-                async for line in follow_log(dash.stubs, stub_id):
+                async for line in follow_log(dash.stubs, stub_id, backlog):
                     if line is None:
                         yield sse.frame("lines skipped: the page fell behind", event="skipped")
                     else:
@@ -1192,7 +1220,7 @@ def build_dashboard(context: DashboardContext) -> App:
                 response.status,
                 title=f"{response.status}",
                 page="error",
-                status=response.status,
+                code=response.status,
                 message=message or "something went wrong",
                 boot={},
             )

@@ -77,8 +77,8 @@ def last_event_id(headers: dict[str, str], query: dict[str, list[str]] | None = 
     """The id to resume after: the `Last-Event-ID` header a reconnecting browser sends, or a
     `last_event_id` query parameter; None when absent or not a plain non-negative integer."""
     value = headers.get("last-event-id")
-    if value is None and query:
-        value = (query.get("last_event_id") or [None])[0]
+    if value is None and query and query.get("last_event_id"):
+        value = query["last_event_id"][0]
     if value is None:
         return None
     value = value.strip()
@@ -161,13 +161,13 @@ async def event_stream(
                 return
             now = loop.time()
             if pulse is not None and now >= next_pulse:
-                data = pulse(last_id)
-                if data is None:
+                state = pulse(last_id)
+                if state is None:
                     next_pulse = now + PULSE_RETRY
                     continue
                 next_pulse = now + pulse_every
                 last_write = now
-                yield data
+                yield state
                 continue
             event = subscription.get_nowait()
             if event is None:
