@@ -239,6 +239,22 @@ class Registry:
 
     # -- servers ---------------------------------------------------------------------------------
 
+    def registered_again(
+        self, pool_name: str, host: str, port: int, server_id: str | None = None
+    ) -> Server | None:
+        """The server already registered under this id (when given) and address, or None.
+
+        A backend that restarts registers again; that is not a conflict but news: it may be
+        up again, so a server that is down is checked at once instead of at its backoff or
+        dead interval (a dead server would otherwise wait up to `dead_interval`)."""
+        pool = self.pool(pool_name)
+        for server in pool.servers.values():
+            if (server.host, server.port) == (host, port) and server_id in (None, server.id):
+                if server.state in (State.UNHEALTHY, State.DEAD, State.PENDING):
+                    self.checker.check_now(server)
+                return server
+        return None
+
     def register(
         self,
         pool_name: str,

@@ -192,6 +192,11 @@ def build_api(
             settings = registry.settings.get(pool)
             if settings is not None and body.health:
                 _merged(settings.health, body.health, "health")
+            # The same id and address again (a backend that restarted): 200 with the server
+            # as it is, checked at once if it is down. PATCH changes its settings.
+            existing = registry.registered_again(pool, body.host, body.port, body.id)
+            if existing is not None:
+                return json_response(server_view(existing))
             server = registry.register(
                 pool,
                 body.host,

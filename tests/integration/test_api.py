@@ -505,6 +505,21 @@ def test_register_twice_is_a_conflict(shared: Proxy, pool: str, backends: list[B
     assert [(s["id"], s["port"]) for s in servers] == [("s1", a.port)]
 
 
+def test_registering_again_is_not_a_conflict(
+    shared: Proxy, pool: str, backends: list[Backend]
+) -> None:
+    """A backend that restarted registers again with its id and address: 200, one entry,
+    its weight kept (PATCH changes settings, not a second POST)."""
+    a, _ = backends
+    register(shared, pool, a, "s1", weight=3)
+    again = {"id": "s1", "host": "127.0.0.1", "port": a.port, "weight": 9}
+    reply = api(shared, "POST", server_path(pool), again)
+    assert reply.status == 200, reply.body
+    assert (reply.json["id"], reply.json["weight"]) == ("s1", 3)
+    servers = api(shared, "GET", f"/api/pools/{pool}", auth=False).json["servers"]
+    assert [(s["id"], s["port"]) for s in servers] == [("s1", a.port)]
+
+
 def test_same_address_in_another_pool_is_fine(
     shared: Proxy, pool: str, backends: list[Backend]
 ) -> None:

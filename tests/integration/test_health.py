@@ -68,3 +68,35 @@ def test_failing_checks_go_unhealthy_then_dead_and_come_back(
         assert view(proxy)[dead_id]["reason"].startswith("back:")
     finally:
         revived.process.stop()
+
+
+def test_a_dead_server_that_registers_again_is_checked_at_once(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    """Dead servers are checked every `dead_interval` (here a minute); a restarted backend
+    that registers again is readmitted after its next checks, not a minute later."""
+    port = free_port()
+    proxy = start_proxy(
+        [backends[0].url],
+        """
+        [pools.default.health]
+        interval = 0.1
+        fast_interval = 0.1
+        down_interval = 0.1
+        max_down_interval = 0.1
+        dead_interval = 60
+        fall = 1
+        dead_after = 1
+        """,
+    )
+    client = ApiClient(f"127.0.0.1:{proxy.api_port}", proxy.token)
+    client.register("default", "127.0.0.1", port, server_id="late")
+    wait_for(lambda: view(proxy)["late"]["state"] == "dead", timeout=5)
+    checks = len(view(proxy)["late"]["checks"])
+    revived = start_backend_on(port)
+    try:
+        client.register("default", "127.0.0.1", port, server_id="late")  # 200, not 409
+        wait_for(lambda: view(proxy)["late"]["state"] == "healthy", timeout=5)
+        assert len(view(proxy)["late"]["checks"]) > checks
+    finally:
+        revived.process.stop()
