@@ -54,7 +54,7 @@ class UpstreamSettings:
     connect_timeout: float = 3.0
     response_timeout: float = 60.0
     idle_timeout: float = 4.0
-    max_idle: int = 64
+    max_idle: int = 1024
     max_connections: int = 0  # 0: no limit
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
