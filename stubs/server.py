@@ -585,7 +585,7 @@ class Registrar:
         return "registered", f"registered as {stub.id} ({self.host}:{stub.port}) in pool {where}"
 
     def _resolve_conflict(self, client: Any) -> tuple[str, str]:
-        """A 409: our id or address is taken. Ours already (a retry that did land), a stale
+        """A 409: our id or address is taken. Our own entry being removed (retry), a stale
         entry of an earlier stub with this id (replaced), or someone else (give up)."""
         from bunancer.client import ApiError, BalancerUnreachable
 
@@ -594,7 +594,9 @@ class Registrar:
             servers = client.pool(self.pool)["servers"]
             for server in servers:
                 if server["id"] == self.stub.id and server["address"] == address:
-                    return "registered", f"already registered as {self.stub.id} ({address})"
+                    # Registering the same id and address again is a 200; a 409 means our
+                    # old entry is being drained away: register once it is gone.
+                    return "retry", f"the old entry of {self.stub.id} is being removed"
             for server in servers:
                 if server["address"] == address:
                     return "failed", (

@@ -250,6 +250,8 @@ class Registry:
         pool = self.pool(pool_name)
         for server in pool.servers.values():
             if (server.host, server.port) == (host, port) and server_id in (None, server.id):
+                if server in self.removing:  # it goes once drained: the caller retries
+                    raise Conflict(f"server {server.id!r} is being removed", "id")
                 if server.state in (State.UNHEALTHY, State.DEAD, State.PENDING):
                     self.checker.check_now(server)
                 return server
