@@ -184,6 +184,15 @@ def test_a_client_that_falls_behind_is_dropped_and_resumes() -> None:
     run(scenario)
 
 
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Yield to the loop until `condition` holds; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 def test_pulse_frames_come_each_interval_and_after_a_tick() -> None:
     async def scenario() -> None:
         bus = EventBus()
@@ -215,8 +224,9 @@ def test_pulse_frames_come_each_interval_and_after_a_tick() -> None:
         second = bus.publish(STATS_TICK, {"servers": []})
         await anext(stream)
         waiting = asyncio.ensure_future(anext(stream))
-        await asyncio.sleep(0.4)  # the pulse keeps asking while it has nothing new
-        assert calls.count(second.id) >= 2
+        # The pulse keeps asking while it has nothing new.
+        await wait_until(lambda: calls.count(second.id) >= 2)
+        assert not waiting.done()
         pending["fresh"] = True
         assert parse([await waiting])[0]["event"] == "summary"
         await stream.aclose()
@@ -231,7 +241,7 @@ def test_closing_the_subscription_ends_the_stream() -> None:
         stream = sse.event_stream(subscription, sse.FrameCache())
         await anext(stream)
         waiting = asyncio.ensure_future(anext(stream))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # let the stream start waiting on the subscription
         subscription.close()
         with pytest.raises(StopAsyncIteration):
             await waiting
