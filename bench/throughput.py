@@ -366,7 +366,9 @@ def start_nginx_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpo
     http_block = (
         "    upstream backends {\n"
         f"{servers}"
-        "        keepalive 64;\n"
+        # Idle upstream connections kept (for all servers): as many as bunancer keeps for
+        # two (1,024 each), so no front opens connections per request at 1,000 clients.
+        "        keepalive 2048;\n"
         "        keepalive_requests 1000000;\n"
         "    }\n"
         f"    server {{\n        listen {HOST}:{port} backlog=4096;\n"
