@@ -59,7 +59,9 @@ base_ejection_time = 0.5
 """
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open it keeps an event loop
+# running in the main thread, and every later test calling asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if SKIP_REASON is not None:
         pytest.skip(SKIP_REASON)
