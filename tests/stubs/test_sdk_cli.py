@@ -125,10 +125,24 @@ def test_unknown_id_is_a_clear_error(manager: StubManager) -> None:
     assert [s.id for s in manager.list()] == ["s1"]  # `stop s1 s9` checked both ids first
 
 
-def test_port_in_use_is_a_clear_error(manager: StubManager) -> None:
-    with socket.socket() as taken:
+def taken_port_after_a_free_one() -> socket.socket:
+    """A listening socket on a port whose predecessor is free (checked just before)."""
+    for _ in range(50):
+        taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
         taken.listen()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", taken.getsockname()[1] - 1))
+            except OSError:
+                taken.close()
+                continue
+        return taken
+    raise AssertionError("no free port next to a taken one")
+
+
+def test_port_in_use_is_a_clear_error(manager: StubManager) -> None:
+    with taken_port_after_a_free_one() as taken:
         port = taken.getsockname()[1]
         with pytest.raises(PortInUse, match=f"port {port} is in use"):
             manager.start(2, port=port - 1)  # the second one fails: all or nothing
