@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from stubs.sdk import StubManager
 from tests.conftest import Proxy, StartProxy
-from tests.helpers import ROOT, free_port, wait_for
+from tests.helpers import FAST_CHECKS, ROOT, free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -42,13 +42,9 @@ SKIP_REASON = (
     "(scripts/install-system-deps.sh installs it: apt-get install chromium)"
 )
 # Fast checks: a killed stub is unhealthy after one failed check and dead after two more.
-FAST = """
-[pools.default.health]
-interval = 0.2
-fast_interval = 0.1
-down_interval = 0.2
-max_down_interval = 0.4
-fall = 1
+FAST = (
+    FAST_CHECKS
+    + """fall = 1
 dead_after = 2
 
 [pools.default.balancing]
@@ -57,6 +53,7 @@ retries = 0   # a 503 reaches the client, and counts against the server that sen
 [pools.default.outlier]
 base_ejection_time = 0.5
 """
+)
 
 
 # Module scope, not session: while Playwright's sync API is open it keeps an event loop

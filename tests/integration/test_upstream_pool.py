@@ -19,6 +19,7 @@ from bunancer.app import Balancer
 from bunancer.config import build_config
 from bunancer.core.proxy import DownstreamProtocol
 from bunancer.core.upstream import UpstreamPool
+from tests.helpers import wait_until
 
 
 @dataclass
@@ -88,14 +89,6 @@ class Setup:
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), data
         return body
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 Scenario = Callable[[Setup], Awaitable[None]]

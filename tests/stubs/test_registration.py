@@ -15,19 +15,16 @@ from bunancer.client import ApiClient
 from stubs.cli import stubs_group
 from stubs.sdk import RegistrationFailed, StubManager
 from tests.conftest import Proxy, StartProxy
-from tests.helpers import ROOT, free_port, spawn, wait_for
+from tests.helpers import FAST_CHECKS, ROOT, free_port, spawn, wait_for
 
 # Quick checks and short ejections keep the suite fast; the logic is the default one.
-FAST = """
-[pools.default.health]
-interval = 0.2
-fast_interval = 0.1
-down_interval = 0.2
-max_down_interval = 0.4
-
+FAST = (
+    FAST_CHECKS
+    + """
 [pools.default.outlier]
 base_ejection_time = 0.5
 """
+)
 
 
 def servers(proxy: Proxy) -> dict[str, dict[str, Any]]:

@@ -33,22 +33,19 @@ from bunancer.web.dashboard import DashboardContext, build_dashboard, fmt_ms
 from bunancer.web.http import serve
 from stubs.sdk import StubManager
 from tests.conftest import Backend, Proxy, StartProxy
-from tests.helpers import free_port, wait_for
+from tests.helpers import FAST_CHECKS, free_port, wait_for
 
 # Quick checks so states change within a second.
-FAST = """
-[pools.default.health]
-interval = 0.2
-fast_interval = 0.1
-down_interval = 0.2
-max_down_interval = 0.4
-fall = 1
+FAST = (
+    FAST_CHECKS
+    + """fall = 1
 dead_after = 2
 
 [pools.spare]
 algorithm = "least-connections"
 servers = []
 """
+)
 
 
 def start_dashboard_proxy(start_proxy: StartProxy, servers: list[str], extra: str = FAST) -> Proxy:

@@ -16,6 +16,7 @@ import uvloop
 from bunancer.core.events import STATS_TICK, Event, EventBus
 from bunancer.web import sse
 from tests.conftest import Backend, Proxy, StartProxy
+from tests.helpers import wait_until
 
 DEADLINE = 10.0
 
@@ -182,15 +183,6 @@ def test_a_client_that_falls_behind_is_dropped_and_resumes() -> None:
         await resumed.aclose()
 
     run(scenario)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Yield to the loop until `condition` holds; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def test_pulse_frames_come_each_interval_and_after_a_tick() -> None:
