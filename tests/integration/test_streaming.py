@@ -86,7 +86,9 @@ def upload_digest(client: RawClient, size: int, chunked: bool = False) -> tuple[
         client.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
     if chunked:
         client.send(b"0\r\n\r\n")
-    digest, length = client.read_response().body.decode().split()
+    response = client.read_response()
+    assert response.status == 200, (response.status, response.headers, response.body[:200])
+    digest, length = response.body.decode().split()
     return digest, int(length)
 
 
