@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
@@ -236,6 +237,8 @@ def attach(options: Options, results: Path) -> Setup:
             "with: bunancer stubs start --count 3 --register"
         )
     api_url = options.api or stubs[0].api or "http://127.0.0.1:8081"
+    if not is_loopback_url(api_url):
+        raise SetupError(f"the stubs registered with {api_url}: not a loopback API")
     token = find_token(state_dir=options.state_dir)
     columns = [by_pool[pool][:count] for pool in sorted(by_pool)]
     nodes = [
@@ -1069,6 +1072,11 @@ def list_scenarios() -> None:
 # -- command line ----------------------------------------------------------------------------
 
 
+def is_loopback_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost")
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[list[str], Options]:
     parser = argparse.ArgumentParser(
         prog="python -m bench.scenarios",
@@ -1102,8 +1110,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[str], Options]:
         parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}, all")
     if args.duration < 3 or args.users < 1 or args.rate <= 0 or args.nodes < 2:
         parser.error("--duration >= 3, --users >= 1, --rate > 0 and --nodes >= 2")
-    if args.host and not args.host.startswith("http://127.0.0.1"):
-        parser.error("--host must be an http://127.0.0.1:PORT URL (traffic stays on loopback)")
+    for flag, url in (("--host", args.host), ("--api", args.api)):
+        if url and not is_loopback_url(url):
+            parser.error(f"{flag} must be an http://127.0.0.1:PORT URL (traffic stays on loopback)")
     options = Options(
         duration=args.duration,
         users=args.users,
