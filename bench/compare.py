@@ -59,22 +59,12 @@ FRONT_COLOURS = {
 
 
 @dataclass
-class Point:
-    """One front's medians for one workload and connection mode."""
+class Point(tp.Summary):
+    """One front's medians (throughput's Summary) for one workload."""
 
     backend: str
     size: int
     connections: int
-    mode: str
-    front: str
-    rps: float
-    rps_min: float
-    rps_max: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us_per_request: float | None
-    errors: int
-    runs: int
 
 
 # -- open files --------------------------------------------------------------------------------
@@ -153,7 +143,8 @@ def points_of(
     for connections in sorted({c for c, _ in samples}):
         group = [sample for c, sample in samples if c == connections]
         summaries = tp.summarise(group)
-        points += [Point(backend, size, connections, **asdict(summary)) for summary in summaries]
+        workload = {"backend": backend, "size": size, "connections": connections}
+        points += [Point(**asdict(summary), **workload) for summary in summaries]
         for row in tp.ratios(summaries):
             ratio_rows.append({"backend": backend, "size": size, "connections": connections, **row})
         note = tp.stub_close_note(group, backend)

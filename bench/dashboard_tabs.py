@@ -41,6 +41,7 @@ from bench.throughput import (
     Sample,
     Supervisor,
     console,
+    http_status,
     measure,
     raise_on_sigterm,
     rotated,
@@ -65,13 +66,13 @@ class Tab:
 
     port: int
     frames: int = 0
-    page_status: int = 0
+    page_status: int | None = None
     error: str | None = None
     _sock: socket.socket | None = None
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def open(self) -> None:
-        self.page_status = fetch_status(self.port, "/")
+        self.page_status = http_status(self.port)
         sock = socket.create_connection((HOST, self.port), timeout=5)
         sock.sendall(
             b"GET /events HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
@@ -101,15 +102,6 @@ class Tab:
             self._sock.close()
         if self._thread is not None:
             self._thread.join(5)
-
-
-def fetch_status(port: int, path: str) -> int:
-    with socket.create_connection((HOST, port), timeout=5) as sock:
-        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
-        head = b""
-        while b"\r\n" not in head and (chunk := sock.recv(4096)):
-            head += chunk
-        return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
 
 
 @dataclass

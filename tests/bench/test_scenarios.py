@@ -49,6 +49,11 @@ def smoke(name: str, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return summary
 
 
+def timeline_of(summary: dict[str, Any]) -> Timeline:
+    """The per-second recording of a run, with exact answer times per stub."""
+    return Timeline.load(Path(summary["results"]) / "timeline.json")
+
+
 def phase(summary: dict[str, Any], name: str) -> dict[str, Any]:
     return next(p for p in summary["phases"] if p["name"] == name)
 
@@ -84,7 +89,7 @@ def test_kill_one_kills_a_stub_and_starts_it_again(tmp_path: Path) -> None:
     # are whole seconds; the node is readmitted a fraction of a second after its restart).
     dead_from = summary["notes"]["killed_at"] + 0.1  # answers already on their way
     dead_until = summary["notes"]["restart_began"]
-    timeline = Timeline.load(Path(summary["results"]) / "timeline.json")
+    timeline = timeline_of(summary)
     answers = [
         (bucket.second, seen)
         for bucket in timeline.buckets
@@ -125,7 +130,7 @@ def test_scale_up_adds_a_node_that_answers(tmp_path: Path) -> None:
     # The node answered (its 64 KiB stub sees a fifth of a few requests/s: it may not yet).
     assert sum(answered.get(stub_id, 0) for stub_id in new) > 0, answered
     # Nothing from the new node before it started (phases are whole seconds: compare times).
-    timeline = Timeline.load(Path(summary["results"]) / "timeline.json")
+    timeline = timeline_of(summary)
     firsts = [seen.first for b in timeline.buckets for i, seen in b.stubs.items() if i in new]
     assert firsts
     assert min(firsts) >= summary["notes"]["joined_at"], (firsts, summary["notes"])
