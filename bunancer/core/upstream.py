@@ -372,6 +372,10 @@ class UpstreamPool:
         if not reusable or conn.closed or self.closing:
             conn.close()
             return
+        # The exchange may end with reading paused (its last write filled the client's
+        # buffer): a kept connection must read, to answer its next exchange and to notice a
+        # backend that closes it or speaks out of turn while idle.
+        conn.pause_reading(False)
         if self.waiters:
             exchange, handle = self.waiters.popleft()
             handle.cancel()

@@ -171,6 +171,24 @@ def test_idle_connection_that_closes_or_speaks_is_evicted(tmp: str, path: str) -
     run({}, scenario, tmp)
 
 
+def test_a_connection_released_while_paused_reads_again(tmp: str) -> None:
+    """A response whose last write fills the client's buffer pauses its upstream reading
+    as it ends; the pool must not keep (and hand out) a connection that does not read."""
+
+    async def scenario(setup: Setup) -> None:
+        await setup.get()
+        conn = setup.pool.idle.pop()
+        conn.pause_reading(True)  # as the client's backpressure leaves it
+        setup.pool.release(conn, True)
+        assert conn.transport is not None
+        assert conn.transport.is_reading()  # type: ignore[attr-defined]
+        async with asyncio.timeout(5):
+            assert await setup.get() != b""
+        assert setup.books.opened == 1  # the same connection answered
+
+    run({}, scenario, tmp)
+
+
 def test_max_connections_queues_requests(tmp: str) -> None:
     async def scenario(setup: Setup) -> None:
         bodies = await asyncio.gather(*(setup.get("/sleep/30") for _ in range(4)))
