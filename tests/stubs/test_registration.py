@@ -161,7 +161,9 @@ def test_a_stub_started_before_the_balancer_registers_when_it_comes_up(
             [], f'{FAST}\n[api]\nlisten = "127.0.0.1:{api_port}"\n', state_dir=state_dir
         )
         wait_for(lambda: healthy(proxy, {"s1", "s2"}), timeout=15)
-        assert stub.registration()["state"] == "registered"
+        # The balancer may check a stub healthy before the stub has read the answer to its
+        # registration (its attempt runs in a thread): wait for its own view, bounded.
+        wait_for(lambda: stub.registration()["state"] == "registered", timeout=10)
         with proxy.client() as client:
             assert {client.request("GET", "/").header("X-Stub-Id") for _ in range(4)} == {
                 "s1",
