@@ -12,6 +12,10 @@ import asyncio
 from collections.abc import Callable
 
 
+def _nothing() -> None:
+    pass
+
+
 class Deadline:
     __slots__ = ("_armed_at", "_callback", "_handle", "_loop", "at")
 
@@ -43,6 +47,16 @@ class Deadline:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+    def close(self) -> None:
+        """Cancel for good and drop the callback.
+
+        The callback is usually a bound method of the object holding this deadline: a
+        reference cycle that only the cyclic GC could free. Dropping it lets refcounting
+        free the owner the moment its connection ends.
+        """
+        self.cancel()
+        self._callback = _nothing
 
     def _fire(self) -> None:
         self._handle = None

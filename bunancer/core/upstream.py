@@ -154,7 +154,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.deadline.cancel()
+        self.deadline.close()  # the deadline's callback refers back to this object
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None:

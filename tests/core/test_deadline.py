@@ -97,3 +97,13 @@ def test_real_loop_fires() -> None:
         return ["fired"]
 
     assert asyncio.run(main()) == ["fired"]
+
+
+def test_close_cancels_and_forgets_the_callback() -> None:
+    loop, deadline, fired = make()
+    deadline.set(10)
+    deadline.close()
+    assert loop.armed == 0
+    deadline.set(5)  # a late set after the owner is gone fires into nothing
+    loop.advance(20)
+    assert fired == []
