@@ -22,6 +22,7 @@ from .config import Config, ListenerConfig, parse_hostport
 from .core.accesslog import AccessLog
 from .core.events import EventBus
 from .core.headers import ForwardingOptions
+from .core.listen import ListenGroup, listen
 from .core.persistence import Persistence
 from .core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
 from .core.registry import PoolSettings, Registry
@@ -50,7 +51,7 @@ class Listener:
     ctx: ListenerContext | TcpListenerContext
     factory: Callable[[], asyncio.BaseProtocol]
     mode: str = "http"
-    server: asyncio.Server | None = None
+    server: ListenGroup | None = None
 
     @property
     def bound(self) -> str:
@@ -217,11 +218,11 @@ class Balancer:
         await self.registry.first_checks(longest + 0.25)
         for listener in self.listeners:
             try:
-                listener.server = await self.loop.create_server(
+                listener.server = await listen(
+                    self.loop,
                     listener.factory,
                     listener.host,
                     listener.port,
-                    reuse_address=True,
                     backlog=4096,
                 )
             except OSError as error:

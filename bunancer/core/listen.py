@@ -1,0 +1,72 @@
+"""Listening sockets that accept more than one connection per event-loop turn.
+
+libuv, under uvloop, accepts a single connection each time the loop polls a listening
+socket (libuv PR #3696: most second accept() calls fail with EAGAIN, so it no longer
+loops). A proxy loop whose turns are long, because hundreds of busy connections all had
+data, then takes one new client per turn: under load new clients wait seconds in the
+kernel's accept queue (measured here: 1,000 keep-alive clients, the last ones connected
+waited 6 s for their first answer, until the others stopped).
+
+Polling several descriptors of the same listening socket lets each turn accept up to that
+many connections, as asyncio's own loop does (it accepts up to its backlog per turn). The
+price is an accept() that finds nothing, on the spare descriptors, in turns with fewer
+pending connections than descriptors: one cheap syscall each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+
+import uvloop
+
+# Connections accepted per loop turn at most (the descriptors polled per listening socket).
+ACCEPTS_PER_TURN = 16
+
+
+class ListenGroup:
+    """The servers sharing one listening socket; closes like one `asyncio.Server`."""
+
+    def __init__(self, servers: list[asyncio.Server]) -> None:
+        self.servers = servers
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self.servers[0].sockets)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def wait_closed(self) -> None:
+        for server in self.servers:
+            await server.wait_closed()
+
+
+async def listen(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    *,
+    backlog: int,
+    accepts_per_turn: int = ACCEPTS_PER_TURN,
+) -> ListenGroup:
+    """Bind host:port (every address it resolves to) and serve `factory` on it."""
+    first = await loop.create_server(factory, host, port, reuse_address=True, backlog=backlog)
+    group = ListenGroup([first])
+    if not isinstance(loop, uvloop.Loop):
+        return group  # asyncio's loop accepts in a loop already
+    try:
+        for bound in first.sockets:
+            for _ in range(accepts_per_turn - 1):
+                spare = socket.socket(
+                    bound.family, bound.type, bound.proto, fileno=os.dup(bound.fileno())
+                )
+                group.servers.append(await loop.create_server(factory, sock=spare, backlog=backlog))
+    except BaseException:
+        group.close()
+        raise
+    return group
