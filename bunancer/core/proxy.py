@@ -812,8 +812,8 @@ class DownstreamProtocol(asyncio.Protocol):
         """Break this object's reference cycles once its connection is over.
 
         The parser and the deadline call back into this object, and so refer to it: left
-        in place, every closed connection would wait for the cyclic GC, whose passes cost
-        more than the rest of a short connection's work. Nothing parses after this.
+        in place, every closed connection would wait for a pass of the cyclic GC, which
+        walks every object still waiting. Nothing parses after this.
         """
         self.deadline.close()
         del self.parser
@@ -871,6 +871,11 @@ class DownstreamProtocol(asyncio.Protocol):
         self.queue.clear()
         self._release()
 
+    def _feed_held(self, data: bytes) -> None:
+        """Parse bytes held back while an upgrade was pending (unless the client left)."""
+        if not self.closed:
+            self.data_received(data)
+
     def drain(self) -> None:
         """Graceful shutdown: close when idle, else after the reply in progress."""
         if self.active is None and self.parsing is None and not self.queue:
@@ -889,7 +894,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.upgrading = None
             self.set_paused(_PAUSE_UPGRADE, False)
             if exchange.early_data:
-                self.ctx.loop.call_soon(self.data_received, exchange.early_data)
+                self.ctx.loop.call_soon(self._feed_held, exchange.early_data)
         if self.queue:
             following = self.queue.popleft()
             self.active = following

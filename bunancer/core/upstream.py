@@ -154,7 +154,9 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.deadline.close()  # the deadline's callback refers back to this object
+        # Break the cycles through the parser and the deadline (see DownstreamProtocol).
+        self.deadline.close()
+        del self.parser
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None:
