@@ -1,4 +1,4 @@
-"""A lazily re-armed timer: one `call_at` handle per connection, not one per request.
+"""A lazily re-armed timer: one timer handle per connection, not one per request.
 
 Moving the deadline later is an attribute write; the handle fires at the old time, sees
 the new deadline and re-arms itself once. Only moving it earlier than the armed handle
@@ -27,15 +27,16 @@ class Deadline:
         self.at = 0.0  # 0.0 means no deadline
 
     def set(self, seconds: float) -> None:
+        # call_later, not call_at: uvloop's call_at is call_later after one more clock read.
         at = self._loop.time() + seconds
         self.at = at
         handle = self._handle
         if handle is None:
-            self._handle = self._loop.call_at(at, self._fire)
+            self._handle = self._loop.call_later(seconds, self._fire)
             self._armed_at = at
         elif at < self._armed_at:
             handle.cancel()
-            self._handle = self._loop.call_at(at, self._fire)
+            self._handle = self._loop.call_later(seconds, self._fire)
             self._armed_at = at
 
     def clear(self) -> None:
@@ -63,8 +64,9 @@ class Deadline:
         at = self.at
         if not at:
             return
-        if self._loop.time() < at:
-            self._handle = self._loop.call_at(at, self._fire)
+        now = self._loop.time()
+        if now < at:
+            self._handle = self._loop.call_later(at - now, self._fire)
             self._armed_at = at
             return
         self.at = 0.0

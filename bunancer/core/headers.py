@@ -39,17 +39,25 @@ class ForwardingOptions:
     via: bool = True
 
 
-_COMMON_CONNECTION_VALUES = {
-    value: frozenset({value.lower()})
-    for value in (b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade")
-}
+# Connection tokens that are not names of other headers to drop.
+_NOT_HEADER_NAMES = HOP_BY_HOP | {b"close"}
 
 
-def _connection_tokens(value: bytes) -> frozenset[bytes]:
+def _connection_tokens(value: bytes) -> tuple[bool, frozenset[bytes]]:
+    """Whether a Connection value asks for an upgrade, and the header names it lists."""
     common = _COMMON_CONNECTION_VALUES.get(value)
     if common is not None:
         return common
-    return frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
+    tokens = frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
+    return b"upgrade" in tokens, tokens - _NOT_HEADER_NAMES
+
+
+# The values nearly every client and backend send, answered without building sets.
+_COMMON_CONNECTION_VALUES: dict[bytes, tuple[bool, frozenset[bytes]]] = {}
+_COMMON_CONNECTION_VALUES.update(
+    (value, _connection_tokens(value))
+    for value in (b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade")
+)
 
 
 class RequestHead:
@@ -107,10 +115,9 @@ def scan_request_headers(
         elif lowered == b"upgrade":
             head.upgrade_value = value
         elif lowered == b"connection":
-            tokens = _connection_tokens(value)
-            if b"upgrade" in tokens:
+            upgrade, extra = _connection_tokens(value)
+            if upgrade:
                 head.upgrade = True
-            extra = tokens - HOP_BY_HOP - {b"close"}
             if extra:
                 named = extra if named is None else named | extra
         elif lowered == b"x-forwarded-for":
@@ -200,7 +207,7 @@ def scan_response_headers(
             # requests; a response may end with another coding and is then close-delimited.
             head.chunked = value.rstrip().lower().endswith(b"chunked")
         elif lowered == b"connection":
-            extra = _connection_tokens(value) - HOP_BY_HOP - {b"close"}
+            extra = _connection_tokens(value)[1]
             if extra:
                 named = extra if named is None else named | extra
     if named and not drop:

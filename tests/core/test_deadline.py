@@ -28,8 +28,8 @@ class FakeLoop:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: Any) -> FakeHandle:
-        handle = FakeHandle(when, callback)
+    def call_later(self, delay: float, callback: Any) -> FakeHandle:
+        handle = FakeHandle(self.now + delay, callback)
         self.handles.append(handle)
         return handle
 
