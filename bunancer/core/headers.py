@@ -43,21 +43,22 @@ class ForwardingOptions:
 _NOT_HEADER_NAMES = HOP_BY_HOP | {b"close"}
 
 
-def _connection_tokens(value: bytes) -> tuple[bool, frozenset[bytes]]:
+def _parse_connection(value: bytes) -> tuple[bool, frozenset[bytes]]:
     """Whether a Connection value asks for an upgrade, and the header names it lists."""
-    common = _COMMON_CONNECTION_VALUES.get(value)
-    if common is not None:
-        return common
     tokens = frozenset(token.strip().lower() for token in value.split(b",") if token.strip())
     return b"upgrade" in tokens, tokens - _NOT_HEADER_NAMES
 
 
 # The values nearly every client and backend send, answered without building sets.
-_COMMON_CONNECTION_VALUES: dict[bytes, tuple[bool, frozenset[bytes]]] = {}
-_COMMON_CONNECTION_VALUES.update(
-    (value, _connection_tokens(value))
+_COMMON_CONNECTION_VALUES = {
+    value: _parse_connection(value)
     for value in (b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade")
-)
+}
+
+
+def _connection_tokens(value: bytes) -> tuple[bool, frozenset[bytes]]:
+    common = _COMMON_CONNECTION_VALUES.get(value)
+    return common if common is not None else _parse_connection(value)
 
 
 class RequestHead:

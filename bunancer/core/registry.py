@@ -108,6 +108,14 @@ def check_spec(health: HealthConfig) -> CheckSpec:
     )
 
 
+def _at_address(pool: ServerPool, host: str, port: int) -> Server | None:
+    """The pool's server at host:port (register keeps addresses unique in a pool)."""
+    for server in pool.servers.values():
+        if (server.host, server.port) == (host, port):
+            return server
+    return None
+
+
 def server_view(server: Server) -> dict[str, Any]:
     """A server as the API, events and the dashboard show it."""
     health = server.health
@@ -247,15 +255,14 @@ class Registry:
         A backend that restarts registers again; that is not a conflict but news: it may be
         up again, so a server that is down is checked at once instead of at its backoff or
         dead interval (a dead server would otherwise wait up to `dead_interval`)."""
-        pool = self.pool(pool_name)
-        for server in pool.servers.values():
-            if (server.host, server.port) == (host, port) and server_id in (None, server.id):
-                if server in self.removing:  # it goes once drained: the caller retries
-                    raise Conflict(f"server {server.id!r} is being removed", "id")
-                if server.state in (State.UNHEALTHY, State.DEAD, State.PENDING):
-                    self.checker.check_now(server)
-                return server
-        return None
+        server = _at_address(self.pool(pool_name), host, port)
+        if server is None or server_id not in (None, server.id):
+            return None
+        if server in self.removing:  # it goes once drained: the caller retries
+            raise Conflict(f"server {server.id!r} is being removed", "id")
+        if server.state in (State.UNHEALTHY, State.DEAD, State.PENDING):
+            self.checker.check_now(server)
+        return server
 
     def register(
         self,
@@ -274,11 +281,11 @@ class Registry:
         server_id = server_id or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if server_id in pool.servers:
             raise Conflict(f"server {server_id!r} is already in pool {pool_name!r}", "id")
-        for other in pool.servers.values():
-            if (other.host, other.port) == (host, port):
-                raise Conflict(
-                    f"{other.address} is already in pool {pool_name!r} as {other.id!r}", "port"
-                )
+        other = _at_address(pool, host, port)
+        if other is not None:
+            raise Conflict(
+                f"{other.address} is already in pool {pool_name!r} as {other.id!r}", "port"
+            )
         settings = self.settings[pool_name]
         override = health or {}
         server = Server(server_id, host, port, weight, pool_name, source=source)
