@@ -79,9 +79,11 @@ FRONTS = ("direct", "bunancer", "nginx", "haproxy")
 VARIANTS = {
     "bunancer-nostats": "[stats]\nenabled = false\n",
     "bunancer-accesslog": '[access_log]\npath = "{workdir}/access.log"\n',
-    "bunancer-rr": "",  # round-robin instead of the default algorithm (see ALGORITHM)
+    "bunancer-ewma": "",  # the default algorithm (peak-ewma) instead of round-robin
 }
-ALGORITHM = {"bunancer-rr": "round-robin"}
+# nginx and HAProxy balance round-robin here, so bunancer does too; `bunancer-ewma` shows
+# what the default algorithm (peak-ewma: a clock read and two random draws per request) adds.
+ALGORITHM = {"bunancer": "round-robin"}
 ALL_FRONTS = (*FRONTS, *VARIANTS)
 MODES = ("keepalive", "close")
 INSTALL_HINT = "install them with: apt-get install wrk nginx haproxy"
