@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ProxyError
-from .framing import check_host
+from .framing import CHECKED_HOSTS, check_host
 
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
@@ -90,9 +90,16 @@ class RequestHead:
         self.upgrade_value: bytes | None = None  # the Upgrade header
 
 
-def scan_request_headers(
-    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
-) -> RequestHead:
+def _without(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
+    """Head lines (flat: name, ": ", value, CRLF) without the headers in `names` (lower-case)."""
+    kept: list[bytes] = []
+    for start in range(0, len(lines), 4):
+        if lines[start].lower() not in names:
+            kept.extend(lines[start : start + 4])
+    return kept
+
+
+def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     """Split request headers into forwarded lines and facts; raise ProxyError on bad Host."""
     head = RequestHead()
     lines = head.lines
@@ -100,13 +107,13 @@ def scan_request_headers(
     for name, value in headers:
         lowered = name.lower()
         if lowered not in _REQUEST_SPECIAL:
-            if lowered not in drop:
-                lines.extend((name, b": ", value, b"\r\n"))
+            lines.extend((name, b": ", value, b"\r\n"))
             continue
         if lowered == b"host":
             if head.host is not None:
                 raise ProxyError(400, "more than one Host header")
-            check_host(value)
+            if value not in CHECKED_HOSTS:
+                check_host(value)
             head.host = value
             lines.extend((name, b": ", value, b"\r\n"))
         elif lowered == b"content-length":
@@ -132,9 +139,10 @@ def scan_request_headers(
                 head.expect_continue = True
             lines.extend((name, b": ", value, b"\r\n"))
         # Hop-by-hop, framing and replaced X-Forwarded-* headers are dropped here.
-    if named and not drop:
-        # Rare: Connection names end-to-end-looking headers; filter them in a second pass.
-        return scan_request_headers(headers, frozenset(named - _REQUEST_SPECIAL))
+    if named:
+        # Rare: Connection names end-to-end-looking headers; they go in a second pass
+        # (never Host or Expect, which a client cannot make hop-by-hop).
+        head.lines = _without(lines, frozenset(named - _REQUEST_SPECIAL))
     return head
 
 
@@ -188,17 +196,14 @@ class ResponseHead:
         self.upgrade_value: bytes | None = None
 
 
-def scan_response_headers(
-    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
-) -> ResponseHead:
+def scan_response_headers(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     head = ResponseHead()
     lines = head.lines
     named: set[bytes] | None = None
     for name, value in headers:
         lowered = name.lower()
         if lowered not in _RESPONSE_SPECIAL:
-            if lowered not in drop:
-                lines.extend((name, b": ", value, b"\r\n"))
+            lines.extend((name, b": ", value, b"\r\n"))
         elif lowered == b"content-length":
             head.content_length = value
         elif lowered == b"upgrade":
@@ -211,6 +216,6 @@ def scan_response_headers(
             extra = _connection_tokens(value)[1]
             if extra:
                 named = extra if named is None else named | extra
-    if named and not drop:
-        return scan_response_headers(headers, frozenset(named - _RESPONSE_SPECIAL))
+    if named:
+        head.lines = _without(lines, frozenset(named))
     return head

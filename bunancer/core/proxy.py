@@ -27,9 +27,12 @@ from .algorithms import sticky_token
 from .deadline import Deadline
 from .errors import STATUS_LINES, ProxyError, error_response
 from .framing import (
+    BODY_CHUNKED,
+    BODY_LENGTH,
+    BODY_NONE,
+    BODY_UNTIL_CLOSE,
     IDEMPOTENT_METHODS,
     LAST_CHUNK,
-    Body,
     check_request_framing,
     check_target,
     check_version,
@@ -53,6 +56,8 @@ from .tunnel import Tunnel
 from .upstream import Overloaded
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .pool import ServerPool
     from .server import Server
     from .upstream import UpstreamProtocol
@@ -152,7 +157,6 @@ class Exchange:
         "head",
         "head_request",
         "http11",
-        "idempotent",
         "keep_alive",
         "kept",
         "kept_lost",
@@ -199,10 +203,9 @@ class Exchange:
         self.keep_alive = keep_alive
         self.chunked_request = chunked_request
         self.head_request = method == b"HEAD"
-        self.idempotent = method in IDEMPOTENT_METHODS
         self.server: Server | None = None
         self.up: UpstreamProtocol | None = None
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | None = None  # body read before a connection is attached
         self.pending_size = 0
         self.req_complete = False
         self.req_body_sent = False
@@ -216,19 +219,19 @@ class Exchange:
         # to the pool's retry_body_max. Made at the first body byte (most requests have
         # none); `kept_lost` once the body outgrew it.
         self.kept: list[bytes] | None = None
-        self.kept_lost = not self.idempotent
+        self.kept_lost = method not in IDEMPOTENT_METHODS
         self.local_status = 0
         self.upgrade = False  # asked to switch protocols (WebSocket)
         self.early_data = b""  # client bytes after the upgrade request, held
         self.out: list[bytes] = []
-        self.up_body = Body.NONE
-        self.out_body = Body.NONE
+        self.up_body = BODY_NONE
+        self.out_body = BODY_NONE
         self.body_size = 0
         self.bytes_out = 0
         self.status = 0  # the status sent to the client
         self.started = 0.0
         self.target = b""  # these two are kept for the access log only
-        self.request_headers: list[tuple[bytes, bytes]] = []
+        self.request_headers: Sequence[tuple[bytes, bytes]] = ()
         self.up_started = 0.0
 
     # -- start and selection ---------------------------------------------------------------
@@ -299,7 +302,7 @@ class Exchange:
         elif pending:
             conn.write(b"".join((self.head, *pending)))
             self.req_body_sent = True
-            self.pending = []
+            self.pending = None
             self.pending_size = 0
             self.down.set_paused(_PAUSE_PENDING, False)
         else:
@@ -344,7 +347,10 @@ class Exchange:
             up.write(data)
             self.req_body_sent = True
         elif not self.done:
-            self.pending.append(data)
+            if self.pending is None:
+                self.pending = [data]
+            else:
+                self.pending.append(data)
             self.pending_size += len(data)
             if self.pending_size > self.down.ctx.settings.write_buffer_high:
                 self.down.set_paused(_PAUSE_PENDING, True)
@@ -358,7 +364,10 @@ class Exchange:
             if up is not None:
                 up.write(LAST_CHUNK)
             elif not self.done:
-                self.pending.append(LAST_CHUNK)
+                if self.pending is None:
+                    self.pending = [LAST_CHUNK]
+                else:
+                    self.pending.append(LAST_CHUNK)
         if up is not None:
             up.request_sent()
 
@@ -403,16 +412,16 @@ class Exchange:
         keep = (
             self.keep_alive
             and self.req_complete
-            and out_body is not Body.UNTIL_CLOSE
+            and out_body is not BODY_UNTIL_CLOSE
             and not down.ctx.draining
             and not down.client_eof
         )
         self.keep_alive = keep
         parts = [STATUS_LINES[status], *head.lines]
-        if out_body is Body.CHUNKED:
+        if out_body is BODY_CHUNKED:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif head.content_length is not None and (
-            out_body is Body.LENGTH or self.head_request or status == 304
+            out_body is BODY_LENGTH or self.head_request or status == 304
         ):
             # HEAD and 304 keep the length of the representation they describe.
             parts.extend((b"Content-Length: ", head.content_length, b"\r\n"))
@@ -481,7 +490,9 @@ class Exchange:
         """Can the request go to another server after this one saw it? Idempotent, fully
         received, and its body (if any was sent) kept."""
         return (
-            self.idempotent and self.req_complete and (not self.req_body_sent or not self.kept_lost)
+            self.method in IDEMPOTENT_METHODS
+            and self.req_complete
+            and (not self.req_body_sent or not self.kept_lost)
         )
 
     def _retry_after_answer(self, server: Server) -> bool:
@@ -501,20 +512,20 @@ class Exchange:
         return True
 
     def response_body(self, data: bytes) -> None:
-        if self.out_body is Body.CHUNKED:
+        if self.out_body is BODY_CHUNKED:
             self.out.extend((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
             self.out.append(data)
 
     def response_complete(self, reusable: bool) -> None:
-        if self.out_body is Body.CHUNKED:
+        if self.out_body is BODY_CHUNKED:
             self.out.append(LAST_CHUNK)
         self.flush()
         up = self.up
         self.up = None
         if up is not None:
             up.pool.release(
-                up, reusable and self.req_complete and self.up_body is not Body.UNTIL_CLOSE
+                up, reusable and self.req_complete and self.up_body is not BODY_UNTIL_CLOSE
             )
         self._finish()
 
@@ -523,7 +534,9 @@ class Exchange:
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
             self.bytes_out += len(data)
-            self.down.write(data)
+            down = self.down
+            if not down.closed:
+                down.transport.write(data)  # type: ignore[union-attr]  # set while open
             out.clear()
 
     def upstream_lost(self, conn: UpstreamProtocol) -> None:
@@ -532,7 +545,7 @@ class Exchange:
             return
         self.up = None
         if self.resp_started:
-            if self.up_body is Body.UNTIL_CLOSE:
+            if self.up_body is BODY_UNTIL_CLOSE:
                 self.response_complete(False)  # the close is the end of this body
             else:
                 self.flush()
@@ -542,7 +555,10 @@ class Exchange:
         if (
             server is not None
             and not conn.got_bytes
-            and (self.replayable() or (conn.reused and not self.req_body_sent and self.idempotent))
+            and (
+                self.replayable()
+                or (conn.reused and not self.req_body_sent and self.method in IDEMPOTENT_METHODS)
+            )
             and self._retry(server)
         ):
             # The connection closed before any answer (a kept-alive connection the backend
@@ -635,9 +651,17 @@ class Exchange:
                 error = CLIENT_4XX
         self._record(error)
         server = self.server
-        if server is not None and self.pool is not None and self.pool.selector.tracks_latency:
-            self.pool.selector.observe(server, int((perf_counter() - self.started) * 1_000_000))
-        self._release_server()
+        if server is not None:
+            # `_release_server`, inlined: every request passes here.
+            server.in_flight -= 1
+            self.server = None
+            pool = self.pool
+            if pool is not None:
+                selector = pool.selector
+                if selector.tracks_latency:
+                    selector.observe(server, int((perf_counter() - self.started) * 1_000_000))
+                if selector.tracks_load:
+                    selector.finished(server)
         self.down.exchange_done(self)
 
     def _record(self, error: int) -> None:
@@ -908,7 +932,8 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.close()
             return
         if not self.in_head and self.parsing is None:
-            self._set_deadline(_T_KEEPALIVE, self.ctx.settings.keepalive_timeout)
+            self.timeout_kind = _T_KEEPALIVE
+            self.deadline.set(self.ctx.settings.keepalive_timeout)
 
     # -- timeouts ---------------------------------------------------------------------------------
 
@@ -966,9 +991,11 @@ class DownstreamProtocol(asyncio.Protocol):
         if count > settings.max_headers or self.head_size + 4 * count > settings.max_header_bytes:
             raise ProxyError(431)
         method = parser.get_method()
-        http11 = check_version(parser.get_http_version())
+        version = parser.get_http_version()
+        http11 = version == "1.1" or check_version(version)
         target = self.url
-        check_target(method, target)
+        if target[:1] != b"/" or 35 in target or method == b"CONNECT":  # "#" is 35
+            check_target(method, target)  # the usual origin-form passes without a call
         head = scan_request_headers(self.headers)
         if target[:1] != b"/" and target != b"*":
             target, head = self._absolute_form(target)
@@ -1028,7 +1055,8 @@ class DownstreamProtocol(asyncio.Protocol):
         if chunked or (content_length is not None and content_length != b"0"):
             self._set_deadline(_T_BODY, settings.body_idle_timeout)
         else:
-            self._set_deadline(_T_NONE, 0)
+            self.timeout_kind = _T_NONE  # `_set_deadline(_T_NONE, 0)`, inlined
+            self.deadline.clear()
         if self.active is None:
             self.active = exchange
             exchange.start()

@@ -78,6 +78,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "got_bytes",
         "parser",
         "pool",
+        "reading_paused",
         "reused",
         "transport",
     )
@@ -91,6 +92,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = False
         self.reused = False  # served an exchange before the current one
         self.got_bytes = False  # any byte of the current response arrived
+        self.reading_paused = False  # by the client side's backpressure
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
         self._discard = False
@@ -136,11 +138,12 @@ class UpstreamProtocol(asyncio.Protocol):
             # the body its Content-Length announced: start the next response afresh.
             self._discard = False
             self.parser = httptools.HttpResponseParser(self)
+            self._headers = []  # whatever the old parser read after that head is dropped
         if self.exchange is not None:
             # More to come: the backend's clock restarts (not needed for a response that
-            # ended in this read, the usual case for small ones).
+            # ended in this read, the usual case for small ones, which its end flushed).
             self.deadline.set(self.pool.settings.response_timeout)
-        exchange.flush()
+            exchange.flush()
 
     def _switch(self, exchange: ExchangeSide, rest: bytes) -> None:
         """The backend switched protocols: this connection leaves the pool for a tunnel."""
@@ -183,7 +186,8 @@ class UpstreamProtocol(asyncio.Protocol):
         """Start serving `exchange`: its request is about to be written."""
         self.exchange = exchange
         self.got_bytes = False
-        self._headers = []
+        # (`_headers` is empty: a connection is reused only after a whole response, and
+        # after a HEAD response `data_received` starts afresh.)
         if exchange.req_complete:
             self.deadline.set(self.pool.settings.response_timeout)
         else:
@@ -214,6 +218,7 @@ class UpstreamProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
+        self.reading_paused = paused
         if paused:
             transport.pause_reading()
             self.deadline.clear()  # waiting on the client is not the backend's fault
@@ -319,8 +324,7 @@ class UpstreamPool:
         while idle:
             conn = idle.pop()
             if not conn.closed:
-                conn.deadline.clear()
-                exchange.attach(conn)
+                exchange.attach(conn)  # its idle deadline gives way to the exchange's
                 return
         limit = self.settings.max_connections
         if limit and self.total >= limit:
@@ -377,7 +381,8 @@ class UpstreamPool:
         # The exchange may end with reading paused (its last write filled the client's
         # buffer): a kept connection must read, to answer its next exchange and to notice a
         # backend that closes it or speaks out of turn while idle.
-        conn.pause_reading(False)
+        if conn.reading_paused:
+            conn.pause_reading(False)
         if self.waiters:
             exchange, handle = self.waiters.popleft()
             handle.cancel()

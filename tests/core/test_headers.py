@@ -35,6 +35,20 @@ def test_request_hop_by_hop_and_connection_named_headers_dropped() -> None:
     assert head.upgrade is False
 
 
+def test_connection_cannot_make_host_hop_by_hop() -> None:
+    head = scan_request_headers(
+        [
+            (b"Host", b"a.test"),
+            (b"X-One", b"1"),
+            (b"Connection", b"Host, x-one, X-Two"),
+            (b"Expect", b"100-continue"),
+            (b"X-Two", b"2"),
+            (b"X-Three", b"3"),
+        ]
+    )
+    assert lines(head.lines) == [b"Host: a.test", b"Expect: 100-continue", b"X-Three: 3"]
+
+
 def test_request_facts() -> None:
     head = scan_request_headers(
         [
