@@ -405,7 +405,12 @@ class Exchange:
         up_body = response_body(
             status, self.head_request, head.content_length is not None, head.chunked
         )
-        out_body = downstream_body(up_body, self.http11)
+        # (Length-delimited or no body, the usual case, passes as it is: no call.)
+        out_body = (
+            up_body
+            if up_body is BODY_LENGTH or up_body is BODY_NONE
+            else downstream_body(up_body, self.http11)
+        )
         self.up_body = up_body
         self.out_body = out_body
         down = self.down

@@ -278,7 +278,10 @@ class UpstreamProtocol(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None or self._discard:
             return
-        self._finish(exchange, self.parser.should_keep_alive())
+        # `_finish`, inlined: every response ends here.
+        self.exchange = None
+        self.reused = True
+        exchange.response_complete(self.parser.should_keep_alive() and not self.closed)
 
     def _finish(self, exchange: ExchangeSide, keep_alive: bool) -> None:
         self.exchange = None
