@@ -84,7 +84,9 @@ VARIANTS = {
 # nginx and HAProxy balance round-robin here, so bunancer does too; `bunancer-ewma` shows
 # what the default algorithm (peak-ewma: a clock read and two random draws per request) adds.
 ALGORITHM = {"bunancer": "round-robin"}
-ALL_FRONTS = (*FRONTS, *VARIANTS)
+# Not run by default either: the floor for a Python proxy (bench/bare_relay.py).
+BARE = "bare"
+ALL_FRONTS = (*FRONTS, BARE, *VARIANTS)
 MODES = ("keepalive", "close")
 INSTALL_HINT = "install them with: apt-get install wrk nginx haproxy"
 EXIT_USAGE = 2
@@ -402,6 +404,14 @@ def start_haproxy_front(supervisor: Supervisor, backends: list[Endpoint]) -> End
     return Endpoint("haproxy", port, child)
 
 
+def start_bare_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
+    argv = [sys.executable, "-m", "bench.bare_relay", "--port", "0"]
+    for backend in backends:
+        argv += ["--backend", f"{HOST}:{backend.port}"]
+    child = supervisor.start(BARE, argv)
+    return Endpoint(BARE, int(wait_log_line(child, r"^PORT (\d+)$").group(1)), child)
+
+
 def start_backends(supervisor: Supervisor, kind: str, size: int) -> list[Endpoint]:
     start = start_stub_backend if kind == "stub" else start_nginx_backend
     backends = [start(supervisor, backend_id, size) for backend_id in ("s1", "s2")]
@@ -417,6 +427,7 @@ def start_fronts(
         "bunancer": start_bunancer,
         "nginx": start_nginx_front,
         "haproxy": start_haproxy_front,
+        BARE: start_bare_front,
     }
     fronts: dict[str, Endpoint] = {}
     for name in names:
@@ -621,7 +632,7 @@ def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
         ours = by_key.get((mode, "bunancer"))
         if ours is None:
             continue
-        for other in ("nginx", "haproxy", "direct"):
+        for other in ("nginx", "haproxy", "direct", BARE):
             theirs = by_key.get((mode, other))
             if theirs is not None and theirs.rps > 0:
                 rows.append(
@@ -641,15 +652,18 @@ def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
                         "value": theirs.rps / ours.rps,
                     }
                 )
-        haproxy = by_key.get((mode, "haproxy"))
-        if haproxy and haproxy.cpu_us_per_request and ours.cpu_us_per_request is not None:
-            rows.append(
-                {
-                    "mode": mode,
-                    "ratio": "bunancer CPU µs/req ÷ haproxy CPU µs/req",
-                    "value": ours.cpu_us_per_request / haproxy.cpu_us_per_request,
-                }
-            )
+        # CPU per request against HAProxy and, when it ran, the bare relay (the floor);
+        # and the floor's own distance to HAProxy.
+        for front, peer in (("bunancer", "haproxy"), ("bunancer", BARE), (BARE, "haproxy")):
+            mine, theirs = by_key.get((mode, front)), by_key.get((mode, peer))
+            if mine and theirs and mine.cpu_us_per_request and theirs.cpu_us_per_request:
+                rows.append(
+                    {
+                        "mode": mode,
+                        "ratio": f"{front} CPU µs/req ÷ {peer} CPU µs/req",
+                        "value": mine.cpu_us_per_request / theirs.cpu_us_per_request,
+                    }
+                )
     return rows
 
 
