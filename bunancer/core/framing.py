@@ -112,14 +112,19 @@ _HOST_VALUE = re.compile(rb"[^\s/\\@?#,]*")
 
 
 # Host values that passed: nearly every request repeats one, and the regex costs about 1% of
-# a proxied request. Bounded: cleared when full.
+# a proxied request. Bounded in count and in size (a DNS name is at most 253 bytes), so
+# clients sending many long values cannot make it hold much: at most about 300 KiB.
 CHECKED_HOSTS: set[bytes] = set()
+_CHECKED_HOSTS_MAX = 1024
+_REMEMBERED_HOST_MAX = 300
 
 
 def check_host(host: bytes) -> None:
-    """Reject a Host value that is not a bare authority; callers may skip CHECKED_HOSTS."""
+    """Reject a Host value that is not a bare authority; remember a short one that passed
+    (callers skip the values in CHECKED_HOSTS)."""
     if _HOST_VALUE.fullmatch(host) is None:
         raise ProxyError(400, "invalid Host header")
-    if len(CHECKED_HOSTS) >= 1024:
-        CHECKED_HOSTS.clear()
-    CHECKED_HOSTS.add(host)
+    if len(host) <= _REMEMBERED_HOST_MAX:
+        if len(CHECKED_HOSTS) >= _CHECKED_HOSTS_MAX:
+            CHECKED_HOSTS.clear()
+        CHECKED_HOSTS.add(host)

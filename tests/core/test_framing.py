@@ -4,6 +4,7 @@ import pytest
 
 from bunancer.core.errors import STATUS_LINES, ProxyError, error_response
 from bunancer.core.framing import (
+    CHECKED_HOSTS,
     Body,
     check_host,
     check_target,
@@ -89,6 +90,16 @@ def test_check_host_rejects(host: bytes) -> None:
 @pytest.mark.parametrize("host", [b"example.com", b"example.com:8080", b"[::1]:80", b""])
 def test_check_host_accepts(host: bytes) -> None:
     check_host(host)
+    assert host in CHECKED_HOSTS  # the next request with it skips the regex
+
+
+def test_checked_hosts_stay_small() -> None:
+    long_host = b"a" * 1000
+    check_host(long_host)
+    assert long_host not in CHECKED_HOSTS
+    for index in range(3000):
+        check_host(b"host-%d.test" % index)
+    assert 0 < len(CHECKED_HOSTS) <= 1024
 
 
 def test_error_responses_are_complete_messages() -> None:
