@@ -65,6 +65,7 @@ class RequestHead:
     """What the proxy learned from a request's headers, and the lines it forwards."""
 
     __slots__ = (
+        "connection_header",
         "content_length",
         "expect_continue",
         "forwarded",
@@ -88,6 +89,9 @@ class RequestHead:
         self.expect_continue = False
         self.upgrade = False  # Connection names "upgrade"
         self.upgrade_value: bytes | None = None  # the Upgrade header
+        # A Connection or Proxy-Connection header is present: llhttp's keep-alive answer
+        # then depends on its value, not only on the HTTP version.
+        self.connection_header = False
 
 
 def _without(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
@@ -123,11 +127,14 @@ def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
         elif lowered == b"upgrade":
             head.upgrade_value = value
         elif lowered == b"connection":
+            head.connection_header = True
             upgrade, extra = _connection_tokens(value)
             if upgrade:
                 head.upgrade = True
             if extra:
                 named = extra if named is None else named | extra
+        elif lowered == b"proxy-connection":
+            head.connection_header = True
         elif lowered == b"x-forwarded-for":
             head.x_forwarded_for = (
                 value if head.x_forwarded_for is None else head.x_forwarded_for + b", " + value

@@ -177,6 +177,18 @@ def test_http10_keep_alive(proxy: Proxy) -> None:
             assert response.body == pattern_bytes(10)
 
 
+def test_http10_proxy_connection_keep_alive_stays_http10(proxy: Proxy) -> None:
+    # llhttp keeps this alive like a 1.1 request without Connection; the proxy must still
+    # see 1.0: no Host needed, and "Connection: keep-alive" in the answer.
+    with proxy.client() as client:
+        for _ in range(2):
+            client.send(b"GET /size/10 HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n")
+            response = client.read_response()
+            assert response.status == 200
+            assert response.header("Connection") == "keep-alive"
+            assert response.body == pattern_bytes(10)
+
+
 def test_expect_100_continue(proxy: Proxy) -> None:
     body = b"x" * 5000
     with proxy.client() as client:
