@@ -250,7 +250,7 @@ class Exchange:
         tokens = pool.retry_tokens + pool.retry_ratio
         if tokens <= RETRY_RESERVE:
             pool.retry_tokens = tokens
-        server = pool.pick(self.key)
+        server = pool.selector.pick(pool.routable, self.key)  # `pool.pick` without `avoid`
         if server is None:
             self.fail(503, REJECTED)
             return
@@ -306,7 +306,7 @@ class Exchange:
             self.pending_size = 0
             self.down.set_paused(_PAUSE_PENDING, False)
         else:
-            conn.write(self.head)
+            conn.transport.write(self.head)  # type: ignore[union-attr]  # connected
         if self.down.write_paused:
             conn.pause_reading(True)
 
@@ -1032,7 +1032,8 @@ class DownstreamProtocol(asyncio.Protocol):
             framing = b"Connection: Upgrade\r\nUpgrade: " + head.upgrade_value + b"\r\n"
         else:
             framing = b""
-        pool = self.ctx.routes.match(head.host, target)
+        routes = self.ctx.routes
+        pool = routes.match(head.host, target) if routes.routes else routes.default
         if head.x_forwarded_for is None and head.forwarded is None:
             # The client address is fixed per connection and Host rarely changes: keep the
             # lines per connection, and per listener for the next connection of a client.
