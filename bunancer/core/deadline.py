@@ -24,7 +24,7 @@ class Deadline:
         self._callback = callback
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = 0.0
-        self.at = 0.0  # 0.0 means no deadline
+        self.at = 0.0  # 0.0 means no deadline (the hot path writes 0.0 here to clear)
 
     def set(self, seconds: float) -> None:
         # call_later, not call_at: uvloop's call_at is call_later after one more clock read.

@@ -1066,8 +1066,9 @@ class DownstreamProtocol(asyncio.Protocol):
         if chunked or (content_length is not None and content_length != b"0"):
             self._set_deadline(_T_BODY, settings.body_idle_timeout)
         else:
-            self.timeout_kind = _T_NONE  # `_set_deadline(_T_NONE, 0)`, inlined
-            self.deadline.clear()
+            # `_set_deadline(_T_NONE, 0)`, inlined down to `Deadline.clear`'s one store.
+            self.timeout_kind = _T_NONE
+            self.deadline.at = 0.0
         if self.active is None:
             self.active = exchange
             exchange.start()
