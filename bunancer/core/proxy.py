@@ -1002,9 +1002,10 @@ class DownstreamProtocol(asyncio.Protocol):
         head = scan_request_headers(self.headers)
         keep_alive = parser.should_keep_alive()
         if keep_alive and not head.connection_header:
-            # llhttp accepts HTTP/0.9, 1.0, 1.1 and 2.0 only, and without a Connection
-            # header keeps only 1.1 alive (tests/core/test_llhttp.py pins both): this is 1.1,
-            # known without get_http_version(), which formats a str (~2% of a request).
+            # llhttp accepts HTTP/0.9, 1.0, 1.1 and 2.0 only, and without a Connection or
+            # Proxy-Connection header keeps only 1.1 alive (tests/core/test_llhttp.py pins
+            # both): this is 1.1, known without get_http_version(), which formats a str
+            # (~3% of a request).
             http11 = True
         else:
             version = parser.get_http_version()
@@ -1033,6 +1034,7 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             framing = b""
         routes = self.ctx.routes
+        # (No rules, the usual case: the default pool, without the call to `match`.)
         pool = routes.match(head.host, target) if routes.routes else routes.default
         if head.x_forwarded_for is None and head.forwarded is None:
             # The client address is fixed per connection and Host rarely changes: keep the
