@@ -107,7 +107,7 @@ def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     """Split request headers into forwarded lines and facts; raise ProxyError on bad Host."""
     head = RequestHead()
     lines = head.lines
-    named: set[bytes] | None = None
+    named: frozenset[bytes] | None = None
     for name, value in headers:
         lowered = name.lower()
         if lowered not in _REQUEST_SPECIAL:
@@ -149,7 +149,7 @@ def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     if named:
         # Rare: Connection names end-to-end-looking headers; they go in a second pass
         # (never Host or Expect, which a client cannot make hop-by-hop).
-        head.lines = _without(lines, frozenset(named - _REQUEST_SPECIAL))
+        head.lines = _without(lines, named - _REQUEST_SPECIAL)
     return head
 
 
@@ -206,7 +206,7 @@ class ResponseHead:
 def scan_response_headers(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     head = ResponseHead()
     lines = head.lines
-    named: set[bytes] | None = None
+    named: frozenset[bytes] | None = None
     for name, value in headers:
         lowered = name.lower()
         if lowered not in _RESPONSE_SPECIAL:
@@ -224,5 +224,5 @@ def scan_response_headers(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
             if extra:
                 named = extra if named is None else named | extra
     if named:
-        head.lines = _without(lines, frozenset(named))
+        head.lines = _without(lines, named)
     return head

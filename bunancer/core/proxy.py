@@ -347,13 +347,17 @@ class Exchange:
             up.write(data)
             self.req_body_sent = True
         elif not self.done:
-            if self.pending is None:
-                self.pending = [data]
-            else:
-                self.pending.append(data)
+            self._hold(data)
             self.pending_size += len(data)
             if self.pending_size > self.down.ctx.settings.write_buffer_high:
                 self.down.set_paused(_PAUSE_PENDING, True)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep request bytes until a connection is attached (the list is made on demand)."""
+        if self.pending is None:
+            self.pending = [data]
+        else:
+            self.pending.append(data)
 
     def request_complete(self) -> None:
         self.req_complete = True
@@ -364,10 +368,7 @@ class Exchange:
             if up is not None:
                 up.write(LAST_CHUNK)
             elif not self.done:
-                if self.pending is None:
-                    self.pending = [LAST_CHUNK]
-                else:
-                    self.pending.append(LAST_CHUNK)
+                self._hold(LAST_CHUNK)
         if up is not None:
             up.request_sent()
 
