@@ -28,7 +28,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .server import Server
 
@@ -48,7 +48,7 @@ class Selector(Protocol):
 
 
 class _Base:
-    name = ""
+    name: ClassVar[str] = ""
     needs_key = False
     tracks_load = False
     tracks_latency = False
@@ -69,7 +69,7 @@ class _Base:
 class RoundRobin(_Base):
     """Each routable server in turn."""
 
-    name = "round-robin"
+    name: ClassVar[str] = "round-robin"
     __slots__ = ("_next",)
 
     def __init__(self, **_: Any) -> None:
@@ -100,7 +100,7 @@ class WeightedRoundRobin(_Base):
     rather than a,a,a,a,a,b,c. The order is built once per change (`update`), so a pick is
     an index into it, O(1)."""
 
-    name = "weighted-round-robin"
+    name: ClassVar[str] = "weighted-round-robin"
     MAX_SCHEDULE = 4096  # longer schedules are scaled down (proportions kept to ~0.1%)
 
     def __init__(self, **_: Any) -> None:
@@ -144,7 +144,7 @@ class LeastConnections(_Base):
     request pushes the server's new load, and stale entries are dropped when they surface.
     """
 
-    name = "least-connections"
+    name: ClassVar[str] = "least-connections"
     tracks_load = True
 
     def __init__(self, **_: Any) -> None:
@@ -169,7 +169,11 @@ class LeastConnections(_Base):
         if len(self._heap) > 4 * len(self._version) + 64:
             self.update(list(self._version))  # drop the stale entries in one go
 
-    started = finished = _push
+    def started(self, server: Server) -> None:
+        self._push(server)
+
+    def finished(self, server: Server) -> None:
+        self._push(server)
 
     def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
         heap = self._heap
@@ -185,7 +189,7 @@ class LeastConnections(_Base):
 class Random(_Base):
     """Uniformly at random, or in proportion to weights (bisect over cumulative weights)."""
 
-    name = "random"
+    name: ClassVar[str] = "random"
 
     def __init__(self, rng: random.Random | None = None, **_: Any) -> None:
         self._rng = rng or random.Random()
@@ -211,7 +215,7 @@ class PowerOfTwoChoices(_Base):
     (its in-flight count grows), at O(1) and without shared bookkeeping.
     """
 
-    name = "p2c"
+    name: ClassVar[str] = "p2c"
 
     def __init__(self, rng: random.Random | None = None, **_: Any) -> None:
         self._rng = rng or random.Random()
@@ -241,7 +245,7 @@ class PeakEwma(PowerOfTwoChoices):
     flight + 1).
     """
 
-    name = "peak-ewma"
+    name: ClassVar[str] = "peak-ewma"
     tracks_latency = True
     ALPHA = 0.2  # weight of a new sample below the estimate
 
@@ -304,7 +308,7 @@ class MaglevHash(_Base):
     hundred servers); building it is O(table size) per change of the routable set.
     """
 
-    name = "hash"
+    name: ClassVar[str] = "hash"
     needs_key = True
     TABLE_SIZE = 65537
 
@@ -366,7 +370,7 @@ class Sticky(_Base):
     """The server named by the request's sticky cookie, while it is routable; otherwise
     `fallback` picks, and the response sets the cookie (see `Exchange`)."""
 
-    name = "sticky"
+    name: ClassVar[str] = "sticky"
     needs_key = True
 
     def __init__(self, fallback: str = "p2c", **options: Any) -> None:

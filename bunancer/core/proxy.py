@@ -725,6 +725,7 @@ class Exchange:
 class DownstreamProtocol(asyncio.Protocol):
     """One client connection."""
 
+    __deletable__ = ("parser",)  # for mypyc: `_release` deletes it
     __slots__ = (
         # per connection
         "_forwarding",
@@ -776,8 +777,9 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # -- connection events ------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport subclasses
+    # A stream transport (uvloop's are not asyncio.Transport subclasses, hence the ignore).
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
         settings = self.ctx.settings
         transport.set_write_buffer_limits(settings.write_buffer_high, settings.write_buffer_low)
         peer = transport.get_extra_info("peername")
@@ -1025,7 +1027,7 @@ class DownstreamProtocol(asyncio.Protocol):
             if settings.max_body_bytes and int(content_length) > settings.max_body_bytes:
                 raise ProxyError(413)
             framing = b"Content-Length: " + content_length + b"\r\n"
-        elif chunked:
+        elif head.transfer_encoding is not None:  # chunked
             # Codings before the final chunked (rare) stay; chunked is re-applied by us.
             framing = b"Transfer-Encoding: " + head.transfer_encoding + b"\r\n"
         elif upgrade:
@@ -1045,12 +1047,14 @@ class DownstreamProtocol(asyncio.Protocol):
             else:
                 key = (self.client_ip, head.host)
                 cache = self.ctx.forwarding_cache
-                forwarding = cache.get(key)  # type: ignore[assignment]
-                if forwarding is None:
+                cached = cache.get(key)
+                if cached is None:
                     if len(cache) >= 4096:
                         cache.clear()
                     forwarding = forwarding_lines(head, self.client_ip, settings.forwarding)
                     cache[key] = forwarding
+                else:
+                    forwarding = cached
                 self._forwarding_host = head.host
                 self._forwarding = forwarding
         else:

@@ -63,7 +63,7 @@ class Server:
         self.port = port
         self.label = self.address.encode()  # for access log lines
         self.weight = weight
-        self.effective_weight: float = weight  # below `weight` while slow start ramps up
+        self.effective_weight = float(weight)  # below `weight` while slow start ramps up
         self.latency_ewma = 0.0  # microseconds, kept by latency-aware selectors
         self.latency_at = 0.0
         self.pool_name = pool_name

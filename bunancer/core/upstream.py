@@ -67,6 +67,7 @@ class Overloaded(Exception):
 class UpstreamProtocol(asyncio.Protocol):
     """One connection to a backend; serves one exchange at a time."""
 
+    __deletable__ = ("parser",)  # for mypyc: `_release` deletes it
     __slots__ = (
         "_discard",
         "_headers",
@@ -100,8 +101,9 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # -- connection events -------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport subclasses
+    # A stream transport (uvloop's are not asyncio.Transport subclasses, hence the ignore).
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
         settings = self.pool.settings
         transport.set_write_buffer_limits(settings.write_buffer_high, settings.write_buffer_low)
 
