@@ -1,0 +1,147 @@
+"""The data plane's per-request modules compiled with mypyc: the same source, run as C.
+
+bunancer is written and read as Python. `bunancer compile` runs mypyc over the modules in
+`COMPILED` (everything a proxied request passes through) and writes the extension modules
+to ``bunancer/core/_compiled/`` beside a digest of the source they were built from.
+Importing `bunancer.core` puts that directory first on the package's search path only
+while the digest still matches, so an edited module runs as Python until the next
+compile and never as a stale build. ``BUNANCER_PURE_PYTHON=1`` runs the Python source
+regardless. Compiled, a keep-alive request costs about half the instructions.
+
+This module must not import `bunancer.core`: it decides how that package loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+CORE = PACKAGE / "core"
+COMPILED_DIR = CORE / "_compiled"
+DIGEST_FILE = "source.sha256"
+PURE_ENV = "BUNANCER_PURE_PYTHON"
+# The per-request path. Everything else (health checks, registry, stats export) runs
+# rarely enough that compiling it would only lengthen the build.
+COMPILED = (
+    "algorithms",
+    "deadline",
+    "errors",
+    "framing",
+    "headers",
+    "pool",
+    "proxy",
+    "server",
+    "stats",
+    "upstream",
+)
+# The shared library mypyc builds for the group: bunancer/core/native__mypyc*.so.
+GROUP = "bunancer.core.native"
+
+# Run in a fresh interpreter inside the build directory: mypyc's setuptools entry point.
+_BUILD_SCRIPT = """
+import sys
+from mypyc.build import mypycify
+from setuptools import setup
+
+setup(
+    name="bunancer-native",
+    ext_modules=mypycify(
+        ["--follow-imports=silent", "--ignore-missing-imports", *sys.argv[2:]],
+        group_name=sys.argv[1],
+    ),
+    script_args=["build_ext", "--inplace"],
+)
+"""
+
+
+class CompileError(Exception):
+    """mypyc or the C compiler failed; the message carries the end of their output."""
+
+
+def source_digest(package: Path = PACKAGE) -> str:
+    """What a build depends on: the data plane's source, the config types it reads, and
+    the interpreter's extension ABI."""
+    digest = hashlib.sha256(sysconfig.get_config_var("EXT_SUFFIX").encode())
+    for path in (*sorted((package / "core").glob("*.py")), package / "config.py"):
+        digest.update(b"\0%s\0" % path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def status() -> str:
+    """``compiled``, or why the Python source runs: ``pure: ...``."""
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return f"pure: {PURE_ENV} is set"
+    try:
+        built = (COMPILED_DIR / DIGEST_FILE).read_text().strip()
+    except FileNotFoundError:
+        return "pure: not compiled (run `bunancer compile`)"
+    if built != source_digest():
+        return "pure: the source changed since the last compile (run `bunancer compile`)"
+    return "compiled"
+
+
+def activate(search_path: list[str]) -> str:
+    """Called by `bunancer.core` as it loads: put the compiled modules first when usable."""
+    state = status()
+    if state == "compiled":
+        search_path.insert(0, str(COMPILED_DIR))
+    return state
+
+
+def compile_core(force: bool = False, log: Callable[[str], object] = print) -> bool:
+    """Build the compiled modules unless an up-to-date build exists; True if it built."""
+    if not force and status() == "compiled":
+        return False
+    try:
+        import mypyc  # noqa: F401  (only to say what is missing)
+    except ImportError:
+        raise CompileError(
+            "mypyc is not installed: pip install 'bunancer[native]' (it comes with mypy)"
+        ) from None
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bunancer-compile-") as tmp:
+        tree = Path(tmp) / "bunancer"
+        shutil.copytree(
+            PACKAGE, tree, ignore=shutil.ignore_patterns("__pycache__", "_compiled*", "web")
+        )
+        digest = source_digest(tree)  # of what is built, even if the source moves on
+        log(f"compiling {len(COMPILED)} data-plane modules with mypyc (about a minute)...")
+        sources = [f"bunancer/core/{module}.py" for module in COMPILED]
+        result = subprocess.run(
+            [sys.executable, "-c", _BUILD_SCRIPT, GROUP, *sources],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        built = sorted((tree / "core").glob("*.so"))
+        if result.returncode != 0 or len(built) != len(COMPILED) + 1:
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+            raise CompileError(f"mypyc failed (exit {result.returncode}):\n{tail}")
+        _install(built, digest)
+    log(f"compiled in {time.monotonic() - started:.0f} s into {COMPILED_DIR}")
+    return True
+
+
+def _install(built: list[Path], digest: str) -> None:
+    """Swap the new build in whole: a process starting meanwhile sees a whole build or none."""
+    fresh = CORE / f"_compiled.new-{os.getpid()}"
+    stale = CORE / f"_compiled.old-{os.getpid()}"
+    fresh.mkdir()
+    for path in built:
+        shutil.copy2(path, fresh / path.name)
+    (fresh / DIGEST_FILE).write_text(digest + "\n")
+    if COMPILED_DIR.exists():
+        COMPILED_DIR.rename(stale)
+    fresh.rename(COMPILED_DIR)
+    shutil.rmtree(stale, ignore_errors=True)
