@@ -380,8 +380,10 @@ class Exchange:
     def interim_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if not self.http11 or self.resp_started:
             return  # HTTP/1.0 clients do not take 1xx responses
-        head = scan_response_headers(headers)
-        self.out.append(b"".join((STATUS_LINES[status], *head.lines, b"\r\n")))
+        lines = scan_response_headers(headers).lines
+        lines[0] = STATUS_LINES[status]
+        lines.append(b"\r\n")
+        self.out.append(b"".join(lines))
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         server = self.server
@@ -423,14 +425,17 @@ class Exchange:
             and not down.client_eof
         )
         self.keep_alive = keep
-        parts = [STATUS_LINES[status], *head.lines]
+        parts = head.lines
+        parts[0] = STATUS_LINES[status]
         if out_body is BODY_CHUNKED:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif head.content_length is not None and (
             out_body is BODY_LENGTH or self.head_request or status == 304
         ):
             # HEAD and 304 keep the length of the representation they describe.
-            parts.extend((b"Content-Length: ", head.content_length, b"\r\n"))
+            parts.append(b"Content-Length: ")
+            parts.append(head.content_length)
+            parts.append(b"\r\n")
         if not keep:
             parts.append(b"Connection: close\r\n")
         elif not self.http11:
@@ -448,17 +453,12 @@ class Exchange:
             # A 101 nobody asked for cannot be relayed as HTTP: treat it as broken.
             self.upstream_failed(502, "101 Switching Protocols without an upgrade request")
             return
-        self.out.append(
-            b"".join(
-                (
-                    STATUS_LINES[101],
-                    *head.lines,
-                    b"Connection: Upgrade\r\nUpgrade: ",
-                    head.upgrade_value,
-                    b"\r\n\r\n",
-                )
-            )
-        )
+        lines = head.lines
+        lines[0] = STATUS_LINES[101]
+        lines.append(b"Connection: Upgrade\r\nUpgrade: ")
+        lines.append(head.upgrade_value)
+        lines.append(b"\r\n\r\n")
+        self.out.append(b"".join(lines))
         self.resp_started = True
         self.status = 101
 
