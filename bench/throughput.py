@@ -10,6 +10,8 @@ over the same two backends with upstream keep-alive:
     haproxy    ``nbthread 1``, ``http-reuse always``             (if haproxy is on PATH)
 
 Every front is a single process with a single thread, so the comparison is one core each.
+bunancer runs its mypyc build when ``bunancer compile`` made one that matches the source
+(the title says which); the opt-in front ``bunancer-pure`` runs the Python source beside it.
 wrk (``-t1 -c64 --latency``) drives each front in two modes: ``keepalive`` (wrk reuses
 its 64 connections) and ``close`` (``Connection: close``: one TCP connection per request,
 which adds accept/close work on the front; upstream connections stay kept alive). Fronts
@@ -70,6 +72,9 @@ from typing import Any, NoReturn, TypeVar
 from rich.console import Console
 from rich.table import Table
 
+from bunancer import native
+from bunancer.native import PURE_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HOST = "127.0.0.1"
@@ -80,10 +85,12 @@ VARIANTS = {
     "bunancer-nostats": "[stats]\nenabled = false\n",
     "bunancer-accesslog": '[access_log]\npath = "{workdir}/access.log"\n',
     "bunancer-ewma": "",  # the default algorithm (peak-ewma) instead of round-robin
+    "bunancer-pure": "",  # the Python source, not the mypyc build (BUNANCER_PURE_PYTHON)
 }
 # nginx and HAProxy balance round-robin here, so bunancer does too; `bunancer-ewma` shows
 # what the default algorithm (peak-ewma: a clock read and two random draws per request) adds.
-ALGORITHM = {"bunancer": "round-robin"}
+ALGORITHM = {"bunancer": "round-robin", "bunancer-pure": "round-robin"}
+ENVIRONMENT = {"bunancer-pure": {PURE_ENV: "1"}}
 # Not run by default either: the floor for a Python proxy (bench/bare_relay.py).
 BARE = "bare"
 ALL_FRONTS = (*FRONTS, BARE, *VARIANTS)
@@ -133,12 +140,13 @@ class Supervisor:
     workdir: Path
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str]) -> Child:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
                 argv,
                 cwd=ROOT,
+                env={**os.environ, **env} if env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -359,7 +367,7 @@ def start_bunancer(
     )
     state_dir = supervisor.workdir / f"{name}-state"
     argv = [sys.executable, "-m", "bunancer", "serve", "--config", str(config)]
-    child = supervisor.start(name, [*argv, "--state-dir", str(state_dir)])
+    child = supervisor.start(name, [*argv, "--state-dir", str(state_dir)], ENVIRONMENT.get(name))
     ready = wait_log_line(child, r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
     return Endpoint(name, int(ready.group(1)), child)
 
@@ -670,7 +678,8 @@ def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
 def results_table(summaries: list[Summary], args: argparse.Namespace) -> Table:
     title = (
         f"throughput: {args.runs} run(s) x {args.duration:g}s, {args.connections} connections, "
-        f"{args.size} B bodies, {args.backend_kind} backends (medians)"
+        f"{args.size} B bodies, {args.backend_kind} backends (medians); "
+        f"bunancer data plane {args.data_plane}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("mode")
@@ -883,7 +892,7 @@ def build_report(
     return {
         "date": started.isoformat(),
         "settings": settings | {"modes": args.modes, "fronts": args.front_names},
-        "machine": machine_info(),
+        "machine": machine_info() | {"data_plane": args.data_plane},
         "summary": [asdict(summary) for summary in summaries],
         "ratios": ratio_rows,
         **raw,
@@ -895,6 +904,7 @@ def main(argv: list[str] | None = None) -> None:
     check_tools(args)
     args.front_names = choose_fronts(args.fronts)
     args.modes = list(MODES) if args.mode == "both" else [args.mode]
+    args.data_plane = native.status()  # as the fronts start: compiled, or why not
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     started = datetime.now(UTC)
     try:
