@@ -13,6 +13,7 @@ This module must not import `bunancer.core`: it decides how that package loads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -141,7 +142,10 @@ def _install(built: list[Path], digest: str) -> None:
     for path in built:
         shutil.copy2(path, fresh / path.name)
     (fresh / DIGEST_FILE).write_text(digest + "\n")
-    if COMPILED_DIR.exists():
+    with contextlib.suppress(FileNotFoundError):
         COMPILED_DIR.rename(stale)
-    fresh.rename(COMPILED_DIR)
+    try:
+        fresh.rename(COMPILED_DIR)
+    except OSError:  # a compile running beside this one swapped its build in first: keep it
+        shutil.rmtree(fresh, ignore_errors=True)
     shutil.rmtree(stale, ignore_errors=True)

@@ -47,7 +47,10 @@ class Selector(Protocol):
     def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None: ...
 
 
-class _Base:
+class SelectorBase:
+    """What every selector shares: the Selector defaults, and one type for the pool to hold
+    (compiled, calls through it are direct rather than looked up by name)."""
+
     name: ClassVar[str] = ""
     needs_key = False
     tracks_load = False
@@ -55,6 +58,13 @@ class _Base:
 
     def update(self, servers: Sequence[Server]) -> None:
         pass
+
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        raise NotImplementedError
+
+    def knows(self, key: bytes | None) -> bool:
+        """Whether `key` names a server (sticky cookies)."""
+        return False
 
     def started(self, server: Server) -> None:
         pass
@@ -66,7 +76,7 @@ class _Base:
         pass
 
 
-class RoundRobin(_Base):
+class RoundRobin(SelectorBase):
     """Each routable server in turn."""
 
     name: ClassVar[str] = "round-robin"
@@ -95,7 +105,7 @@ def _weights(servers: Sequence[Server]) -> list[int]:
     return [max(1, round(s.effective_weight * 10)) for s in servers]
 
 
-class WeightedRoundRobin(_Base):
+class WeightedRoundRobin(SelectorBase):
     """nginx's smooth weighted round-robin, precomputed: weights 5,1,1 give a,a,b,a,c,a,a
     rather than a,a,a,a,a,b,c. The order is built once per change (`update`), so a pick is
     an index into it, O(1)."""
@@ -137,7 +147,7 @@ class WeightedRoundRobin(_Base):
         return schedule[index]
 
 
-class LeastConnections(_Base):
+class LeastConnections(SelectorBase):
     """Fewest requests in flight per unit of weight; ties broken in turn.
 
     A heap with lazy invalidation keeps each pick O(log n): every start and finish of a
@@ -186,7 +196,7 @@ class LeastConnections(_Base):
         return None
 
 
-class Random(_Base):
+class Random(SelectorBase):
     """Uniformly at random, or in proportion to weights (bisect over cumulative weights)."""
 
     name: ClassVar[str] = "random"
@@ -208,7 +218,7 @@ class Random(_Base):
         return self._servers[bisect.bisect_right(cumulative, point)]
 
 
-class PowerOfTwoChoices(_Base):
+class PowerOfTwoChoices(SelectorBase):
     """Two servers at random, the one with fewer requests in flight per unit of weight.
 
     Nearly as good as least-connections at keeping a slow server from piling up requests
@@ -300,7 +310,7 @@ def _stable_hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-class MaglevHash(_Base):
+class MaglevHash(SelectorBase):
     """Consistent hashing with a Maglev lookup table: O(1) per pick, and when a server
     joins or leaves about 1/n of the keys move. Weights give servers more table entries.
 
@@ -366,7 +376,7 @@ def sticky_token(server: Server) -> str:
     return hashlib.blake2b(f"{server.pool_name}/{server.id}".encode(), digest_size=6).hexdigest()
 
 
-class Sticky(_Base):
+class Sticky(SelectorBase):
     """The server named by the request's sticky cookie, while it is routable; otherwise
     `fallback` picks, and the response sets the cookie (see `Exchange`)."""
 
@@ -405,7 +415,7 @@ class Sticky(_Base):
         self.fallback.observe(server, us)
 
 
-ALGORITHMS: dict[str, type[Any]] = {
+ALGORITHMS: dict[str, type[SelectorBase]] = {
     cls.name: cls
     for cls in (
         RoundRobin,
@@ -421,7 +431,7 @@ ALGORITHMS: dict[str, type[Any]] = {
 ALGORITHM_NAMES = tuple(ALGORITHMS)
 
 
-def make_selector(name: str, **options: Any) -> Any:
+def make_selector(name: str, **options: Any) -> SelectorBase:
     try:
         cls = ALGORITHMS[name]
     except KeyError:
