@@ -20,6 +20,9 @@ import httptools
 from .deadline import Deadline
 
 if TYPE_CHECKING:
+    # The one kind of exchange a connection serves. Named as the class, not as a Protocol,
+    # so that compiled calls into it are direct (see bunancer.native).
+    from .proxy import Exchange
     from .server import Server
 
 
@@ -28,25 +31,6 @@ class PendingCounter(Protocol):
 
     pending: int
     max_pending: int
-
-
-class ExchangeSide(Protocol):
-    """What an upstream connection needs from the exchange it serves (see proxy.Exchange)."""
-
-    head_request: bool
-    req_complete: bool
-
-    def attach(self, conn: UpstreamProtocol) -> None: ...
-    def connect_failed(self, server: Server, error: BaseException) -> None: ...
-    def interim_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
-    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
-    def response_body(self, data: bytes) -> None: ...
-    def response_complete(self, reusable: bool) -> None: ...
-    def flush(self) -> None: ...
-    def upstream_lost(self, conn: UpstreamProtocol) -> None: ...
-    def upstream_failed(self, status: int, detail: str) -> None: ...
-    def upstream_paused(self, paused: bool) -> None: ...
-    def upgraded(self, conn: UpstreamProtocol, rest: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +72,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: ExchangeSide | None = None
+        self.exchange: Exchange | None = None
         self.deadline = Deadline(pool.loop, self._on_deadline)
         self.closed = False
         self.reused = False  # served an exchange before the current one
@@ -147,7 +131,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self.deadline.set(self.pool.settings.response_timeout)
             exchange.flush()
 
-    def _switch(self, exchange: ExchangeSide, rest: bytes) -> None:
+    def _switch(self, exchange: Exchange, rest: bytes) -> None:
         """The backend switched protocols: this connection leaves the pool for a tunnel."""
         self.exchange = None
         self.deadline.cancel()
@@ -184,7 +168,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     # -- exchange lifecycle ---------------------------------------------------------------
 
-    def begin(self, exchange: ExchangeSide) -> None:
+    def begin(self, exchange: Exchange) -> None:
         """Start serving `exchange`: its request is about to be written."""
         self.exchange = exchange
         self.got_bytes = False
@@ -286,7 +270,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.reused = True
         exchange.response_complete(self.parser.should_keep_alive() and not self.closed)
 
-    def _finish(self, exchange: ExchangeSide, keep_alive: bool) -> None:
+    def _finish(self, exchange: Exchange, keep_alive: bool) -> None:
         self.exchange = None
         self.reused = True
         exchange.response_complete(keep_alive and not self.closed)
@@ -320,11 +304,11 @@ class UpstreamPool:
         self.idle: list[UpstreamProtocol] = []  # LIFO: append and pop at the end
         self.total = 0  # open or opening
         self.opening = 0
-        self.waiters: deque[tuple[ExchangeSide, asyncio.TimerHandle]] = deque()
+        self.waiters: deque[tuple[Exchange, asyncio.TimerHandle]] = deque()
         self.closing = False
         self.owner: PendingCounter | None = None  # the server's pool: caps waiting requests
 
-    def acquire(self, exchange: ExchangeSide) -> None:
+    def acquire(self, exchange: Exchange) -> None:
         """Give `exchange` a connection now (idle one) or later (opened, or freed)."""
         idle = self.idle
         while idle:
@@ -349,7 +333,7 @@ class UpstreamPool:
         self.opening += 1
         self.loop.create_task(self._open(exchange))
 
-    def cancel(self, exchange: ExchangeSide) -> None:
+    def cancel(self, exchange: Exchange) -> None:
         """Forget a waiting exchange (its client went away)."""
         for index, (waiter, handle) in enumerate(self.waiters):
             if waiter is exchange:
@@ -358,7 +342,7 @@ class UpstreamPool:
                 self._left_queue()
                 return
 
-    async def _open(self, exchange: ExchangeSide | None) -> None:
+    async def _open(self, exchange: Exchange | None) -> None:
         server = self.server
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
@@ -402,7 +386,7 @@ class UpstreamPool:
         self.idle.append(conn)
         conn.deadline.set(self.settings.idle_timeout)
 
-    def _hand_over(self, conn: UpstreamProtocol, exchange: ExchangeSide) -> None:
+    def _hand_over(self, conn: UpstreamProtocol, exchange: Exchange) -> None:
         if conn.closed:
             self.acquire(exchange)
         elif not getattr(exchange, "wants_connection", True):
@@ -436,7 +420,7 @@ class UpstreamPool:
         if self.owner is not None:
             self.owner.pending -= 1
 
-    def _waiter_timeout(self, exchange: ExchangeSide) -> None:
+    def _waiter_timeout(self, exchange: Exchange) -> None:
         for index, (waiter, _) in enumerate(self.waiters):
             if waiter is exchange:
                 del self.waiters[index]
