@@ -1,4 +1,4 @@
-"""Python cost of one proxied request, without sockets: the data plane's own overhead.
+"""The cost of one proxied request, without sockets: the data plane's own overhead.
 
 Drives a real `DownstreamProtocol` and `UpstreamProtocol` with fake transports: feed a
 request, feed the backend's response, check the client got it, repeat. What is left is
@@ -8,10 +8,13 @@ which is the part of the cost this project controls (the rest is syscalls and th
     python -m bench.hotpath [--requests 200000] [--runs 5]
     python -m bench.hotpath --instructions      # needs valgrind
 
-Prints the median microseconds per request. Shared machines make even this vary by 30%,
-so `--instructions` counts CPU instructions per request under callgrind instead (two runs
-of different lengths, subtracted, so start-up cost cancels): the same number every time
-for the same code, which is what a before/after comparison of an optimisation needs.
+Measures the data plane as `bunancer.core` loads it: compiled when `bunancer compile`
+built it from this source (the output says when it is not), the Python source with
+BUNANCER_PURE_PYTHON=1. Prints the median microseconds per request. Shared machines make
+even this vary by 30%, so `--instructions` counts CPU instructions per request under
+callgrind instead (two runs of different lengths, subtracted, so start-up cost cancels):
+the same number every time for the same code, which is what a before/after comparison of
+an optimisation needs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 import uvloop
 
+from bunancer.core import NATIVE
 from bunancer.core.accesslog import AccessLog
 from bunancer.core.pool import ServerPool
 from bunancer.core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
@@ -174,6 +178,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     mode = "connection per request" if args.close else "keep-alive"
+    if NATIVE != "compiled":
+        mode += f"; {NATIVE}"  # the Python source ran, and why
     if args.instructions:
         count = instructions_per_request(args.close)
         print(f"hot path ({mode}): {count:,.0f} instructions/request")
