@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 from http import HTTPStatus
+from typing import Final
 
 REASONS: dict[int, bytes] = {
     100: b"Continue",
@@ -78,4 +79,4 @@ def _status_lines() -> tuple[bytes, ...]:
 
 # Responses go out with the standard reason phrase for their status: clients ignore the
 # phrase (RFC 9112 4), and not asking httptools for the backend's saves a callback each.
-STATUS_LINES = _status_lines()
+STATUS_LINES: Final = _status_lines()

@@ -16,23 +16,24 @@ costs it a slice assignment, about four times as much).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from .errors import ProxyError
 from .framing import CHECKED_HOSTS, check_host
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
 )
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-_REQUEST_REPLACED = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+_REQUEST_REPLACED: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
 # Every request header name that needs more than copying.
-_REQUEST_SPECIAL = (
+_REQUEST_SPECIAL: Final = (
     HOP_BY_HOP
     | _FRAMING
     | _REQUEST_REPLACED
     | {b"host", b"x-forwarded-for", b"forwarded", b"expect"}
 )
-_RESPONSE_SPECIAL = HOP_BY_HOP | _FRAMING
+_RESPONSE_SPECIAL: Final = HOP_BY_HOP | _FRAMING
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ class ForwardingOptions:
 
 
 # Connection tokens that are not names of other headers to drop.
-_NOT_HEADER_NAMES = HOP_BY_HOP | {b"close"}
+_NOT_HEADER_NAMES: Final = HOP_BY_HOP | {b"close"}
 
 
 def _parse_connection(value: bytes) -> tuple[bool, frozenset[bytes]]:
@@ -53,7 +54,7 @@ def _parse_connection(value: bytes) -> tuple[bool, frozenset[bytes]]:
 
 
 # The values nearly every client and backend send, answered without building sets.
-_COMMON_CONNECTION_VALUES = {
+_COMMON_CONNECTION_VALUES: Final = {
     value: _parse_connection(value)
     for value in (b"close", b"Close", b"keep-alive", b"Keep-Alive", b"upgrade", b"Upgrade")
 }

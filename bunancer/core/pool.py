@@ -8,7 +8,7 @@ key (hash, sticky), the retry rules and budget, the cap on waiting requests, pan
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from ..config import DEFAULT_ALGORITHM, BalancingConfig
 from .algorithms import SelectorBase, make_selector
@@ -16,11 +16,11 @@ from .server import Server
 from .states import State
 from .stats import ServerStats
 
-_OUT_OF_ROTATION = (State.DISABLED, State.DRAINING)
+_OUT_OF_ROTATION: Final = (State.DISABLED, State.DRAINING)
 # Retries allowed in a burst beyond the budget's share: enough for every request in flight
 # on a server that dies at once (a few dozen at 20k req/s), small against a pool that fails
 # for good (then the share, retry_budget per request, is the limit).
-RETRY_RESERVE = 100.0
+RETRY_RESERVE: Final = 100.0
 
 
 class ServerPool:

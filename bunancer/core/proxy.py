@@ -18,7 +18,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from time import perf_counter  # request timing: uvloop's loop.time() counts milliseconds
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -65,14 +65,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("bunancer.proxy")
 
 # Why the client side's reading is paused (several reasons can hold at once).
-_PAUSE_UPSTREAM_FULL = 1  # the upstream write buffer is over its high-water mark
-_PAUSE_PENDING = 2  # body bytes are buffered while no upstream connection is attached
-_PAUSE_PIPELINE = 4  # too many pipelined requests wait behind the active one
-_PAUSE_DONE = 8  # no more requests will be read on this connection
-_PAUSE_UPGRADE = 16  # an upgrade request waits for its answer
+_PAUSE_UPSTREAM_FULL: Final = 1  # the upstream write buffer is over its high-water mark
+_PAUSE_PENDING: Final = 2  # body bytes are buffered while no upstream connection is attached
+_PAUSE_PIPELINE: Final = 4  # too many pipelined requests wait behind the active one
+_PAUSE_DONE: Final = 8  # no more requests will be read on this connection
+_PAUSE_UPGRADE: Final = 16  # an upgrade request waits for its answer
 
 # What the single downstream deadline currently means.
-_T_NONE, _T_HEADER, _T_BODY, _T_KEEPALIVE, _T_SEND = range(5)
+_T_NONE: Final = 0
+_T_HEADER: Final = 1
+_T_BODY: Final = 2
+_T_KEEPALIVE: Final = 3
+_T_SEND: Final = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,12 +17,18 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
-BUCKETS = 112  # up to 2**27 us (134 s); slower requests land in the last bucket
-WINDOW_SECONDS = 60
+BUCKETS: Final = 112  # up to 2**27 us (134 s); slower requests land in the last bucket
+WINDOW_SECONDS: Final = 60
 
 # Error classes, by index in `errors` (the order is the Prometheus label order too).
-CONNECT, TIMEOUT, UPSTREAM_5XX, CLIENT_4XX, CLIENT_ABORT, REJECTED = range(6)
+CONNECT: Final = 0
+TIMEOUT: Final = 1
+UPSTREAM_5XX: Final = 2
+CLIENT_4XX: Final = 3
+CLIENT_ABORT: Final = 4
+REJECTED: Final = 5
 ERROR_NAMES = ("connect", "timeout", "upstream_5xx", "client_4xx", "client_abort", "rejected")
 
 
@@ -181,7 +187,7 @@ class ServerStats:
         return [0] * (seconds - len(window)) + [s.requests for s in window]
 
 
-_EMPTY: list[int] = [0] * BUCKETS  # shared by every idle second; never written to
+_EMPTY: Final[list[int]] = [0] * BUCKETS  # shared by every idle second; never written to
 
 
 def merge_latency(windows: Iterable[list[int]]) -> list[int]:
