@@ -35,6 +35,26 @@ _REQUEST_SPECIAL: Final = (
 )
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | _FRAMING
 
+# Header names as they were spelled -> the lower-case name when it needs more than copying,
+# b"" otherwise. Clients and backends repeat a few spellings, so lower() and the set lookup
+# run once per spelling (compiled, bytes.lower() is a call by name, a dict get is not).
+# Bounded like framing.CHECKED_HOSTS: full, it starts over.
+_REQUEST_NAMES: Final[dict[bytes, bytes]] = {}
+_RESPONSE_NAMES: Final[dict[bytes, bytes]] = {}
+_NAMES_MAX: Final = 1024
+_NAME_MAX_LENGTH: Final = 64
+
+
+def _classify(name: bytes, names: dict[bytes, bytes], special: frozenset[bytes]) -> bytes:
+    """A name not seen yet: what the `names` cache says of it from now on."""
+    lowered = name.lower()
+    kind = lowered if lowered in special else b""
+    if len(name) <= _NAME_MAX_LENGTH:
+        if len(names) >= _NAMES_MAX:
+            names.clear()
+        names[name] = kind
+    return kind
+
 
 @dataclass(frozen=True, slots=True)
 class ForwardingOptions:
@@ -121,8 +141,10 @@ def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     lines = head.lines
     named: frozenset[bytes] | None = None
     for name, value in headers:
-        lowered = name.lower()
-        if lowered not in _REQUEST_SPECIAL:
+        lowered = _REQUEST_NAMES.get(name)
+        if lowered is None:
+            lowered = _classify(name, _REQUEST_NAMES, _REQUEST_SPECIAL)
+        if not lowered:
             _add(lines, name, value)
             continue
         if lowered == b"host":
@@ -224,8 +246,10 @@ def scan_response_headers(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     lines = head.lines
     named: frozenset[bytes] | None = None
     for name, value in headers:
-        lowered = name.lower()
-        if lowered not in _RESPONSE_SPECIAL:
+        lowered = _RESPONSE_NAMES.get(name)
+        if lowered is None:
+            lowered = _classify(name, _RESPONSE_NAMES, _RESPONSE_SPECIAL)
+        if not lowered:
             _add(lines, name, value)
         elif lowered == b"content-length":
             head.content_length = value

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from bunancer.core import headers
 from bunancer.core.errors import ProxyError
 from bunancer.core.headers import (
     ForwardingOptions,
@@ -122,3 +123,23 @@ def test_response_headers() -> None:
     assert head.chunked is False
     assert scan_response_headers([(b"Transfer-Encoding", b"gzip, Chunked")]).chunked is True
     assert scan_response_headers([(b"Transfer-Encoding", b"gzip")]).chunked is False
+
+
+def test_names_are_classified_in_any_spelling_and_their_memory_is_bounded() -> None:
+    """Names are remembered per spelling: a flood of new ones cannot grow memory, and an
+    unusual spelling of a special name is as special from memory as the first time."""
+    for index in range(1500):
+        scan_request_headers([(b"X-Flood-%d" % index, b"1")])
+        scan_response_headers([(b"X-Flood-%d" % index, b"1")])
+    assert 0 < len(headers._REQUEST_NAMES) <= 1024
+    assert 0 < len(headers._RESPONSE_NAMES) <= 1024
+    request = [(b"HOST", b"h"), (b"CONNECTION", b"close, X-A"), (b"X-A", b"1"), (b"x-b", b"2")]
+    response = [(b"CONTENT-LENGTH", b"5"), (b"KEEP-ALIVE", b"timeout=5"), (b"X-C", b"3")]
+    for _ in range(2):  # the first time computed, the second from memory
+        head = scan_request_headers(request)
+        assert head.host == b"h"
+        assert head.connection_header
+        assert lines(head.lines) == [b"HOST: h", b"x-b: 2"]
+        answer = scan_response_headers(response)
+        assert answer.content_length == b"5"
+        assert lines(answer.lines) == [b"X-C: 3"]
