@@ -180,7 +180,7 @@ def serve(
 @click.option("--force", is_flag=True, help="Rebuild even when the build matches the source.")
 @click.option("-q", "--quiet", is_flag=True, help="Say nothing when there is nothing to do.")
 def compile_command(force: bool, quiet: bool) -> None:
-    """Compile the per-request modules with mypyc (about half the instructions a request).
+    """Compile the per-request modules with mypyc (about 40% of the instructions a request).
 
     The same Python source runs either way; a build is used only while it matches the
     source, so an edited module runs as Python until the next compile. Needs a C compiler

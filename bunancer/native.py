@@ -6,7 +6,7 @@ to ``bunancer/core/_compiled/`` beside a digest of the source they were built fr
 Importing `bunancer.core` puts that directory first on the package's search path only
 while the digest still matches, so an edited module runs as Python until the next
 compile and never as a stale build. ``BUNANCER_PURE_PYTHON=1`` runs the Python source
-regardless. Compiled, a keep-alive request costs about half the instructions.
+regardless. Compiled, a keep-alive request takes about 40% of the instructions.
 
 This module must not import `bunancer.core`: it decides how that package loads.
 """
