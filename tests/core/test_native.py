@@ -68,7 +68,8 @@ def test_the_suite_runs_the_compiled_data_plane() -> None:
     """`./run test` compiles first: a failed build must show here, not pass silently."""
     if os.environ.get(native.PURE_ENV):
         pytest.skip(f"{native.PURE_ENV} is set: this run is of the Python source")
-    assert native.status() == "compiled"
+    state = native.status()
+    assert state == "compiled", f"{state} (./run test compiles before the suite)"
     state, proxy, tunnel = load(native.PACKAGE.parent)
     assert state == "compiled"
     assert proxy.endswith(".so")
