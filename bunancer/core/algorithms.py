@@ -28,36 +28,24 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from .server import Server
 
 Clock = Callable[[], float]
 
 
-class Selector(Protocol):
-    name: str
-    needs_key: bool  # pick() wants a request key (hash, sticky)
-    tracks_load: bool  # wants started()/finished() calls per request (least-connections)
-    tracks_latency: bool  # wants observe() per response (peak-ewma)
+class Selector:
+    """The base of every algorithm: the interface with its defaults. The pool holds its
+    selector as this class (compiled, calls through it are direct, not looked up by name)."""
+
+    name: ClassVar[str] = ""
+    needs_key = False  # pick() wants a request key (hash, sticky)
+    tracks_load = False  # wants started()/finished() calls per request (least-connections)
+    tracks_latency = False  # wants observe() per response (peak-ewma)
 
     def update(self, servers: Sequence[Server]) -> None:
         """The routable set changed: rebuild per-set state."""
-
-    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None: ...
-
-
-class SelectorBase:
-    """What every selector shares: the Selector defaults, and one type for the pool to hold
-    (compiled, calls through it are direct rather than looked up by name)."""
-
-    name: ClassVar[str] = ""
-    needs_key = False
-    tracks_load = False
-    tracks_latency = False
-
-    def update(self, servers: Sequence[Server]) -> None:
-        pass
 
     def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
         raise NotImplementedError
@@ -76,7 +64,7 @@ class SelectorBase:
         pass
 
 
-class RoundRobin(SelectorBase):
+class RoundRobin(Selector):
     """Each routable server in turn."""
 
     name: ClassVar[str] = "round-robin"
@@ -105,7 +93,7 @@ def _weights(servers: Sequence[Server]) -> list[int]:
     return [max(1, round(s.effective_weight * 10)) for s in servers]
 
 
-class WeightedRoundRobin(SelectorBase):
+class WeightedRoundRobin(Selector):
     """nginx's smooth weighted round-robin, precomputed: weights 5,1,1 give a,a,b,a,c,a,a
     rather than a,a,a,a,a,b,c. The order is built once per change (`update`), so a pick is
     an index into it, O(1)."""
@@ -147,7 +135,7 @@ class WeightedRoundRobin(SelectorBase):
         return schedule[index]
 
 
-class LeastConnections(SelectorBase):
+class LeastConnections(Selector):
     """Fewest requests in flight per unit of weight; ties broken in turn.
 
     A heap with lazy invalidation keeps each pick O(log n): every start and finish of a
@@ -196,7 +184,7 @@ class LeastConnections(SelectorBase):
         return None
 
 
-class Random(SelectorBase):
+class Random(Selector):
     """Uniformly at random, or in proportion to weights (bisect over cumulative weights)."""
 
     name: ClassVar[str] = "random"
@@ -218,7 +206,7 @@ class Random(SelectorBase):
         return self._servers[bisect.bisect_right(cumulative, point)]
 
 
-class PowerOfTwoChoices(SelectorBase):
+class PowerOfTwoChoices(Selector):
     """Two servers at random, the one with fewer requests in flight per unit of weight.
 
     Nearly as good as least-connections at keeping a slow server from piling up requests
@@ -310,7 +298,7 @@ def _stable_hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-class MaglevHash(SelectorBase):
+class MaglevHash(Selector):
     """Consistent hashing with a Maglev lookup table: O(1) per pick, and when a server
     joins or leaves about 1/n of the keys move. Weights give servers more table entries.
 
@@ -376,7 +364,7 @@ def sticky_token(server: Server) -> str:
     return hashlib.blake2b(f"{server.pool_name}/{server.id}".encode(), digest_size=6).hexdigest()
 
 
-class Sticky(SelectorBase):
+class Sticky(Selector):
     """The server named by the request's sticky cookie, while it is routable; otherwise
     `fallback` picks, and the response sets the cookie (see `Exchange`)."""
 
@@ -415,7 +403,7 @@ class Sticky(SelectorBase):
         self.fallback.observe(server, us)
 
 
-ALGORITHMS: dict[str, type[SelectorBase]] = {
+ALGORITHMS: dict[str, type[Selector]] = {
     cls.name: cls
     for cls in (
         RoundRobin,
@@ -431,7 +419,7 @@ ALGORITHMS: dict[str, type[SelectorBase]] = {
 ALGORITHM_NAMES = tuple(ALGORITHMS)
 
 
-def make_selector(name: str, **options: Any) -> SelectorBase:
+def make_selector(name: str, **options: Any) -> Selector:
     try:
         cls = ALGORITHMS[name]
     except KeyError:

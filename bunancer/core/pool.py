@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ..config import DEFAULT_ALGORITHM, BalancingConfig
-from .algorithms import SelectorBase, make_selector
+from .algorithms import Selector, make_selector
 from .server import Server
 from .states import State
 from .stats import ServerStats
@@ -54,7 +54,7 @@ class ServerPool:
         self.panic = False
         self.pending = 0  # requests waiting for an upstream connection (max_pending)
         self.retry_tokens = RETRY_RESERVE
-        self.selector: SelectorBase  # set by configure
+        self.selector: Selector  # set by configure
         self.configure(algorithm, balancing or BalancingConfig())
 
     def configure(self, algorithm: str, balancing: BalancingConfig) -> None:
