@@ -357,7 +357,7 @@ class UpstreamPool:
             self._serve_waiter()
             return
         self.opening -= 1
-        if exchange is not None and getattr(exchange, "wants_connection", True):
+        if exchange is not None and exchange.wants_connection:
             exchange.attach(conn)
         else:
             self.release(conn, True)
@@ -389,7 +389,7 @@ class UpstreamPool:
     def _hand_over(self, conn: UpstreamProtocol, exchange: Exchange) -> None:
         if conn.closed:
             self.acquire(exchange)
-        elif not getattr(exchange, "wants_connection", True):
+        elif not exchange.wants_connection:
             self.release(conn, True)
         else:
             exchange.attach(conn)
