@@ -10,6 +10,9 @@ over the same two backends with upstream keep-alive:
     haproxy    ``nbthread 1``, ``http-reuse always``             (if haproxy is on PATH)
 
 Every front is a single process with a single thread, so the comparison is one core each.
+nginx and HAProxy are set to add what bunancer adds to every request by default (Host
+kept, X-Forwarded-For/-Proto/-Host, Forwarded, Via), so every front sends the backends
+the same head; ``--plain-peers`` measures them without (less work for them).
 bunancer runs its mypyc build when ``bunancer compile`` made one that matches the source
 (the title says which); the opt-in front ``bunancer-pure`` runs the Python source beside it.
 wrk (``-t1 -c64 --latency``) drives each front in two modes: ``keepalive`` (wrk reuses
@@ -372,7 +375,30 @@ def start_bunancer(
     return Endpoint(name, int(ready.group(1)), child)
 
 
-def start_nginx_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
+# What bunancer adds to every request by default (Host kept, X-Forwarded-*, Forwarded,
+# Via), asked of the peers too: otherwise they would do less work per request than
+# bunancer, and so would the backends parsing their shorter heads.
+NGINX_FORWARDING = (
+    "            proxy_set_header Host $http_host;\n"
+    "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+    "            proxy_set_header X-Forwarded-Proto $scheme;\n"
+    "            proxy_set_header X-Forwarded-Host $http_host;\n"
+    "            proxy_set_header Forwarded\n"
+    '                "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";\n'
+    '            proxy_set_header Via "1.1 nginx";\n'
+)
+HAPROXY_FORWARDING = (
+    "    option forwardfor\n"
+    "    http-request set-header X-Forwarded-Proto http\n"
+    "    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n"
+    '    http-request set-header Forwarded "for=%[src];proto=http;host=\\"%[req.hdr(host)]\\""\n'
+    '    http-request add-header Via "1.1 haproxy"\n'
+)
+
+
+def start_nginx_front(
+    supervisor: Supervisor, backends: list[Endpoint], forwarding: bool = True
+) -> Endpoint:
     port = free_port()
     servers = "".join(f"        server {HOST}:{b.port};\n" for b in backends)
     http_block = (
@@ -388,13 +414,16 @@ def start_nginx_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpo
         "            proxy_pass http://backends;\n"
         "            proxy_http_version 1.1;\n"
         '            proxy_set_header Connection "";\n'
+        f"{NGINX_FORWARDING if forwarding else ''}"
         "        }\n"
         "    }\n"
     )
     return Endpoint("nginx", port, start_nginx(supervisor, "nginx", http_block))
 
 
-def start_haproxy_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
+def start_haproxy_front(
+    supervisor: Supervisor, backends: list[Endpoint], forwarding: bool = True
+) -> Endpoint:
     port = free_port()
     servers = "".join(
         f"    server s{index} {HOST}:{b.port}\n" for index, b in enumerate(backends, 1)
@@ -405,7 +434,8 @@ def start_haproxy_front(supervisor: Supervisor, backends: list[Endpoint]) -> End
         "defaults\n    mode http\n    option http-keep-alive\n    http-reuse always\n"
         "    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
         "    timeout http-keep-alive 30s\n\n"
-        f"frontend front\n    bind {HOST}:{port}\n    default_backend backends\n\n"
+        f"frontend front\n    bind {HOST}:{port}\n    default_backend backends\n"
+        f"{HAPROXY_FORWARDING if forwarding else ''}\n"
         f"backend backends\n    balance roundrobin\n{servers}"
     )
     child = supervisor.start("haproxy", ["haproxy", "-db", "-f", str(conf)])
@@ -429,12 +459,17 @@ def start_backends(supervisor: Supervisor, kind: str, size: int) -> list[Endpoin
 
 
 def start_fronts(
-    supervisor: Supervisor, names: list[str], backends: list[Endpoint]
+    supervisor: Supervisor,
+    names: list[str],
+    backends: list[Endpoint],
+    peer_forwarding: bool = True,
 ) -> dict[str, Endpoint]:
-    starters = {
+    """Start the named fronts; nginx and HAProxy add bunancer's forwarding headers
+    unless `peer_forwarding` is off (then they pass the client's head through as is)."""
+    starters: dict[str, Callable[[Supervisor, list[Endpoint]], Endpoint]] = {
         "bunancer": start_bunancer,
-        "nginx": start_nginx_front,
-        "haproxy": start_haproxy_front,
+        "nginx": lambda sup, ends: start_nginx_front(sup, ends, peer_forwarding),
+        "haproxy": lambda sup, ends: start_haproxy_front(sup, ends, peer_forwarding),
         BARE: start_bare_front,
     }
     fronts: dict[str, Endpoint] = {}
@@ -679,7 +714,8 @@ def results_table(summaries: list[Summary], args: argparse.Namespace) -> Table:
     title = (
         f"throughput: {args.runs} run(s) x {args.duration:g}s, {args.connections} connections, "
         f"{args.size} B bodies, {args.backend_kind} backends (medians); "
-        f"bunancer data plane {args.data_plane}"
+        f"bunancer data plane {args.data_plane}; "
+        f"peers {'without' if args.plain_peers else 'with'} forwarding headers"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("mode")
@@ -772,6 +808,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--backend-kind", choices=["stub", "nginx"], default="stub")
     parser.add_argument(
+        "--plain-peers",
+        action="store_true",
+        help="nginx and HAProxy without the forwarding headers bunancer adds (less work)",
+    )
+    parser.add_argument(
         "--warmup", type=float, default=1, help="unrecorded seconds per front first (0: none)"
     )
     args = parser.parse_args(argv)
@@ -823,7 +864,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     supervisor = Supervisor(workdir)
     try:
         backends = start_backends(supervisor, args.backend_kind, args.size)
-        fronts = start_fronts(supervisor, args.front_names, backends)
+        fronts = start_fronts(supervisor, args.front_names, backends, not args.plain_peers)
         ports = ", ".join(f"{name} :{front.port}" for name, front in fronts.items())
         console.print(f"backends :{backends[0].port} :{backends[1].port}; fronts {ports}")
         warm_up(fronts, args.warmup, args.connections)
@@ -887,7 +928,15 @@ def build_report(
 ) -> dict[str, Any]:
     settings = {
         key: getattr(args, key)
-        for key in ("runs", "duration", "connections", "size", "backend_kind", "warmup")
+        for key in (
+            "runs",
+            "duration",
+            "connections",
+            "size",
+            "backend_kind",
+            "warmup",
+            "plain_peers",
+        )
     }
     return {
         "date": started.isoformat(),
