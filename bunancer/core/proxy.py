@@ -77,6 +77,15 @@ _T_HEADER: Final = 1
 _T_BODY: Final = 2
 _T_KEEPALIVE: Final = 3
 _T_SEND: Final = 4
+# The first head of a connection, due `header_timeout` after connecting. No timer of the
+# connection's own: the listener's sweep watches every such connection (see ListenerContext).
+_T_FIRST: Final = 5
+
+
+def sweep_interval(header_timeout: float) -> float:
+    """How often a listener looks for first heads that are late: a quarter of the timeout,
+    at most a second, so a late head is answered within `header_timeout` + 2 intervals."""
+    return min(1.0, max(header_timeout / 4, 0.001))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,7 @@ class ListenerContext:
 
     __slots__ = (
         "access_log",
+        "clock",
         "connections",
         "draining",
         "forwarding_cache",
@@ -109,6 +119,7 @@ class ListenerContext:
         "routes",
         "settings",
         "stats_enabled",
+        "sweeping",
         "tunnels",
     )
 
@@ -128,6 +139,35 @@ class ListenerContext:
         self.access_log: AccessLog | None = None
         self.tunnels: set[Tunnel] = set()  # upgraded connections (WebSocket)
         self.rejected = ServerStats()  # requests refused before any pool was chosen
+        # The loop time of the last sweep, which new connections take as their start.
+        self.clock = 0.0
+        self.sweeping = False
+
+    # A new connection's first head has a deadline, and arming a timer for it, then
+    # cancelling it when the head arrives, costs more than all the rest of the connection's
+    # own bookkeeping when each connection carries one request. So one timer per listener
+    # sweeps the open connections instead, while there are any (nginx and HAProxy keep
+    # one timer tree for the same reason).
+
+    def start_sweep(self) -> None:
+        self.sweeping = True
+        self.clock = self.loop.time()
+        self.loop.call_later(sweep_interval(self.settings.header_timeout), self._sweep)
+
+    def _sweep(self) -> None:
+        if not self.connections:
+            self.sweeping = False
+            return
+        now = self.loop.time()
+        self.clock = now
+        interval = sweep_interval(self.settings.header_timeout)
+        # A connection's `born` is the clock of the sweep before it arrived, at most one
+        # interval early: waiting one interval more never answers before the head is due.
+        due = now - self.settings.header_timeout - interval
+        late = [c for c in self.connections if c.timeout_kind == _T_FIRST and c.born <= due]
+        for conn in late:
+            conn.on_timeout()
+        self.loop.call_later(interval, self._sweep)
 
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now, busy ones after their reply."""
@@ -736,6 +776,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_forwarding_host",
         "_pause",
         "active",
+        "born",
         "client_eof",
         "client_ip",
         "closed",
@@ -759,8 +800,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.deadline = Deadline(ctx.loop, self._on_deadline)
+        # Made on first use: a connection that carries a single request never needs one.
+        self.deadline: Deadline | None = None
         self.timeout_kind = _T_NONE
+        self.born = 0.0  # the listener's clock when this connection was made
         self.client_ip = ""
         self.closed = False
         self.client_eof = False
@@ -784,13 +827,18 @@ class DownstreamProtocol(asyncio.Protocol):
     # A stream transport (uvloop's are not asyncio.Transport subclasses, hence the ignore).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
-        settings = self.ctx.settings
+        ctx = self.ctx
+        settings = ctx.settings
         transport.set_write_buffer_limits(settings.write_buffer_high, settings.write_buffer_low)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
-        self.ctx.connections.add(self)
-        # The first request must arrive as fast as any later one's head.
-        self._set_deadline(_T_HEADER, settings.header_timeout)
+        ctx.connections.add(self)
+        # The first head is due `header_timeout` from now, like any later one from its
+        # first byte, and the listener's sweep watches for it (no timer of our own).
+        if not ctx.sweeping:
+            ctx.start_sweep()
+        self.born = ctx.clock
+        self.timeout_kind = _T_FIRST
 
     def data_received(self, data: bytes) -> None:
         if self._pause & _PAUSE_DONE:
@@ -817,8 +865,10 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if self.in_head:
             # A head still incomplete after this read. Its clock starts now: a head that
-            # arrives whole in one read (the usual case) never arms a timer at all.
-            if self.timeout_kind != _T_HEADER:
+            # arrives whole in one read (the usual case) never arms a timer at all. (The
+            # first head's clock started at connect.)
+            kind = self.timeout_kind
+            if kind != _T_HEADER and kind != _T_FIRST:
                 self._set_deadline(_T_HEADER, self.ctx.settings.header_timeout)
             if was_in_head:
                 # Bound what the parser buffers for a head that keeps coming.
@@ -851,7 +901,8 @@ class DownstreamProtocol(asyncio.Protocol):
         in place, every closed connection would wait for a pass of the cyclic GC, which
         walks every object still waiting. Nothing parses after this.
         """
-        self.deadline.close()
+        if self.deadline is not None:
+            self.deadline.close()
         del self.parser
 
     def pause_writing(self) -> None:
@@ -880,7 +931,8 @@ class DownstreamProtocol(asyncio.Protocol):
         """Flush what is buffered, then close."""
         if not self.closed:
             self.closed = True
-            self.deadline.cancel()
+            if self.deadline is not None:
+                self.deadline.cancel()
             assert self.transport is not None
             self.transport.close()
 
@@ -894,11 +946,11 @@ class DownstreamProtocol(asyncio.Protocol):
         if after and not before:
             transport.pause_reading()
             if self.timeout_kind == _T_BODY:
-                self.deadline.clear()  # we stopped reading: the client is not idle
+                self._timer().clear()  # we stopped reading: the client is not idle
         elif before and not after:
             transport.resume_reading()
             if self.timeout_kind == _T_BODY:
-                self.deadline.set(self.ctx.settings.body_idle_timeout)
+                self._timer().set(self.ctx.settings.body_idle_timeout)
 
     def detach(self) -> None:
         """The transport went to a tunnel: this protocol is done with it."""
@@ -945,21 +997,27 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if not self.in_head and self.parsing is None:
             self.timeout_kind = _T_KEEPALIVE
-            self.deadline.set(self.ctx.settings.keepalive_timeout)
+            self._timer().set(self.ctx.settings.keepalive_timeout)
 
     # -- timeouts ---------------------------------------------------------------------------------
 
+    def _timer(self) -> Deadline:
+        deadline = self.deadline
+        if deadline is None:
+            deadline = self.deadline = Deadline(self.ctx.loop, self.on_timeout)
+        return deadline
+
     def _set_deadline(self, kind: int, seconds: float) -> None:
         self.timeout_kind = kind
-        if kind == _T_NONE:
+        if kind != _T_NONE:
+            self._timer().set(seconds)
+        elif self.deadline is not None:
             self.deadline.clear()
-        else:
-            self.deadline.set(seconds)
 
-    def _on_deadline(self) -> None:
+    def on_timeout(self) -> None:
         kind = self.timeout_kind
         self.timeout_kind = _T_NONE
-        if kind == _T_HEADER:
+        if kind in (_T_HEADER, _T_FIRST):
             if self.in_head:
                 self._reject(408)
             else:
@@ -1079,7 +1137,9 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             # `_set_deadline(_T_NONE, 0)`, inlined down to `Deadline.clear`'s one store.
             self.timeout_kind = _T_NONE
-            self.deadline.at = 0.0
+            deadline = self.deadline
+            if deadline is not None:
+                deadline.at = 0.0
         if self.active is None:
             self.active = exchange
             exchange.start()
@@ -1097,7 +1157,7 @@ class DownstreamProtocol(asyncio.Protocol):
             raise ProxyError(413)  # (request_body counts body_size)
         exchange.request_body(body)
         if self.timeout_kind == _T_BODY:
-            self.deadline.set(settings.body_idle_timeout)
+            self._timer().set(settings.body_idle_timeout)
 
     def on_message_complete(self) -> None:
         exchange = self.parsing

@@ -104,6 +104,32 @@ def test_trickled_head_does_not_restart_the_header_clock(fast_proxy: Proxy) -> N
     assert elapsed < LATE, f"answered after {elapsed:.2f}s"
 
 
+def test_first_head_in_pieces_within_the_timeout_is_answered(fast_proxy: Proxy) -> None:
+    """The first head's clock runs from connect, watched by the listener's sweep rather
+    than a timer of the connection's own: a head finished in time is proxied."""
+    with fast_proxy.client(timeout=LATE) as client:
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        assert_no_reply(client, TIMEOUT / 2)
+        client.send(b"\r\n")
+        response = client.read_response()
+    assert response.status == 200, (response.status, response.body)
+
+
+def test_silent_connections_are_each_closed_in_time(fast_proxy: Proxy) -> None:
+    """Connections made at different moments each get their own header deadline."""
+    with fast_proxy.client(timeout=LATE) as first:
+        first_started = time.monotonic()
+        assert_no_reply(first, TIMEOUT / 2)
+        with fast_proxy.client(timeout=LATE) as second:
+            second_started = time.monotonic()
+            assert first.is_closed(timeout=LATE)
+            first_elapsed = time.monotonic() - first_started
+            assert second.is_closed(timeout=LATE)
+            second_elapsed = time.monotonic() - second_started
+    for elapsed in (first_elapsed, second_elapsed):
+        assert TIMEOUT * 0.8 <= elapsed < LATE, f"closed after {elapsed:.2f}s"
+
+
 def test_silent_connection_is_closed(fast_proxy: Proxy) -> None:
     with fast_proxy.client(timeout=LATE) as client:
         started = time.monotonic()
