@@ -15,6 +15,7 @@
   /die               announces 100 bytes, sends 10, closes
   /bad-framing       answers with a malformed chunked body
   /continue          sends "100 Continue" before reading the body, then like /sha256
+  /early-hints       "103 Early Hints" and then "ok", both heads in one write
   /log               every request line seen so far and the connection counts, as JSON
   anything else      "ok <port>"
 """
@@ -179,6 +180,9 @@ class BackendProtocol(asyncio.Protocol):
             self.send(
                 200, json.dumps(payload).encode(), extra=b"Content-Type: application/json\r\n"
             )
+        elif kind == "early-hints":
+            self.transport.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+            self.send(200, b"ok")
         elif kind == "status":
             self.send(int(arg), b"")
         elif kind == "fail-on":

@@ -487,7 +487,11 @@ class Exchange:
         if self.set_sticky and server is not None and self.pool is not None:
             parts.append(sticky_cookie(self.pool.balancing.sticky_cookie, server))
         parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
+        out = self.out
+        if out:  # a 1xx head still unsent
+            out.extend(parts)
+        else:
+            self.out = parts  # `flush` joins the head with what body follows, once
         self.resp_started = True
         self.status = status
 

@@ -204,6 +204,19 @@ def test_expect_100_continue(proxy: Proxy) -> None:
     assert response.body.decode().split() == [hashlib.sha256(body).hexdigest(), "5000"]
 
 
+def test_interim_and_final_heads_in_one_read_keep_their_order(proxy: Proxy) -> None:
+    with proxy.client() as client:
+        client.send(b"GET /early-hints HTTP/1.1\r\nHost: t\r\n\r\n")
+        client.sock.settimeout(5)
+        data = b""
+        while not data.endswith(b"\r\n\r\nok"):
+            chunk = client.sock.recv(65536)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 ")
+    assert data.count(b"HTTP/1.1 ") == 2
+
+
 def test_absolute_form_target(proxy: Proxy) -> None:
     with proxy.client() as client:
         client.send(b"GET http://other.test:81/echo-headers?q=1 HTTP/1.1\r\nHost: ignored\r\n\r\n")
