@@ -35,6 +35,20 @@ _REQUEST_SPECIAL: Final = (
 )
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | _FRAMING
 
+
+def _length_mask(names: frozenset[bytes]) -> int:
+    mask = 0
+    for name in names:
+        mask |= 1 << len(name)
+    return mask
+
+
+# Bit n is set when some special name is n bytes long. A name of any other length needs
+# only copying, found without hashing it: most response headers (Date, Server, ETag,
+# Content-Type, Cache-Control...) and some request ones.
+_REQUEST_LENGTHS: Final = _length_mask(_REQUEST_SPECIAL)
+_RESPONSE_LENGTHS: Final = _length_mask(_RESPONSE_SPECIAL)
+
 # Header names as they were spelled -> the lower-case name when it needs more than copying,
 # b"" otherwise. Clients and backends repeat a few spellings, so lower() and the set lookup
 # run once per spelling (compiled, bytes.lower() is a call by name, a dict get is not).
@@ -141,9 +155,12 @@ def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     lines = head.lines
     named: frozenset[bytes] | None = None
     for name, value in headers:
-        lowered = _REQUEST_NAMES.get(name)
-        if lowered is None:
-            lowered = _classify(name, _REQUEST_NAMES, _REQUEST_SPECIAL)
+        if (_REQUEST_LENGTHS >> len(name)) & 1:
+            lowered = _REQUEST_NAMES.get(name)
+            if lowered is None:
+                lowered = _classify(name, _REQUEST_NAMES, _REQUEST_SPECIAL)
+        else:
+            lowered = b""
         if not lowered:
             _add(lines, name, value)
             continue
@@ -246,9 +263,12 @@ def scan_response_headers(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     lines = head.lines
     named: frozenset[bytes] | None = None
     for name, value in headers:
-        lowered = _RESPONSE_NAMES.get(name)
-        if lowered is None:
-            lowered = _classify(name, _RESPONSE_NAMES, _RESPONSE_SPECIAL)
+        if (_RESPONSE_LENGTHS >> len(name)) & 1:
+            lowered = _RESPONSE_NAMES.get(name)
+            if lowered is None:
+                lowered = _classify(name, _RESPONSE_NAMES, _RESPONSE_SPECIAL)
+        else:
+            lowered = b""
         if not lowered:
             _add(lines, name, value)
         elif lowered == b"content-length":

@@ -143,3 +143,23 @@ def test_names_are_classified_in_any_spelling_and_their_memory_is_bounded() -> N
         answer = scan_response_headers(response)
         assert answer.content_length == b"5"
         assert lines(answer.lines) == [b"X-C: 3"]
+
+
+def test_no_special_name_passes_for_ordinary_whatever_its_spelling() -> None:
+    """Names are first told apart by length: every special one must still be caught."""
+    kept_in_requests = {b"host", b"expect"}  # handled, then forwarded
+    for name in sorted(headers._REQUEST_SPECIAL - kept_in_requests):
+        for spelling in (name, name.upper(), name.title()):
+            assert scan_request_headers([(spelling, b"1")]).lines == [b""], spelling
+    for name in sorted(headers._RESPONSE_SPECIAL):
+        for spelling in (name, name.upper(), name.title()):
+            assert scan_response_headers([(spelling, b"1")]).lines == [b""], spelling
+    assert scan_request_headers([(b"HOST", b"h")]).host == b"h"
+    assert scan_request_headers([(b"Expect", b"100-continue")]).expect_continue
+    # Names of other lengths are copied as they are.
+    ordinary = [(b"Content-Type", b"text/plain"), (b"Date", b"x"), (b"X-Stub-Id", b"s1")]
+    assert lines(scan_response_headers(ordinary).lines) == [
+        b"Content-Type: text/plain",
+        b"Date: x",
+        b"X-Stub-Id: s1",
+    ]
