@@ -147,7 +147,7 @@ class ListenerContext:
     # cancelling it when the head arrives, costs more than all the rest of the connection's
     # own bookkeeping when each connection carries one request. So one timer per listener
     # sweeps the open connections instead, while there are any: one attribute check per
-    # open connection and interval (10,000 idle ones: about a millisecond a second).
+    # open connection and interval (a sweep over 10,000: 0.1 ms compiled, 1.8 as Python).
 
     def start_sweep(self) -> None:
         self.sweeping = True
