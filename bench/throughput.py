@@ -6,7 +6,7 @@ over the same two backends with upstream keep-alive:
 
     direct     no front: wrk hits backend 1 itself, the ceiling for this machine
     bunancer   ``python -m bunancer serve`` (one process, one event loop)
-    nginx      ``worker_processes 1``, upstream ``keepalive 64``  (if nginx is on PATH)
+    nginx      ``worker_processes 1``, upstream ``keepalive 2048`` (if nginx is on PATH)
     haproxy    ``nbthread 1``, ``http-reuse always``             (if haproxy is on PATH)
 
 Every front is a single process with a single thread, so the comparison is one core each.
