@@ -36,7 +36,7 @@ _REQUEST_SPECIAL: Final = (
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | _FRAMING
 
 
-_LENGTHS_TABLE_SIZE: Final = 64  # longer than any special name
+_LENGTHS_TABLE_SIZE: Final = max(len(name) for name in _REQUEST_SPECIAL | _RESPONSE_SPECIAL) + 1
 
 
 def _lengths_table(names: frozenset[bytes]) -> bytes:

@@ -84,7 +84,8 @@ _T_FIRST: Final = 5
 
 def sweep_interval(header_timeout: float) -> float:
     """How often a listener looks for first heads that are late: a quarter of the timeout,
-    at most a second, so a late head is answered within `header_timeout` + 2 intervals."""
+    at most a second. A late head is answered `header_timeout` after the first sweep that
+    saw its connection, so never early and at most about two intervals late."""
     return min(1.0, max(header_timeout / 4, 0.001))
 
 
@@ -110,7 +111,6 @@ class ListenerContext:
 
     __slots__ = (
         "access_log",
-        "clock",
         "connections",
         "draining",
         "forwarding_cache",
@@ -139,8 +139,6 @@ class ListenerContext:
         self.access_log: AccessLog | None = None
         self.tunnels: set[Tunnel] = set()  # upgraded connections (WebSocket)
         self.rejected = ServerStats()  # requests refused before any pool was chosen
-        # The loop time of the last sweep, which new connections take as their start.
-        self.clock = 0.0
         self.sweeping = False
 
     # A new connection's first head has a deadline, and arming a timer for it, then
@@ -151,23 +149,27 @@ class ListenerContext:
 
     def start_sweep(self) -> None:
         self.sweeping = True
-        self.clock = self.loop.time()
         self.loop.call_later(sweep_interval(self.settings.header_timeout), self._sweep)
 
     def _sweep(self) -> None:
         if not self.connections:
             self.sweeping = False
             return
+        # Re-armed first: a failure below must not end the sweeping for the listener.
+        self.loop.call_later(sweep_interval(self.settings.header_timeout), self._sweep)
         now = self.loop.time()
-        self.clock = now
-        interval = sweep_interval(self.settings.header_timeout)
-        # A connection's `born` is the clock of the sweep before it arrived, at most one
-        # interval early: waiting one interval more never answers before the head is due.
-        due = now - self.settings.header_timeout - interval
-        late = [c for c in self.connections if c.timeout_kind == _T_FIRST and c.born <= due]
+        due = now - self.settings.header_timeout
+        late: list[DownstreamProtocol] = []
+        for conn in self.connections:
+            if conn.timeout_kind == _T_FIRST:
+                if conn.born < 0.0:
+                    # Arrived since the last sweep: its clock starts now, never before
+                    # it connected (however late this sweep runs), at most a sweep after.
+                    conn.born = now
+                elif conn.born <= due:
+                    late.append(conn)
         for conn in late:
             conn.on_timeout()
-        self.loop.call_later(interval, self._sweep)
 
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now, busy ones after their reply."""
@@ -807,7 +809,7 @@ class DownstreamProtocol(asyncio.Protocol):
         # Made on first use: a connection that carries a single request never needs one.
         self.deadline: Deadline | None = None
         self.timeout_kind = _T_NONE
-        self.born = 0.0  # the listener's clock when this connection was made
+        self.born = -1.0  # when the listener's sweep first saw it waiting for a first head
         self.client_ip = ""
         self.closed = False
         self.client_eof = False
@@ -837,11 +839,10 @@ class DownstreamProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
         ctx.connections.add(self)
-        # The first head is due `header_timeout` from now, like any later one from its
-        # first byte, and the listener's sweep watches for it (no timer of our own).
+        # The first head is due `header_timeout` from the listener's next sweep, which
+        # watches for it (no timer of our own); a later head, from its first byte.
         if not ctx.sweeping:
             ctx.start_sweep()
-        self.born = ctx.clock
         self.timeout_kind = _T_FIRST
 
     def data_received(self, data: bytes) -> None:
@@ -870,7 +871,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if self.in_head:
             # A head still incomplete after this read. Its clock starts now: a head that
             # arrives whole in one read (the usual case) never arms a timer at all. (The
-            # first head's clock started at connect.)
+            # first head's clock is the listener's sweep.)
             kind = self.timeout_kind
             if kind != _T_HEADER and kind != _T_FIRST:
                 self._set_deadline(_T_HEADER, self.ctx.settings.header_timeout)
@@ -935,6 +936,7 @@ class DownstreamProtocol(asyncio.Protocol):
         """Flush what is buffered, then close."""
         if not self.closed:
             self.closed = True
+            self.timeout_kind = _T_NONE  # (and no sweep takes it for a late first head)
             if self.deadline is not None:
                 self.deadline.cancel()
             assert self.transport is not None
