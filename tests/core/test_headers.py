@@ -131,8 +131,8 @@ def test_names_are_classified_in_any_spelling_and_their_memory_is_bounded() -> N
     for index in range(1500):
         scan_request_headers([(b"X-Flood-%d" % index, b"1")])
         scan_response_headers([(b"X-Flood-%d" % index, b"1")])
-    assert 0 < len(headers._REQUEST_NAMES) <= 1024
-    assert 0 < len(headers._RESPONSE_NAMES) <= 1024
+    assert 0 < len(headers._REQUEST_KINDS.memory) <= 1024
+    assert 0 < len(headers._RESPONSE_KINDS.memory) <= 1024
     request = [(b"HOST", b"h"), (b"CONNECTION", b"close, X-A"), (b"X-A", b"1"), (b"x-b", b"2")]
     response = [(b"CONTENT-LENGTH", b"5"), (b"KEEP-ALIVE", b"timeout=5"), (b"X-C", b"3")]
     for _ in range(2):  # the first time computed, the second from memory
