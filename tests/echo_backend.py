@@ -3,7 +3,9 @@
 ``python -m tests.echo_backend [PORT]`` prints ``PORT <n>``. Everything received is sent
 back; on EOF from the client the rest is flushed and the connection closed (so a client
 that half-closes still reads its whole reply). A connection that starts with a PROXY
-protocol header first gets ``HEADER <hex of the header bytes>\\n``, then the echo.
+protocol header first gets ``HEADER <hex of the header bytes>\\n``, then the echo. With
+``--greet`` every connection first gets ``HELLO\\n`` from the server, as SMTP or MySQL
+servers speak first.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from bunancer.core import proxyproto
 
 
 class Echo(asyncio.Protocol):
+    greeting = b""
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.start = b""
@@ -24,6 +28,8 @@ class Echo(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.greeting:
+            self.transport.write(self.greeting)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -48,6 +54,8 @@ class Echo(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         assert self.transport is not None
+        if self.start:  # ended inside what could have become a header: it was data
+            self.transport.write(self.start)
         self.transport.close()  # flushes what is buffered first
         return True
 
@@ -60,4 +68,8 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    arguments = sys.argv[1:]
+    if "--greet" in arguments:
+        arguments.remove("--greet")
+        Echo.greeting = b"HELLO\n"
+    uvloop.run(main(int(arguments[0]) if arguments else 0))

@@ -60,6 +60,13 @@ def looks_like_header(data: bytes) -> bool:
     return _prefix_of(data, V2_SIGNATURE) or _prefix_of(data, b"PROXY ")
 
 
+def starts_with_header(data: bytes) -> bool | None:
+    """Does `data` begin with a PROXY header's signature? None: too short to tell yet."""
+    if data.startswith((V2_SIGNATURE, b"PROXY ")):
+        return True
+    return None if looks_like_header(data) else False
+
+
 def _prefix_of(data: bytes, marker: bytes) -> bool:
     """`data` begins with `marker`, or is a beginning of it."""
     size = min(len(data), len(marker))

@@ -83,8 +83,9 @@ class TcpClientEnd(TunnelEnd):
         tunnel.client = self
         self.client_address: tuple[str, int] = ("", 0)
         self.local_address: tuple[str, int] = ("", 0)
-        self.header = b""  # a PROXY header being read
+        self.header = b""  # a PROXY header being read, or the first bytes being sniffed
         self.awaiting_header = False
+        self.sniffing = False  # untrusted source: do its first bytes forge a PROXY header?
         self.server: Server | None = None
         self.tries = 0
         self.started = 0.0
@@ -104,27 +105,40 @@ class TcpClientEnd(TunnelEnd):
             return
         ctx.tunnels.add(self.tunnel)
         self.tunnel.touch()
-        if ctx.settings.accept_proxy and ctx.trusted(peer[0]):
-            self.awaiting_header = True
-            return
+        if ctx.settings.accept_proxy:
+            if ctx.trusted(peer[0]):
+                self.awaiting_header = True
+                return
+            self.sniffing = True
         self._connect()
 
     def data_received(self, data: bytes) -> None:
         if self.awaiting_header:
             self._read_header(data)
             return
-        if (
-            self.ctx.settings.accept_proxy
-            and self.received == 0
-            and self.peer is None
-            and proxyproto.looks_like_header(data)
-        ):
-            # An untrusted source sending a PROXY header: it may be trying to forge its
-            # address. Refuse rather than pass the header on as data.
-            log.warning("PROXY header from untrusted %s: closing", self.client_address[0])
-            self.close(abort=True)
-            return
+        if self.sniffing:
+            # Checked whether or not the server is linked yet: it may connect before the
+            # client's first byte arrives.
+            data = self.header + data
+            forged = proxyproto.starts_with_header(data)
+            if forged is None:
+                self.header = data  # a few bytes that could still become a signature
+                return
+            self.sniffing, self.header = False, b""
+            if forged:
+                # An untrusted source sending a PROXY header may be forging its address.
+                # Refuse rather than pass the header on as data.
+                log.warning("PROXY header from untrusted %s: closing", self.client_address[0])
+                self.close(abort=True)
+                return
         super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.sniffing and self.header:
+            # The client ended inside what could have been a signature: it was plain data.
+            held, self.header, self.sniffing = self.header, b"", False
+            super().data_received(held)
+        return super().eof_received()
 
     def _read_header(self, data: bytes) -> None:
         self.header += data

@@ -3,12 +3,14 @@ from __future__ import annotations
 import pytest
 
 from bunancer.core.proxyproto import (
+    V2_SIGNATURE,
     Addresses,
     ProxyHeaderError,
     encode_v1,
     encode_v2,
     looks_like_header,
     parse,
+    starts_with_header,
 )
 
 V4 = Addresses("192.0.2.1", 51234, "198.51.100.2", 443)
@@ -66,3 +68,21 @@ def test_malformed_headers_are_errors(data: bytes) -> None:
 def test_plain_data_does_not_look_like_a_header() -> None:
     assert not looks_like_header(b"GET / HTTP/1.1")
     assert not looks_like_header(b"\x16\x03\x01")  # TLS
+
+
+@pytest.mark.parametrize(
+    ("data", "verdict"),
+    [
+        (b"PROXY TCP4 ", True),
+        (b"PROXY ", True),
+        (V2_SIGNATURE + b"\x21", True),
+        (b"PRO", None),  # could still become "PROXY "
+        (V2_SIGNATURE[:5], None),
+        (b"", None),
+        (b"PROXZ", False),
+        (b"PING\r\n", False),  # a Redis client, say
+        (b"GET / HTTP/1.1\r\n", False),
+    ],
+)
+def test_starts_with_header_decides_only_when_it_can(data: bytes, verdict: bool | None) -> None:
+    assert starts_with_header(data) is verdict

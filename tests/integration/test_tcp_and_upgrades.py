@@ -76,6 +76,16 @@ def read_until_closed(sock: socket.socket) -> bytes:
         chunks.append(data)
 
 
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def test_100_mib_both_ways_intact(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]
     proxy = start_tcp(echoes)
     sent = hashlib.sha256()
@@ -202,6 +212,45 @@ def test_proxy_protocol_accepted_from_trusted_only(start_tcp, echoes: list[int])
             assert read_until_closed(sock) == b""  # closed, the header never passed on
         except ConnectionResetError:
             pass
+
+
+@pytest.fixture(scope="module")
+def greeting_echo() -> Iterator[int]:
+    process = spawn(["-m", "tests.echo_backend", "--greet"])
+    yield int(process.wait_line(r"^PORT (\d+)$").group(1))
+    process.stop()
+
+
+def test_untrusted_proxy_header_refused_after_the_server_is_linked(  # type: ignore[no-untyped-def]
+    start_tcp, greeting_echo: int
+) -> None:
+    """The server's greeting proves the tunnel is linked before the client's first byte:
+    a forged header must be refused then too, not relayed as data."""
+    proxy = start_tcp(
+        [greeting_echo], listener='accept_proxy_protocol = true\ntrusted_proxies = ["10.0.0.0/8"]\n'
+    )
+    forged = proxyproto.encode_v1(proxyproto.Addresses("203.0.113.7", 4242, "10.0.0.1", 80))
+    for pieces in ([forged], [forged[:3], forged[3:]]):  # whole, and split inside "PROXY "
+        with connect(proxy.port) as sock:
+            assert read_exactly(sock, 6) == b"HELLO\n"
+            try:
+                for piece in pieces:
+                    sock.sendall(piece)
+                assert read_until_closed(sock) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # refused with a reset: the header never passed on either way
+    # Bytes that only begin like a signature are plain data, delivered whole.
+    with connect(proxy.port) as sock:
+        assert read_exactly(sock, 6) == b"HELLO\n"
+        sock.sendall(b"PR")
+        sock.sendall(b"IVMSG hi\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b"PRIVMSG hi\n"
+    with connect(proxy.port) as sock:  # and when the client ends inside such a beginning
+        assert read_exactly(sock, 6) == b"HELLO\n"
+        sock.sendall(b"PRO")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b"PRO"
 
 
 def test_websocket_through_an_http_listener(start_proxy: StartProxy, tmp_path: Path) -> None:
