@@ -8,8 +8,9 @@ anything; bunancer's cost above it is its features.
 
     python -m bench.bare_relay --port 0 --backend 127.0.0.1:9001 --backend 127.0.0.1:9002
 
-Prints ``PORT <n>`` once listening. It listens the way bunancer does (bunancer.core.listen),
-so the two differ only in what they do per connection and per request. A request that
+Prints ``PORT <n>`` once listening. It listens the way bunancer does (bunancer.core.listen)
+on uvloop imported the way bunancer imports it (bunancer.eventloop), so the two differ only
+in what they do per connection and per request. A request that
 says ``Connection: close`` is handled the way a proxy must: that line is not passed on
 (the upstream connection stays kept alive) and the answer says ``Connection: close``
 before the client connection is closed. Requests are assumed to arrive whole, one per
@@ -23,9 +24,9 @@ import asyncio
 from collections import deque
 
 import httptools
-import uvloop
 
 from bunancer.core.listen import listen
+from bunancer.eventloop import uvloop
 
 CLOSE_REQUEST_LINE = b"\r\nConnection: close"
 CLOSE_RESPONSE_LINE = b"\r\nConnection: close\r\n"

@@ -393,7 +393,7 @@ def _bind_problem(address: str, error: OSError) -> str:
 
 
 def install_uvloop() -> None:
-    import uvloop
+    from .eventloop import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 

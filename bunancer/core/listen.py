@@ -20,7 +20,7 @@ import os
 import socket
 from collections.abc import Callable
 
-import uvloop
+from ..eventloop import uvloop
 
 # Connections accepted per loop turn at most (the descriptors polled per listening socket).
 ACCEPTS_PER_TURN = 16
