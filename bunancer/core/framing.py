@@ -66,6 +66,24 @@ def downstream_body(upstream: Body, client_http11: bool) -> Body:
 IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
+def sniff_version(read: bytes, at: int) -> bool | None:
+    """True for HTTP/1.1, False for HTTP/1.0, when the request line the parser accepted
+    starts `read` and its method, a space and its target take `at` bytes; None when the
+    bytes there do not say (the read starts inside a message or with an empty line, the
+    line ends in a bare LF, another version): ask the parser then.
+
+    Nothing else can match where it looks: the version's space sits exactly at `at` only
+    in a line that starts the read, and a target holds no space or CR. httptools reports
+    the version only as a str it formats on every call (about 2,300 instructions, a
+    twentieth of a request that comes alone on its connection)."""
+    version = read[at : at + 11]  # (compiled: 242 instructions; startswith(x, at) 1,110)
+    if version == b" HTTP/1.1\r\n":
+        return True
+    if version == b" HTTP/1.0\r\n":
+        return False
+    return None
+
+
 def check_version(version: str) -> bool:
     """Return True for HTTP/1.1, False for HTTP/1.0; reject every other version."""
     if version == "1.1":

@@ -39,6 +39,7 @@ from .framing import (
     downstream_body,
     encode_chunk,
     response_body,
+    sniff_version,
 )
 from .headers import (
     ForwardingOptions,
@@ -792,6 +793,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "head_size",
         "headers",
         "in_head",
+        "line_read",
         "parser",
         "parsing",
         "queue",
@@ -823,6 +825,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.upgrading: Exchange | None = None  # an Upgrade request waiting for its answer
         # the request head being read
         self.in_head = False
+        self.line_read: bytes | None = None  # a read that starts with the request line
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
@@ -852,6 +855,9 @@ class DownstreamProtocol(asyncio.Protocol):
             self.upgrading.early_data += data  # arrived before reading paused
             return
         was_in_head = self.in_head
+        # Between messages, the next one's request line starts this read (on_headers_complete
+        # reads the version from it; on_message_complete forgets it for a pipelined next).
+        self.line_read = None if was_in_head or self.parsing is not None else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -1081,8 +1087,17 @@ class DownstreamProtocol(asyncio.Protocol):
             # (~3% of a request).
             http11 = True
         else:
-            version = parser.get_http_version()
-            http11 = version == "1.1" or check_version(version)
+            line_read = self.line_read
+            sniffed = (
+                None
+                if line_read is None
+                else sniff_version(line_read, len(method) + 1 + len(self.url))
+            )
+            if sniffed is not None:
+                http11 = sniffed
+            else:
+                version = parser.get_http_version()
+                http11 = version == "1.1" or check_version(version)
         if target[:1] != b"/" and target != b"*":
             target, head = self._absolute_form(target)
         if head.host is None and http11:
@@ -1170,6 +1185,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.parsing
         self.parsing = None
+        self.line_read = None
         if self.timeout_kind == _T_BODY:
             self._set_deadline(_T_NONE, 0)
         if exchange is not None:

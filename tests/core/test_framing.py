@@ -12,6 +12,7 @@ from bunancer.core.framing import (
     downstream_body,
     encode_chunk,
     response_body,
+    sniff_version,
 )
 
 
@@ -47,6 +48,26 @@ def test_downstream_body_reframes_for_each_client() -> None:
     assert downstream_body(Body.UNTIL_CLOSE, True) is Body.CHUNKED
     assert downstream_body(Body.UNTIL_CLOSE, False) is Body.UNTIL_CLOSE
     assert downstream_body(Body.NONE, False) is Body.NONE
+
+
+@pytest.mark.parametrize(
+    ("read", "version"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", True),
+        (b"GET / HTTP/1.0\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\n", True),
+        (b"GET / HTTP/1.1", None),  # the line goes on in a later read
+        (b"GET / HTTP/2.0\r\n\r\n", None),  # left to check_version
+        (b"\r\nGET / HTTP/1.1\r\n\r\n", None),  # an empty line first
+        (b"\nGET / HTTP/1.1\r\n\r\n", None),
+        (b"GET / HTTP/1.0\nX: HTTP/1.1\r\n\r\n", None),  # a bare LF ends the line
+        (b"", None),
+    ],
+)
+def test_sniff_version_reads_only_what_the_request_line_says(
+    read: bytes, version: bool | None
+) -> None:
+    assert sniff_version(read, len(b"GET /")) is version
 
 
 def test_check_version() -> None:

@@ -189,6 +189,37 @@ def test_http10_proxy_connection_keep_alive_stays_http10(proxy: Proxy) -> None:
             assert response.body == pattern_bytes(10)
 
 
+def test_version_of_each_pipelined_request_is_its_own(proxy: Proxy) -> None:
+    # Each of these names its connection, so the proxy must read the version of each
+    # request, not of the first request line in the read that carried them.
+    with proxy.client() as client:
+        client.send(
+            b"GET /size/10 HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n"
+            b"GET /chunked/1000 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        )
+        assert client.read_response().body == pattern_bytes(10)
+        raw = client.read_all()  # a 1.0 client: no chunking, so the body ends at close
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == pattern_bytes(1000)
+    with proxy.client() as client:
+        client.send(
+            b"GET /size/10 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            b"GET /size/10 HTTP/1.1\r\nConnection: close\r\n\r\n"  # 1.1 needs Host
+        )
+        assert client.read_response().body == pattern_bytes(10)
+        assert client.read_response().status == 400
+
+
+def test_version_of_a_request_line_split_over_reads(proxy: Proxy) -> None:
+    for version, status in ((b"1.1", 400), (b"1.0", 200)):  # no Host: 1.1 must have one
+        with proxy.client() as client:
+            client.send(b"GET /size/10 HTTP/")
+            client.send(version + b"\r\nConnection: close\r\n\r\n")
+            assert client.read_response().status == status
+
+
 def test_expect_100_continue(proxy: Proxy) -> None:
     body = b"x" * 5000
     with proxy.client() as client:
