@@ -17,8 +17,8 @@ then False) and works as usual.
 
 from __future__ import annotations
 
-# What uvloop's loop module imports (uvloop/includes/stdlib.pxi, all used only by it
-# here), imported first so that none of it initialises while the name is changed.
+# What uvloop's loop module imports (uvloop/includes/stdlib.pxi): imported here first, for
+# no other use, so that none of it initialises while the name is changed.
 import asyncio.base_events
 import asyncio.log  # noqa: F401
 import concurrent.futures  # noqa: F401
