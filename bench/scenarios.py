@@ -471,11 +471,11 @@ def inject_errors(run: Run) -> None:
     length = min(20.0, run.duration / 3)
     run.at(start)
     before = [run.setup.manager.stats(stub_id) for stub_id in node.ids]
-    run.set_node(node, status=503)
+    run.set_node(node, status=503, health="ok")  # traffic fails, checks pass: passive only
     began = run.mark("status 503", node=node.name)
     run.at(start + length)
     after = [run.setup.manager.stats(stub_id) for stub_id in node.ids]
-    run.set_node(node, status=200)
+    run.set_node(node, status=200, health="auto")
     ended = run.mark("status 200", node=node.name)
     answered = sum(
         a["statuses"].get("503", 0) - b["statuses"].get("503", 0)

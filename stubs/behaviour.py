@@ -1,7 +1,7 @@
 """Sans-I/O behaviour model of a stub backend: what it answers, how late, and how it fails.
 
 A `Behaviour` is an immutable value (status, latency spec, failure rate and mode, body
-size, health flag) with parse/format helpers for flags and JSON. `Behaviour.decide(rng,
+size, health setting) with parse/format helpers for flags and JSON. `Behaviour.decide(rng,
 path)` turns one request into an `Action` (respond, reset, hang, slow body, close
 mid-body); the server only carries the action out, so every decision is testable with a
 seeded RNG and no sockets.
@@ -17,6 +17,10 @@ from typing import Any, Literal
 
 MODES = ("5xx", "reset", "hang", "slow", "close")
 Mode = Literal["5xx", "reset", "hang", "slow", "close"]
+# What /health answers: "auto" the traffic status (a balancer's active checks then see what
+# traffic sees), "ok" / "fail" pinned to 200 / 503 whatever traffic gets.
+HEALTHS = ("auto", "ok", "fail")
+Health = Literal["auto", "ok", "fail"]
 HEALTH_PATH = "/health"
 FAIL_STATUS = 503  # what mode "5xx" answers: a status balancers treat as an upstream failure
 MAX_SIZE = 64 * 1024 * 1024
@@ -173,7 +177,7 @@ class Behaviour:
     fail_rate: float = 0.0  # share of requests that fail, 0..1
     mode: Mode = "5xx"  # what a failure does
     size: int = 0  # response body bytes (at least the id line)
-    health: Literal["ok", "fail"] = "ok"  # what /health answers, apart from traffic
+    health: Health = "auto"  # what /health answers: the traffic status, or pinned
 
     def __post_init__(self) -> None:
         if not 200 <= self.status <= 599:
@@ -184,19 +188,26 @@ class Behaviour:
             raise BehaviourError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0 <= self.size <= MAX_SIZE:
             raise BehaviourError(f"size: expected 0..{MAX_SIZE} bytes, got {self.size}")
-        if self.health not in ("ok", "fail"):
-            raise BehaviourError(f"health: expected ok or fail, got {self.health!r}")
+        if self.health not in HEALTHS:
+            raise BehaviourError(f"health: expected auto, ok or fail, got {self.health!r}")
 
     @property
     def is_plain(self) -> bool:
         """No latency and no failures: the server may answer with pre-built bytes."""
         return self.latency.is_zero and self.fail_rate == 0.0
 
+    @property
+    def health_status(self) -> int:
+        """What /health answers: the traffic status under "auto", else 200 or 503."""
+        if self.health == "auto":
+            return self.status
+        return 200 if self.health == "ok" else FAIL_STATUS
+
     def decide(self, rng: random.Random, path: str) -> Action:
         """The action for one request to `path` (query string already removed)."""
         if path == HEALTH_PATH:
-            # Health follows its own flag only, so traffic and checks can disagree.
-            return Respond(200 if self.health == "ok" else 503, 0, 0.0, health=True)
+            # No latency or injected failures: checks see the status, not the noise.
+            return Respond(self.health_status, 0, 0.0, health=True)
         delay = self.latency.sample(rng)
         if self.fail_rate and rng.random() < self.fail_rate:
             return self._failure(delay)
@@ -242,7 +253,11 @@ class Behaviour:
         return cls().with_changes(data)
 
     def describe(self) -> str:
-        """A short human summary: ``200``, ``503 20-80ms``, ``200 10% reset, health fail``."""
+        """A short human summary: ``200``, ``503 20-80ms``, ``200 10% reset, health fail``.
+
+        The health setting shows only when checks and traffic can disagree: pinned to fail,
+        or pinned ok while traffic gets a 5xx (``503, health ok``).
+        """
         parts = [str(self.status)]
         if not self.latency.is_zero:
             parts.append(str(self.latency))
@@ -251,7 +266,9 @@ class Behaviour:
         if self.size:
             parts.append(f"{self.size}B")
         text = " ".join(parts)
-        return text + (", health fail" if self.health == "fail" else "")
+        if self.health == "fail" or (self.health == "ok" and self.status >= 500):
+            text += f", health {self.health}"
+        return text
 
 
 def _convert(name: str, value: Any) -> Any:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.prompt import Confirm, IntPrompt, Prompt
 from rich.table import Table
 
-from .behaviour import FIELDS, MODES, Behaviour, BehaviourError
+from .behaviour import FIELDS, HEALTHS, MODES, Behaviour, BehaviourError
 from .sdk import PortInUse, Stub, StubError, StubManager
 
 EXIT_ERROR = 1
@@ -73,7 +73,11 @@ def state_dir_option(command: Callable[..., Any]) -> Callable[..., Any]:
 def behaviour_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--status, --latency, --fail-rate, --mode, --size, --health (start and set)."""
     options = [
-        click.option("--health", type=click.Choice(["ok", "fail"]), help="What /health answers."),
+        click.option(
+            "--health",
+            type=click.Choice(HEALTHS),
+            help="What /health answers: auto (default) the --status; ok or fail pin 200 or 503.",
+        ),
         click.option("--size", type=click.IntRange(0), help="Response body bytes."),
         click.option(
             "--mode", type=click.Choice(MODES), help="What a failure does (default 5xx: a 503)."
@@ -303,7 +307,10 @@ def stop_command(
 
 
 def run_menu(manager: StubManager, console: Console) -> None:
-    """Pick a stub (then logs / set behaviour / stop / back), add new, stop all, quit."""
+    """Pick a stub (then logs / set behaviour / stop / back), add new, stop all, quit.
+
+    Enter redraws the list (uptimes, requests); only q, Ctrl-C or end of input quit.
+    """
     try:
         while True:
             stubs = manager.list()
@@ -316,13 +323,17 @@ def run_menu(manager: StubManager, console: Console) -> None:
             choices += ["a", "s", "q"] if stubs else ["a", "q"]
             pick = "[b]number[/] or [b]id[/] to pick a stub, " if stubs else ""
             stop_all = "[b]s[/] stop all, " if stubs else ""
+            # Default "": rich returns it unvalidated, so Enter redraws rather than quits.
             choice = Prompt.ask(
-                f"{pick}[b]a[/] add, {stop_all}[b]q[/] quit",
+                f"{pick}[b]a[/] add, {stop_all}[b]Enter[/] refresh, [b]q[/] quit",
                 console=console,
                 choices=choices,
                 show_choices=False,
-                default="q",
+                default="",
+                show_default=False,
             )
+            if choice == "":
+                continue
             if choice == "q":
                 return
             try:
@@ -401,7 +412,12 @@ def _ask_behaviour(current: Behaviour, console: Console) -> dict[str, Any]:
     )
     fail_rate = _ask_text("fail rate (0..1)", f"{current.fail_rate:g}", "fail_rate", console)
     mode = Prompt.ask("failure mode", console=console, choices=list(MODES), default=current.mode)
-    health = Prompt.ask("health", console=console, choices=["ok", "fail"], default=current.health)
+    health = Prompt.ask(
+        "health (auto: the status, ok: 200, fail: 503)",
+        console=console,
+        choices=list(HEALTHS),
+        default=current.health,
+    )
     return {
         "status": status,
         "latency": latency,
@@ -414,7 +430,8 @@ def _ask_behaviour(current: Behaviour, console: Console) -> dict[str, Any]:
 def _menu_add(manager: StubManager, console: Console) -> None:
     count = IntPrompt.ask("how many", console=console, default=1)
     status = IntPrompt.ask("status", console=console, default=200)
-    register = Confirm.ask("register with the balancer", console=console, default=False)
+    # Yes by default: a stub added from the menu is almost always meant to take traffic.
+    register = Confirm.ask("register with the balancer", console=console, default=True)
     pool = Prompt.ask("pool", console=console, default="default") if register else "default"
     try:
         stubs = manager.start(

@@ -210,7 +210,8 @@ class Stub:
 
     def body_of(self, action: Respond | SlowBody | CloseMidBody) -> bytes:
         if isinstance(action, Respond) and action.health:
-            return b"ok\n" if action.status == 200 else b"fail\n"
+            # Under health "auto" any status can come here, not only 200 and 503.
+            return b"ok\n" if action.status < 400 else b"fail\n"
         if action.size == self.behaviour.size:
             return self.body
         return build_body(self.id, action.size)
@@ -772,7 +773,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Behav
     behaviour.add_argument("--fail-rate", help="share of failing requests, 0..1 or 10%%")
     behaviour.add_argument("--mode", help="what a failure does: 5xx, reset, hang, slow, close")
     behaviour.add_argument("--size", help="response body size in bytes")
-    behaviour.add_argument("--health", help="ok or fail: what /health answers")
+    behaviour.add_argument(
+        "--health",
+        help="what /health answers: auto (default; the --status), ok (200) or fail (503)",
+    )
     registration = parser.add_argument_group("self-registration")
     registration.add_argument("--register", action="store_true", help="join a balancer's pool")
     registration.add_argument("--pool", default="default")

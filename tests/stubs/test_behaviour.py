@@ -75,9 +75,25 @@ def test_each_failure_mode_gives_its_action(mode: str, kind: type) -> None:
         assert (action.status, action.size, action.delay) == (200, 100, 0.005)
 
 
-def test_health_follows_its_own_flag_only() -> None:
+def test_default_health_answers_the_traffic_status() -> None:
+    """`stubs set s2 --status 503` must fail the balancer's active checks too."""
     rng = random.Random(3)
-    broken = Behaviour(status=500, fail_rate=1.0, mode="reset", latency=parse_latency("1s"))
+    assert Behaviour().health == "auto"
+    assert Behaviour(status=503).decide(rng, "/health") == Respond(503, 0, 0.0, health=True)
+    assert Behaviour(status=200).decide(rng, "/health") == Respond(200, 0, 0.0, health=True)
+    # Latency and injected failures are traffic noise: checks see only the status.
+    noisy = Behaviour(status=201, fail_rate=1.0, mode="reset", latency=parse_latency("1s"))
+    assert noisy.decide(rng, "/health") == Respond(201, 0, 0.0, health=True)
+
+
+def test_pinned_health_ignores_traffic() -> None:
+    rng = random.Random(3)
+    assert Behaviour(status=503, health="ok").decide(rng, "/health") == Respond(
+        200, 0, 0.0, health=True
+    )
+    broken = Behaviour(
+        status=500, fail_rate=1.0, mode="reset", latency=parse_latency("1s"), health="ok"
+    )
     assert broken.decide(rng, "/health") == Respond(200, 0, 0.0, health=True)
     failing = Behaviour(health="fail")
     assert failing.decide(rng, "/health") == Respond(503, 0, 0.0, health=True)
@@ -147,7 +163,7 @@ def test_parse_latency_and_format_round_trip(text: str, expected: Latency) -> No
         ({"fail_rate": "-0.1"}, "fail_rate: expected 0..1"),
         ({"fail_rate": "nan"}, "fail_rate: invalid value"),
         ({"mode": "boom"}, "mode: expected one of 5xx, reset, hang, slow, close"),
-        ({"health": "maybe"}, "health: expected ok or fail"),
+        ({"health": "maybe"}, "health: expected auto, ok or fail"),
         ({"size": -1}, "size: expected 0.."),
         ({"colour": "red"}, "colour: unknown setting"),
     ],
@@ -167,3 +183,32 @@ def test_changes_from_flag_text_and_from_json() -> None:
     assert behaviour.describe() == "503 5ms 10% reset"
     assert Behaviour.from_dict(behaviour.to_dict()) == behaviour
     assert Behaviour(health="fail", size=100).describe() == "200 100B, health fail"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "text"),
+    [
+        (Behaviour(status=503), "503"),  # auto: checks agree with traffic, nothing to say
+        (Behaviour(status=503, health="ok"), "503, health ok"),  # checks pass, traffic fails
+        (Behaviour(status=200, health="ok"), "200"),  # pinned ok but nothing to split
+        (Behaviour(status=404, health="ok"), "404"),
+        (Behaviour(status=200, health="fail"), "200, health fail"),
+        (Behaviour(status=503, health="fail"), "503, health fail"),
+    ],
+)
+def test_describe_shows_health_only_when_it_splits_from_traffic(
+    behaviour: Behaviour, text: str
+) -> None:
+    assert behaviour.describe() == text
+
+
+@pytest.mark.parametrize("health", ["auto", "ok", "fail"])
+def test_health_round_trips_through_json(health: str) -> None:
+    behaviour = Behaviour().with_changes({"status": 503, "health": health.upper()})
+    assert behaviour.health == health
+    assert behaviour.to_dict()["health"] == health
+    assert Behaviour.from_dict(behaviour.to_dict()) == behaviour
+
+
+def test_json_without_health_means_auto() -> None:
+    assert Behaviour.from_dict({"status": 503}).health == "auto"

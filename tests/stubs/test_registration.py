@@ -74,8 +74,9 @@ def test_registered_stubs_get_traffic_503_ejects_and_200_readmits(
 
     runner = CliRunner()
     state = ["--state-dir", str(proxy.state_dir)]
-    result = runner.invoke(stubs_group, ["set", "s2", "--status", "503", *state])
-    assert result.output == "s2: 503\n"
+    # Checks pinned to pass: only the traffic's 503s (passive checks) can eject s2.
+    result = runner.invoke(stubs_group, ["set", "s2", "--status", "503", "--health", "ok", *state])
+    assert result.output == "s2: 503, health ok\n"
 
     def ejected() -> dict[str, Any] | None:
         with proxy.client() as client:
@@ -102,6 +103,26 @@ def test_registered_stubs_get_traffic_503_ejects_and_200_readmits(
     # The list shows where they registered.
     listed = runner.invoke(stubs_group, ["list", *state])
     assert listed.output.count(" default ") == 3
+
+
+def test_status_503_alone_fails_the_active_checks_without_any_traffic(
+    proxy: Proxy, manager: StubManager
+) -> None:
+    """The README's `stubs set s2 --status 503`: no request is sent through the balancer,
+    so only its active checks of /health can take s2 out, and bring it back."""
+    manager.start(2, register=True, api=api_url(proxy))
+    wait_for(lambda: healthy(proxy, {"s1", "s2"}), timeout=10)
+    state = ["--state-dir", str(proxy.state_dir)]
+    result = CliRunner().invoke(stubs_group, ["set", "s2", "--status", "503", *state])
+    assert result.output == "s2: 503\n"
+    wait_for(lambda: servers(proxy)["s2"]["state"] == "unhealthy", timeout=10)
+    view = servers(proxy)
+    assert "503" in view["s2"]["reason"]
+    assert not view["s2"]["reason"].startswith("ejected for")  # a check, not an ejection
+    assert view["s1"]["state"] == "healthy"
+    result = CliRunner().invoke(stubs_group, ["set", "s2", "--status", "200", *state])
+    assert result.output == "s2: 200\n"
+    wait_for(lambda: healthy(proxy, {"s1", "s2"}), timeout=10)
 
 
 def test_failing_health_takes_a_stub_out_while_traffic_would_pass(

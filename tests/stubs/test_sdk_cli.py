@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from stubs.cli import stubs_group
 from stubs.sdk import PortInUse, StubManager, UnknownStub
 from stubs.state import StubPaths, StubRecord, process_running, write_record
-from tests.helpers import ROOT, RawClient, wait_for
+from tests.helpers import ROOT, RawClient, free_port, wait_for
 
 
 @pytest.fixture
@@ -220,6 +220,7 @@ def test_cli_runner_start_list_set_logs_stop(tmp_path: Path) -> None:
         (["start", "--latency", "soon"], "Invalid value for '--latency'"),
         (["start", "--fail-rate", "2"], "Invalid value for '--fail-rate'"),
         (["start", "--mode", "explode"], "Invalid value for '--mode'"),
+        (["start", "--health", "maybe"], "Invalid value for '--health'"),
     ],
 )
 def test_cli_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -258,6 +259,50 @@ def test_menu_driven_by_stdin(tmp_path: Path) -> None:
     assert leftovers == []
 
 
+def test_menu_enter_redraws_the_list_and_only_q_quits(tmp_path: Path) -> None:
+    manager = StubManager(tmp_path / "state")
+    try:
+        # Were "q" ignored, the "a" after it would add a stub (1 of status 200, unregistered).
+        result = CliRunner().invoke(
+            stubs_group,
+            ["--state-dir", str(manager.state_dir)],
+            input="\n".join(["", "", "q", "a", "1", "200", "n"]) + "\n",
+        )
+    finally:
+        leftovers = manager.stop_all()
+    assert result.exit_code == 0, result.output
+    assert result.output.count("no stubs running in") == 3  # drawn, then redrawn twice
+    assert "a add, Enter refresh, q quit" in result.output
+    assert "started" not in result.output
+    assert leftovers == []
+
+
+def test_menu_add_registers_by_default(tmp_path: Path) -> None:
+    """Enter at "register with the balancer" registers; with no balancer up (a free port
+    as its API), the stub starts anyway and keeps retrying."""
+    manager = StubManager(tmp_path / "state")
+    api = f"http://127.0.0.1:{free_port()}"
+    keys = ["a", "", "", "", "", "q"]  # add: 1 stub, status 200, register (default), pool
+    try:
+        result = CliRunner().invoke(
+            stubs_group,
+            ["--state-dir", str(manager.state_dir)],
+            input="\n".join(keys) + "\n",
+            env={"BUNANCER_API": api, "BUNANCER_TOKEN": None},
+        )
+        assert result.exit_code == 0, result.output
+        assert "register with the balancer [y/n] (y)" in result.output
+        assert "started s1" in result.output
+        output = " ".join(result.output.split())  # rich wraps long lines
+        assert f"s1: no balancer answers at {api}" in output
+        (stub,) = manager.list()
+        assert stub.pool == "default"
+        assert stub.api == api
+        assert stub.registration()["state"] == "retrying"
+    finally:
+        manager.stop_all()
+
+
 def test_menu_quits_on_end_of_input(tmp_path: Path) -> None:
     result = CliRunner().invoke(stubs_group, ["--state-dir", str(tmp_path)], input="")
     assert result.exit_code == 0
@@ -282,6 +327,10 @@ def test_cli_processes_and_stop_all_leaves_no_process(tmp_path: Path) -> None:
             assert f" {record['id']} │ {record['pid']} │ {record['port']} │" in listed.stdout
         assert cli("set", "s3", "--status", "500", state_dir=state_dir).stdout == "s3: 500 1ms\n"
         assert answer(records[2]["port"])[0] == 500
+        assert answer(records[2]["port"], "/health")[0] == 500  # checks see it fail too
+        pinned = cli("set", "s3", "--health", "ok", state_dir=state_dir)
+        assert pinned.stdout == "s3: 500 1ms, health ok\n"
+        assert answer(records[2]["port"], "/health")[0] == 200
         unknown = cli("logs", "s4", state_dir=state_dir)
         assert unknown.returncode == 1
         assert "no stub 's4'" in unknown.stderr

@@ -120,11 +120,18 @@ def test_size_and_head(stub: RunningStub) -> None:
         assert client.request("GET", "/").body == body  # the HEAD left no stray bytes
 
 
-def test_status_changes_live_and_health_is_independent(stub: RunningStub) -> None:
+def test_status_changes_live_and_health_follows_it_unless_pinned(stub: RunningStub) -> None:
     with stub.client() as client:
         assert stub.set(status=503)["status"] == 503
         assert client.request("GET", "/").status == 503
-        assert client.request("GET", "/health").status == 200  # health does not follow traffic
+        health = client.request("GET", "/health")
+        assert (health.status, health.body) == (503, b"fail\n")  # default "auto": follows
+        assert stub.set(health="ok")["health"] == "ok"  # pinned over the control socket
+        assert client.request("GET", "/").status == 503
+        health = client.request("GET", "/health")
+        assert (health.status, health.body) == (200, b"ok\n")  # checks pass, traffic fails
+        assert stub.set(health="auto")["health"] == "auto"
+        assert client.request("GET", "/health").status == 503
         stub.set(status=200, health="fail")
         assert client.request("GET", "/").status == 200
         health = client.request("GET", "/health")
@@ -133,6 +140,22 @@ def test_status_changes_live_and_health_is_independent(stub: RunningStub) -> Non
         stub.set(status=204)
         empty = client.request("GET", "/")
         assert (empty.status, empty.body, empty.header("Content-Length")) == (204, b"", None)
+
+
+@pytest.mark.parametrize(
+    ("flags", "health_status"),
+    [(["--status", "503"], 503), (["--status", "503", "--health", "ok"], 200)],
+)
+def test_a_stub_started_with_status_503_fails_its_health_unless_pinned(
+    tmp_path: Path, flags: list[str], health_status: int
+) -> None:
+    process, port = start_stub(tmp_path, *flags)
+    try:
+        with RawClient(port) as client:
+            assert client.request("GET", "/").status == 503
+            assert client.request("GET", "/health").status == health_status
+    finally:
+        process.stop()
 
 
 def test_failure_5xx(stub: RunningStub) -> None:
