@@ -50,6 +50,7 @@ class Listener:
     port: int
     ctx: ListenerContext | TcpListenerContext
     factory: Callable[[], asyncio.BaseProtocol]
+    default_pool: str
     mode: str = "http"
     server: ListenGroup | None = None
 
@@ -132,12 +133,24 @@ class Balancer:
                 tcp_ctx = TcpListenerContext(loop, pool, self._tcp_settings(listener_config))
                 factory: Callable[[], asyncio.BaseProtocol] = partial(TcpClientEnd, tcp_ctx)
                 self.listeners.append(
-                    Listener(listener_config.address, host, port, tcp_ctx, factory, "tcp")
+                    Listener(
+                        listener_config.address,
+                        host,
+                        port,
+                        tcp_ctx,
+                        factory,
+                        listener_config.default_pool,
+                        "tcp",
+                    )
                 )
                 continue
             ctx = ListenerContext(loop, RouteTable(routes, pool), settings)
             factory = partial(DownstreamProtocol, ctx)
-            self.listeners.append(Listener(listener_config.address, host, port, ctx, factory))
+            self.listeners.append(
+                Listener(
+                    listener_config.address, host, port, ctx, factory, listener_config.default_pool
+                )
+            )
         self._stopping: asyncio.Event | None = None
         statsd = config.stats.statsd
         self.telemetry = Telemetry(
@@ -167,6 +180,7 @@ class Balancer:
                 {
                     "address": listener.bound,
                     "mode": listener.mode,
+                    "default_pool": listener.default_pool,
                     "connections": len(ctx.connections)
                     if isinstance(ctx, ListenerContext)
                     else len(tunnels),
@@ -268,6 +282,11 @@ class Balancer:
                 token=self.token.value,
                 state_dir=self.config.state_dir,
                 save=self.save_state,
+                routes=[
+                    {"host": r.host, "path_prefix": r.path_prefix, "pool": r.pool}
+                    for r in self.config.routes
+                ],
+                api_address=self.api_address,
             )
         )
         listen = self.config.dashboard.listen

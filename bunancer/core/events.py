@@ -10,9 +10,10 @@ saw last (SSE Last-Event-ID).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,9 @@ POOL_ADDED = "pool.added"
 POOL_REMOVED = "pool.removed"
 POOL_UPDATED = "pool.updated"
 STATS_TICK = "stats.tick"
+
+# What the activity feed keeps: changes, not the once-a-second figures.
+FEED_KINDS = (SERVER_ADDED, SERVER_REMOVED, SERVER_STATE, POOL_ADDED, POOL_REMOVED, POOL_UPDATED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +93,63 @@ class Subscription:
             self._wakeup.set()
 
 
+class ActivityLog:
+    """The history of changes (states, servers and pools coming and going), kept apart from
+    the bus's replay buffer, which ticks fill within minutes.
+
+    Bounded per server: a flapping server keeps its last `per_server` changes without
+    pushing out anybody else's. Servers are forgotten least recently changed first beyond
+    `servers` of them (removed ones, in practice)."""
+
+    def __init__(self, per_server: int = 50, servers: int = 1000, pools: int = 200) -> None:
+        self.per_server = per_server
+        self.max_servers = servers
+        self._servers: OrderedDict[tuple[str, str], deque[Event]] = OrderedDict()
+        self._pools: deque[Event] = deque(maxlen=pools)
+
+    def add(self, event: Event) -> None:
+        data = event.data
+        if not event.kind.startswith("server."):
+            self._pools.append(event)
+            return
+        key = (str(data.get("pool")), str(data.get("id")))
+        kept = self._servers.get(key)
+        if kept is None:
+            kept = self._servers[key] = deque(maxlen=self.per_server)
+            if len(self._servers) > self.max_servers:
+                self._servers.popitem(last=False)
+        else:
+            self._servers.move_to_end(key)
+        kept.append(event)
+
+    def recent(self, limit: int = 15) -> list[Event]:
+        """The newest `limit` changes of all, oldest first."""
+        tails = [list(kept)[-limit:] for kept in self._servers.values()]
+        tails.append(list(self._pools)[-limit:])
+        newest = heapq.nlargest(limit, itertools.chain.from_iterable(tails), key=_event_id)
+        return newest[::-1]
+
+    def of_server(self, pool: str, server_id: str, limit: int = 50) -> list[Event]:
+        """One server's changes, oldest first."""
+        return list(self._servers.get((pool, server_id), ()))[-limit:]
+
+
+def _event_id(event: Event) -> int:
+    return event.id
+
+
 class EventBus:
     def __init__(self, history: int = 500) -> None:
         self._ids = itertools.count(1)
         self._subscriptions: set[Subscription] = set()
         self._history: deque[Event] = deque(maxlen=history)
+        self.activity = ActivityLog()
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
         event = Event(next(self._ids), kind, data)
         self._history.append(event)
+        if kind in FEED_KINDS:
+            self.activity.add(event)
         for subscription in self._subscriptions:
             subscription._offer(event)
         return event

@@ -166,6 +166,11 @@ class HealthChecker:
         self.unwatch(server)
         self._timers[server] = self.loop.call_later(delay, self._start, server)
 
+    def next_check_at(self, server: Server) -> float | None:
+        """When the server's next check starts (loop time); None while one runs."""
+        handle = self._timers.get(server)
+        return handle.when() if handle is not None else None
+
     def check_now(self, server: Server) -> None:
         if server in self._timers and server not in self._running:
             self.watch(server, 0.0)

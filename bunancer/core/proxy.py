@@ -309,6 +309,8 @@ class Exchange:
         self.server = server
         self.tries += 1
         server.in_flight += 1
+        if server.in_flight > server.max_in_flight:
+            server.max_in_flight = server.in_flight
         if self.pool is not None and self.pool.selector.tracks_load:
             self.pool.selector.started(server)
         assert server.connections is not None
@@ -322,14 +324,25 @@ class Exchange:
             if self.pool is not None and self.pool.selector.tracks_load:
                 self.pool.selector.finished(server)
 
-    def _retry(self, failed: Server) -> bool:
-        """Send the request again, to another server when there is one; False when the
-        pool's tries or retry budget are used up."""
+    def _may_retry(self) -> bool:
+        """Are tries and the pool's retry budget left?"""
         pool = self.pool
-        if pool is None or self.tries > pool.balancing.retries or not pool.take_retry():
+        return (
+            pool is not None and self.tries <= pool.balancing.retries and pool.retry_tokens >= 1.0
+        )
+
+    def _retry(self, failed: Server, status: int, error: int) -> bool:
+        """Send the request again, to another server when there is one; False when no try
+        or budget is left. The failed attempt (`status` 0 when nothing was answered) counts
+        against `failed`, unless `error` is -1 (it never reached the server)."""
+        pool = self.pool
+        if pool is None or not self._may_retry():
             return False
+        pool.take_retry()
         self._release_server()
         other = pool.pick(self.key, avoid=failed)
+        if error >= 0 and self.down.ctx.stats_enabled:
+            failed.stats.record_retried(status, error, other is not None and other is not failed)
         self._use(other if other is not None else failed)
         return True
 
@@ -363,14 +376,13 @@ class Exchange:
         log.debug("connect to %s failed: %r", server.address, error)
         if isinstance(error, Overloaded):
             # No free connection and the pool's queue is full: another server may have room.
-            if not self._retry(server):
+            if not self._retry(server, 0, -1):  # it never reached the server
                 self.fail(503, REJECTED)
             return
         timeout = isinstance(error, TimeoutError)
         server.passive_failure("connect timeouts" if timeout else "connect failures")
-        server.stats.errors[TIMEOUT if timeout else CONNECT] += 1  # an attempt, not a request
         # Nothing was sent: a retry on another server is always safe.
-        if not self._retry(server):
+        if not self._retry(server, 0, TIMEOUT if timeout else CONNECT):
             self.fail(504 if timeout else 502, TIMEOUT if timeout else CONNECT)
 
     # -- request body, from the client parser ----------------------------------------------
@@ -445,7 +457,9 @@ class Exchange:
                 pool is not None
                 and status in pool.retry_on
                 and self.replayable()
-                and self._retry_after_answer(server)
+                and self._retry_after_answer(
+                    server, status, UPSTREAM_5XX if status >= 500 else CLIENT_4XX
+                )
             ):
                 return  # this answer is dropped; another server was asked
         head = scan_response_headers(headers)
@@ -552,10 +566,9 @@ class Exchange:
             and (not self.req_body_sent or not self.kept_lost)
         )
 
-    def _retry_after_answer(self, server: Server) -> bool:
+    def _retry_after_answer(self, server: Server, status: int, error: int) -> bool:
         """Drop the current upstream (its answer is not wanted) and retry elsewhere."""
-        pool = self.pool
-        if pool is None or self.tries > pool.balancing.retries or not pool.take_retry():
+        if not self._may_retry():
             return False
         up = self.up
         self.up = None
@@ -563,10 +576,7 @@ class Exchange:
             up.exchange = None
             up.abort()  # its answer is still arriving: the connection cannot be reused
         self.out.clear()
-        self._release_server()
-        other = pool.pick(self.key, avoid=server)
-        self._use(other if other is not None else server)
-        return True
+        return self._retry(server, status, error)
 
     def response_body(self, data: bytes) -> None:
         if self.out_body is BODY_CHUNKED:
@@ -616,7 +626,7 @@ class Exchange:
                 self.replayable()
                 or (conn.reused and not self.req_body_sent and self.method in IDEMPOTENT_METHODS)
             )
-            and self._retry(server)
+            and self._retry(server, 0, UPSTREAM_5XX)
         ):
             # The connection closed before any answer (a kept-alive connection the backend
             # closed as we reused it, or a backend that just died): the request goes again,
@@ -641,7 +651,7 @@ class Exchange:
                 and pool is not None
                 and pool.balancing.retry_timeouts
                 and self.replayable()
-                and self._retry_after_answer(server)
+                and self._retry_after_answer(server, 0, TIMEOUT)
             ):
                 return
         if self.resp_started:

@@ -18,6 +18,8 @@ import asyncio
 import dataclasses
 import logging
 import random
+import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +110,17 @@ def check_spec(health: HealthConfig) -> CheckSpec:
     )
 
 
+def natural_key(text: str) -> tuple[Any, ...]:
+    """Sort key putting s2 before s10."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+def in_order(pool: ServerPool) -> list[Server]:
+    """A pool's servers as the API, the CLI and the dashboard list them: by id, s2 before
+    s10 (registration order depends on which backend came up first)."""
+    return sorted(pool.servers.values(), key=lambda server: natural_key(server.id))
+
+
 def _at_address(pool: ServerPool, host: str, port: int) -> Server | None:
     """The pool's server at host:port (register keeps addresses unique in a pool)."""
     for server in pool.servers.values():
@@ -116,9 +129,17 @@ def _at_address(pool: ServerPool, host: str, port: int) -> Server | None:
     return None
 
 
-def server_view(server: Server) -> dict[str, Any]:
-    """A server as the API, events and the dashboard show it."""
+def server_view(server: Server, loop_now: float, wall_now: float) -> dict[str, Any]:
+    """A server as the API, events and the dashboard show it. States and checks are timed
+    on the loop's monotonic clock; what is shown is wall time (seconds since the epoch)."""
     health = server.health
+
+    def wall(at: float) -> float:
+        return round(wall_now - (loop_now - at), 3)
+
+    def check(c: CheckResult) -> dict[str, Any]:
+        return {"at": wall(c.at), "ok": c.ok, "detail": c.detail, "latency": c.latency}
+
     last = health.last_check
     return {
         "id": server.id,
@@ -130,17 +151,16 @@ def server_view(server: Server) -> dict[str, Any]:
         "effective_weight": round(server.effective_weight, 2),
         "state": health.state.value,
         "reason": health.reason,
-        "since": health.since,
+        "since": wall(health.since),
+        "for": round(loop_now - health.since, 3),  # seconds in this state
+        "downtime": round(health.down_for(loop_now), 3),
         "source": server.source,
         "in_flight": server.in_flight,
-        "ejections": health.ejections,
-        "last_check": None
-        if last is None
-        else {"at": last.at, "ok": last.ok, "detail": last.detail, "latency": last.latency},
-        "checks": [
-            {"at": c.at, "ok": c.ok, "detail": c.detail, "latency": c.latency}
-            for c in health.history
-        ],
+        "max_in_flight": server.max_in_flight,
+        "ejections": health.ejections_total,
+        "ejections_recent": health.ejections,  # what the next ejection's length grows with
+        "last_check": None if last is None else check(last),
+        "checks": [check(c) for c in health.history],
     }
 
 
@@ -183,6 +203,9 @@ class Registry:
             return pool.servers[server_id]
         except KeyError:
             raise NotFound(f"no server {server_id!r} in pool {pool_name!r}") from None
+
+    def server_view(self, server: Server) -> dict[str, Any]:
+        return server_view(server, self.loop.time(), time.time())
 
     def all_servers(self) -> Iterator[Server]:
         for pool in self.pools.values():
@@ -305,7 +328,7 @@ class Registry:
             self.overrides[server] = override
         server.watched = True
         self.checker.watch(server)
-        self.bus.publish(SERVER_ADDED, server_view(server))
+        self.bus.publish(SERVER_ADDED, self.server_view(server))
         log.info("server %s/%s added: %s", pool_name, server_id, server.address)
         self._changed()
         return server
@@ -334,7 +357,7 @@ class Registry:
         if server not in self._ramping:
             server.effective_weight = weight
         self.pool(pool_name).rebuild()
-        self.bus.publish(SERVER_UPDATED, server_view(server))
+        self.bus.publish(SERVER_UPDATED, self.server_view(server))
         self._changed()
         return server
 

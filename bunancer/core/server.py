@@ -36,6 +36,7 @@ class Server:
         "label",
         "latency_at",
         "latency_ewma",
+        "max_in_flight",
         "on_outlier",
         "passive_failures",
         "pool_name",
@@ -73,6 +74,7 @@ class Server:
         self.check = check or CheckSpec()
         self.watched = False
         self.in_flight = 0
+        self.max_in_flight = 0  # the most requests (or tunnels) in flight at once
         self.passive_failures = 0
         self.eject_after = self.health.policy.eject_after
         self.eject_statuses = DEFAULT_EJECT_STATUSES

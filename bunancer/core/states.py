@@ -44,6 +44,7 @@ class Event(StrEnum):
 
 
 _ANY = tuple(State)
+_DOWN = (State.UNHEALTHY, State.DEAD)
 TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.PENDING, Event.RISE): State.HEALTHY,
     (State.PENDING, Event.FALL): State.UNHEALTHY,
@@ -106,6 +107,7 @@ class ServerHealth:
     __slots__ = (
         "checks_failed",
         "checks_passed",
+        "downtime",
         "ejected_until",
         "ejections",
         "ejections_total",
@@ -136,6 +138,7 @@ class ServerHealth:
         self.checks_passed = 0
         self.checks_failed = 0
         self.ejected_until = 0.0
+        self.downtime = 0.0  # seconds spent unhealthy or dead, before the current spell
         self.history: deque[CheckResult] = deque(maxlen=10)
 
     @property
@@ -146,12 +149,20 @@ class ServerHealth:
     def last_check(self) -> CheckResult | None:
         return self.history[-1] if self.history else None
 
+    def down_for(self, now: float) -> float:
+        """Seconds spent unhealthy or dead in all (HAProxy's "downtime"), the current spell
+        included."""
+        current = now - self.since if self.state in _DOWN else 0.0
+        return self.downtime + current
+
     def apply(self, event: Event, now: float, reason: str) -> Transition:
         """Move along one row of the table, or raise IllegalTransition."""
         new = TRANSITIONS.get((self.state, event))
         if new is None:
             raise IllegalTransition(self.state, event)
         transition = Transition(self.state, new, event, reason, now)
+        if self.state in _DOWN:
+            self.downtime += now - self.since
         self.state = new
         self.reason = reason
         self.since = now
@@ -189,7 +200,12 @@ class ServerHealth:
                 self.ejections = 0  # a long healthy spell forgives earlier ejections
         elif state is State.UNHEALTHY:
             if self.ok_streak >= policy.rise and now >= self.ejected_until:
-                return self.apply(Event.RISE, now, f"{self.ok_streak} passing checks")
+                # Checks that passed while an ejection ran out are not news: say what
+                # readmits it (`rise` of them), and that the ejection is over.
+                reason = f"{policy.rise} passing checks"
+                if self.ok_streak > policy.rise:
+                    reason += ", ejection over"
+                return self.apply(Event.RISE, now, reason)
             if self.fail_streak >= policy.dead_after:
                 return self.apply(
                     Event.DIE, now, f"{self.fail_streak} failed checks: {result.detail}"

@@ -2,9 +2,15 @@
 
 Recording a finished request (`ServerStats.record`) is a handful of integer operations on
 lists that already exist: no allocation, no clock read, no lock. Time is cut into one-second
-windows by a timer (`rotate`, once a second), never on the request path. From the last 60
-windows come requests/s that falls to zero when traffic stops, error rates, and latency
-percentiles over the last 10 and 60 seconds; lifetime totals feed Prometheus.
+windows by a timer (`rotate`, once a second), never on the request path. The last 60
+windows keep requests/s that falls to zero when traffic stops, error counts and latency
+histograms; lifetime totals feed Prometheus. Reading them (windows, rates, summaries) is
+the telemetry's business.
+
+A server's counters hold every answer it gave, including those the client never saw
+because the request was tried again on another server (`record_retried`): a server that
+fails shows its failures even when retries hide them from clients. A pool's figures, which
+are what its clients saw, leave those retried answers out again.
 
 Latencies go into log-scaled buckets: four per power of two of microseconds, so a bucket's
 upper edge is at most 25% above its lower edge and a percentile read from the buckets is
@@ -53,7 +59,8 @@ def bucket_bounds(index: int) -> tuple[int, int]:
 
 
 def percentile(counts: Iterable[int], q: float) -> float | None:
-    """The q-quantile (0..1) in seconds from bucket counts: the upper edge of its bucket."""
+    """The q-quantile (0..1) in seconds from bucket counts, interpolated linearly inside its
+    bucket (so fast servers whose p99 falls in the same bucket still read differently)."""
     counts = list(counts)
     total = sum(counts)
     if not total:
@@ -61,9 +68,11 @@ def percentile(counts: Iterable[int], q: float) -> float | None:
     rank = q * total
     seen = 0
     for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low, high = bucket_bounds(index)
+            share = max(rank - seen, 0.0) / count
+            return (low + (high - low) * share) / 1e6
         seen += count
-        if seen >= rank and count:
-            return bucket_bounds(index)[1] / 1e6
     return bucket_bounds(len(counts) - 1)[1] / 1e6
 
 
@@ -71,12 +80,13 @@ def percentile(counts: Iterable[int], q: float) -> float | None:
 class Second:
     """One closed one-second window."""
 
-    requests: int
+    requests: int  # answers and failed attempts, retried ones included
     errors: int
     bytes_in: int
     bytes_out: int
     max_us: int
-    latency: list[int]
+    latency: list[int]  # of the answers clients got (retried attempts are not timed)
+    retried: int = 0  # of `requests`, those tried again elsewhere (each is also an error)
 
 
 class ServerStats:
@@ -90,6 +100,8 @@ class ServerStats:
         "cur_latency",
         "errors",
         "latency",
+        "redispatches",
+        "retries",
         "seconds",
     )
 
@@ -100,15 +112,25 @@ class ServerStats:
         self.latency = [0] * BUCKETS
         self.bytes_in = 0
         self.bytes_out = 0
+        # Failed attempts tried again: on this same server (retries: a pool of one), or on
+        # another one (redispatches), as HAProxy counts them.
+        self.retries = 0
+        self.redispatches = 0
         # the current second (its counts are lifetime totals minus the mark at rotation)
         self.cur_latency = [0] * BUCKETS
-        self._mark = (0, 0, 0, 0)  # requests, errors, bytes in, bytes out at the last rotation
+        # requests, errors, bytes in, bytes out, retried at the last rotation
+        self._mark = (0, 0, 0, 0, 0)
         # closed seconds, newest last
         self.seconds: deque[Second] = deque(maxlen=WINDOW_SECONDS)
 
     @property
     def requests(self) -> int:
         return sum(self.by_class)
+
+    @property
+    def retried(self) -> int:
+        """Attempts of this server that the client never saw: it was tried again."""
+        return self.retries + self.redispatches
 
     def record(self, status: int, us: int, bytes_in: int, bytes_out: int, error: int) -> None:
         """One finished request: `error` is an error class index, or -1 for none.
@@ -130,10 +152,26 @@ class ServerStats:
         if error >= 0:
             self.errors[error] += 1
 
+    def record_retried(self, status: int, error: int, redispatched: bool) -> None:
+        """A failed answer or attempt (`status` 0 when nothing was answered) after which the
+        request was tried again: it counts against this server, not the client's request."""
+        self.by_class[status // 100] += 1
+        self.errors[error] += 1
+        if redispatched:
+            self.redispatches += 1
+        else:
+            self.retries += 1
+
     def rotate(self) -> None:
         """Close the current second (called once a second by a timer)."""
-        totals = (self.requests, sum(self.errors), self.bytes_in, self.bytes_out)
-        requests, errors, bytes_in, bytes_out = (
+        totals = (
+            self.requests,
+            sum(self.errors),
+            self.bytes_in,
+            self.bytes_out,
+            self.retries + self.redispatches,
+        )
+        requests, errors, bytes_in, bytes_out, retried = (
             now - before for now, before in zip(totals, self._mark, strict=True)
         )
         self._mark = totals
@@ -144,42 +182,20 @@ class ServerStats:
             for index, count in enumerate(latency):
                 if count:
                     lifetime[index] += count
-            # The slowest request of the second, to within its bucket (no compare per request).
-            top = max(index for index, count in enumerate(latency) if count)
-            max_us = bucket_bounds(top)[1]
+            # The slowest request of the second, to within its bucket (no compare per request);
+            # a second of retried answers only timed none.
+            top = max((index for index, count in enumerate(latency) if count), default=-1)
+            max_us = bucket_bounds(top)[1] if top >= 0 else 0
         else:
             latency = _EMPTY
             max_us = 0
-        self.seconds.append(Second(requests, errors, bytes_in, bytes_out, max_us, latency))
+        self.seconds.append(Second(requests, errors, bytes_in, bytes_out, max_us, latency, retried))
 
     # -- reading -------------------------------------------------------------------------------
 
     def last(self, seconds: int) -> list[Second]:
         window = self.seconds
         return list(window)[-seconds:] if seconds < len(window) else list(window)
-
-    def rate(self, seconds: int = 1) -> float:
-        """Requests per second over the last `seconds` closed windows (0 without traffic)."""
-        window = self.last(seconds)
-        return sum(s.requests for s in window) / seconds if window else 0.0
-
-    def window_summary(self, seconds: int) -> dict[str, float | int | None]:
-        window = self.last(seconds)
-        requests = sum(s.requests for s in window)
-        errors = sum(s.errors for s in window)
-        merged = merge_latency(s.latency for s in window)
-        return {
-            "requests": requests,
-            "rps": requests / seconds,
-            "errors": errors,
-            "error_rate": errors / requests if requests else 0.0,
-            "p50": percentile(merged, 0.50),
-            "p90": percentile(merged, 0.90),
-            "p99": percentile(merged, 0.99),
-            "max": max((s.max_us for s in window), default=0) / 1e6 if requests else None,
-            "bytes_in": sum(s.bytes_in for s in window),
-            "bytes_out": sum(s.bytes_out for s in window),
-        }
 
     def history(self, seconds: int = WINDOW_SECONDS) -> list[int]:
         """Requests per second for the last `seconds` (oldest first), for sparklines."""
@@ -214,6 +230,8 @@ def merge(stats: Iterable[ServerStats]) -> ServerStats:
             total.errors[index] += value
         for index, value in enumerate(part.latency):
             total.latency[index] += value
+        total.retries += part.retries
+        total.redispatches += part.redispatches
     depth = max((len(p.seconds) for p in parts), default=0)
     for offset in range(depth, 0, -1):
         seconds = [p.seconds[-offset] for p in parts if len(p.seconds) >= offset]
@@ -225,6 +243,7 @@ def merge(stats: Iterable[ServerStats]) -> ServerStats:
                 sum(s.bytes_out for s in seconds),
                 max((s.max_us for s in seconds), default=0),
                 merge_latency(s.latency for s in seconds),
+                sum(s.retried for s in seconds),
             )
         )
     return total

@@ -172,6 +172,8 @@ class TcpClientEnd(TunnelEnd):
         self.server = server
         self.tries += 1
         server.in_flight += 1
+        if server.in_flight > server.max_in_flight:
+            server.max_in_flight = server.in_flight
         self.ctx.loop.create_task(self._open(server))
 
     async def _open(self, server: Server) -> None:
@@ -183,14 +185,16 @@ class TcpClientEnd(TunnelEnd):
             server.in_flight -= 1
             timeout = isinstance(error, TimeoutError)
             server.passive_failure("connect timeouts" if timeout else "connect failures")
-            server.stats.errors[TIMEOUT if timeout else CONNECT] += 1
+            error_class = TIMEOUT if timeout else CONNECT
             self.server = None
-            if self.closed:
-                return
             others = any(s is not server for s in self.ctx.pool.routable)
-            if self.tries <= self.ctx.settings.retries and others:
+            if not self.closed and self.tries <= self.ctx.settings.retries and others:
+                server.stats.record_retried(0, error_class, True)
                 self._connect(avoid=server)
-            else:
+                return
+            us = int((loop.time() - self.started) * 1_000_000)
+            server.stats.record(0, us, 0, 0, error_class)
+            if not self.closed:
                 log.debug("tcp: no server answered for %s", self.client_address[0])
                 self.close(abort=True)
             return

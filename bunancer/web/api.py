@@ -20,7 +20,7 @@ from ..config import (
     OutlierConfig,
     field_path,
 )
-from ..core.registry import PoolSettings, Registry, RegistryError, server_view
+from ..core.registry import PoolSettings, Registry, RegistryError, in_order
 from ..core.telemetry import Telemetry
 from .auth import require_token
 from .http import App, HTTPError, Request, Response, json_response
@@ -115,7 +115,7 @@ def build_api(
     def pool_detail(name: str) -> dict[str, Any]:
         pool = registry.pool(name)
         view = registry.pool_view(pool)
-        view["servers"] = [server_view(s) for s in pool.servers.values()]
+        view["servers"] = [registry.server_view(s) for s in in_order(pool)]
         return view
 
     @router.get("/healthz")
@@ -196,7 +196,7 @@ def build_api(
             # as it is, checked at once if it is down. PATCH changes its settings.
             existing = registry.registered_again(pool, body.host, body.port, body.id)
             if existing is not None:
-                return json_response(server_view(existing))
+                return json_response(registry.server_view(existing))
             server = registry.register(
                 pool,
                 body.host,
@@ -208,7 +208,7 @@ def build_api(
         except RegistryError as error:
             raise _registry_error(error) from None
         await save()
-        return json_response(server_view(server), 201)
+        return json_response(registry.server_view(server), 201)
 
     @router.get("/api/pools/{pool}/servers/{id}")
     async def get_server(request: Request) -> Response:
@@ -216,7 +216,7 @@ def build_api(
             server = registry.server(str(request.params["pool"]), str(request.params["id"]))
         except RegistryError as error:
             raise _registry_error(error) from None
-        return json_response(server_view(server))
+        return json_response(registry.server_view(server))
 
     @router.patch("/api/pools/{pool}/servers/{id}", body=ServerUpdate)
     async def update_server(request: Request) -> Response:
@@ -235,7 +235,7 @@ def build_api(
         except RegistryError as error:
             raise _registry_error(error) from None
         await save()
-        return json_response(server_view(server))
+        return json_response(registry.server_view(server))
 
     @router.delete("/api/pools/{pool}/servers/{id}")
     async def deregister(request: Request) -> Response:

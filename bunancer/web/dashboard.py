@@ -20,12 +20,11 @@ import asyncio
 import hashlib
 import itertools
 import logging
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, get_args
 from urllib.parse import parse_qs, quote, urlsplit
@@ -35,6 +34,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..config import Algorithm
 from ..core.events import (
+    FEED_KINDS,
     POOL_ADDED,
     POOL_REMOVED,
     POOL_UPDATED,
@@ -47,10 +47,9 @@ from ..core.events import (
     Event,
     EventBus,
 )
-from ..core.registry import PoolSettings, Registry, RegistryError
-from ..core.server import Server
-from ..core.stats import BUCKETS, ServerStats, percentile
-from ..core.telemetry import Telemetry
+from ..core.registry import PoolSettings, Registry, RegistryError, in_order
+from ..core.stats import ServerStats, percentile
+from ..core.telemetry import STATES, Telemetry, pool_figures, server_figures
 from . import sse
 from .api import _merged
 from .auth import token_matches
@@ -73,8 +72,6 @@ log = logging.getLogger("bunancer.dashboard")
 
 Saver = Callable[[], Awaitable[None]]
 
-# The order states are shown in, and the ones counted in the summary.
-STATES = ("healthy", "pending", "unhealthy", "dead", "draining", "disabled")
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 LIVE_KINDS = (
     SERVER_ADDED,
@@ -86,9 +83,10 @@ LIVE_KINDS = (
     POOL_UPDATED,
     STATS_TICK,
 )
-FEED_KINDS = (SERVER_ADDED, SERVER_REMOVED, SERVER_STATE, POOL_ADDED, POOL_REMOVED, POOL_UPDATED)
 # What changes the picture outside the one-second rotation (the summary is computed again).
 CHANGE_KINDS = (*FEED_KINDS, SERVER_UPDATED)
+FEED = 30  # changes the overview's activity feed shows (the script keeps as many)
+CHANGES = 50  # a server's own changes its page lists
 HISTORY = 60  # seconds of per-second figures the pages start with (what the stats keep)
 LOG_FOLLOWERS = 8  # live stub logs open at once (each holds a thread)
 STUB_CACHE = 1.5  # seconds the list of stubs is reused between pages
@@ -116,123 +114,8 @@ class DashboardContext:
     state_dir: str
     save: Saver  # make registry changes durable
     api_url: str = ""  # the registry API, for stubs to register ("" = the SDK's default)
-
-
-# -- figures ---------------------------------------------------------------------------------
-
-
-def _ratio(errors: int, requests: int) -> float | None:
-    # Connect failures are attempts that were retried elsewhere: errors without requests.
-    if requests:
-        return min(errors / requests, 1.0)
-    return 1.0 if errors else None
-
-
-class _Window:
-    """Requests, errors and a latency histogram summed over the last seconds of some stats."""
-
-    __slots__ = ("errors", "histogram", "last_errors", "last_requests", "requests")
-
-    def __init__(self) -> None:
-        self.requests = self.errors = self.last_requests = self.last_errors = 0
-        self.histogram = [0] * BUCKETS
-
-    def add(self, stats: ServerStats, seconds: int = 10) -> _Window:
-        if stats.seconds:
-            last = stats.seconds[-1]
-            self.last_requests += last.requests
-            self.last_errors += last.errors
-        histogram = self.histogram
-        for second in stats.last(seconds):
-            self.requests += second.requests
-            self.errors += second.errors
-            if second.requests:  # idle seconds share one empty histogram: skip it
-                for index, count in enumerate(second.latency):
-                    if count:
-                        histogram[index] += count
-        return self
-
-    def add_window(self, other: _Window) -> None:
-        self.requests += other.requests
-        self.errors += other.errors
-        self.last_requests += other.last_requests
-        self.last_errors += other.last_errors
-        for index, count in enumerate(other.histogram):
-            if count:
-                self.histogram[index] += count
-
-    def figures(self) -> dict[str, Any]:
-        return {
-            "rps": self.last_requests,
-            "errors": self.last_errors,
-            "error_rate": _ratio(self.errors, self.requests),
-            "p99": percentile(self.histogram, 0.99) if self.requests else None,
-        }
-
-
-def server_figures(server: Server) -> tuple[dict[str, Any], _Window]:
-    """What a server's badge shows: state, last second's rps, error rate and p99 over 10 s."""
-    window = _Window().add(server.stats)
-    last = server.stats.seconds[-1] if server.stats.seconds else None
-    busy = last is not None and last.requests > 0
-    figures = window.figures()
-    figures.update(
-        {
-            "state": server.state.value,
-            "reason": server.health.reason,
-            "p50_1s": percentile(last.latency, 0.5) if busy and last else None,
-            "p99_1s": percentile(last.latency, 0.99) if busy and last else None,
-            "in_flight": server.in_flight,
-            "weight": server.weight,
-        }
-    )
-    return figures, window
-
-
-def pool_figures(
-    registry: Registry, name: str, servers: dict[str, dict[str, Any]] | None = None
-) -> tuple[dict[str, Any], _Window]:
-    pool = registry.pools[name]
-    window = _Window().add(pool.rejected)  # requests the pool answered itself (no server)
-    for server in pool.servers.values():
-        figures, server_window = server_figures(server)
-        if servers is not None:
-            servers[f"{name}/{server.id}"] = figures
-        window.add_window(server_window)
-    figures = window.figures()
-    figures.update(
-        {
-            "algorithm": pool.selector.name,
-            "routable": len(pool.routable),
-            "servers": len(pool.servers),
-            "panic": pool.panic,
-        }
-    )
-    return figures, window
-
-
-def build_summary(registry: Registry, telemetry: Telemetry) -> dict[str, Any]:
-    """Every figure the pages show, for all pools and servers: the live update's payload."""
-    counts = dict.fromkeys(STATES, 0)
-    servers: dict[str, dict[str, Any]] = {}
-    pools: dict[str, dict[str, Any]] = {}
-    total = _Window()
-    for stats in telemetry.listener_stats:  # refused before routing (bad requests)
-        total.add(stats)
-    for name in registry.pools:
-        figures, window = pool_figures(registry, name, servers)
-        pools[name] = figures
-        total.add_window(window)
-    for figures in servers.values():
-        counts[figures["state"]] = counts.get(figures["state"], 0) + 1
-    return {
-        "at": time.time(),
-        "counts": counts,
-        "total": len(servers),
-        "traffic": total.figures(),
-        "pools": pools,
-        "servers": servers,
-    }
+    routes: list[dict[str, Any]] = field(default_factory=list)  # in the order they are tried
+    api_address: str = ""
 
 
 class Summaries:
@@ -284,7 +167,7 @@ class Summaries:
             self._marker = marker
             self._observed = now
         self.version += 1
-        data = build_summary(self.registry, self.telemetry)
+        data = self.telemetry.figures()
         data["seq"] = self.seq
         self._data = data
         self._body = orjson.dumps(data)
@@ -351,6 +234,16 @@ def fmt_ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
+def fmt_duration(seconds: float) -> str:
+    """``12s``, ``3m 4s``, ``1.5h`` (as fmtFor in the script)."""
+    seconds = max(seconds, 0.0)
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m {int(seconds % 60)}s"
+    return f"{seconds / 3600:.1f}h"
+
+
 def fmt_clock(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
 
@@ -371,6 +264,17 @@ def event_text(event: Event) -> str:
     if event.kind == POOL_UPDATED:
         return f"pool {data['name']} updated: {data['algorithm']}, {data['routable']} routable"
     return event.kind
+
+
+def check_schedule(health: dict[str, Any]) -> str:
+    """When checks run, in words: the interval depends on the state (states.py)."""
+    return (
+        f"every {health['interval']:g} s while healthy, {health['fast_interval']:g} s while a "
+        f"rise or fall streak is under way; while down from {health['down_interval']:g} s, "
+        f"x{health['backoff']:g} after each failure up to {health['max_down_interval']:g} s; "
+        f"every {health['dead_interval']:g} s once dead (intervals +-"
+        f"{health['jitter'] * 100:g}%)"
+    )
 
 
 def points(values: list[Any], width: float, height: float, top: float | None = None) -> list[str]:
@@ -447,11 +351,6 @@ class StubDirectory:
                 "settings": settings,
             }
         return found
-
-
-def _natural(text: str) -> tuple[Any, ...]:
-    """Sort key putting s2 before s10."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 def _host_key(host: str) -> str:
@@ -685,7 +584,13 @@ class Dashboard:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            rps=fmt_rps, pct=fmt_pct, ms=fmt_ms, ago=fmt_ago, clock=fmt_clock, seg=_segment
+            rps=fmt_rps,
+            pct=fmt_pct,
+            ms=fmt_ms,
+            ago=fmt_ago,
+            clock=fmt_clock,
+            duration=fmt_duration,
+            seg=_segment,
         )
         self.env.globals.update(
             static=self.static_url, states=STATES, points=points, algorithms=ALGORITHMS
@@ -738,11 +643,11 @@ class Dashboard:
     def pool_view(self, name: str, stubs: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
         registry = self.registry
         pool = registry.pools[name]
-        figures, _ = pool_figures(registry, name)
-        servers = []
         now = registry.loop.time()
-        for server in pool.servers.values():
-            server_data, _ = server_figures(server)
+        figures, _ = pool_figures(pool, now)
+        servers = []
+        for server in in_order(pool):
+            server_data, _ = server_figures(server, now)
             server_data.update(
                 {
                     "id": server.id,
@@ -753,10 +658,11 @@ class Dashboard:
                     "history": server.stats.history(HISTORY),
                     "stub": stubs.get((_host_key(server.host), server.port)),
                     "removing": server in registry.removing,
+                    # Health settings of its own (a stub's /health path) over the pool's.
+                    "overrides": registry.overrides.get(server, {}),
                 }
             )
             servers.append(server_data)
-        servers.sort(key=lambda s: _natural(s["id"]))
         settings = registry.settings.get(name, PoolSettings())
         states = dict.fromkeys(STATES, 0)
         for row in servers:
@@ -805,7 +711,7 @@ def build_dashboard(context: DashboardContext) -> App:
         _, summary, _ = dash.summaries.current()
         feed = [
             {"at": e.at, "kind": e.kind, "text": event_text(e)}
-            for e in reversed(context.bus.recent(FEED_KINDS, limit=15))
+            for e in reversed(context.bus.activity.recent(FEED))
         ]
         histories = {
             server["key"]: server["history"] for pool in pools for server in pool["servers"]
@@ -836,6 +742,20 @@ def build_dashboard(context: DashboardContext) -> App:
             boot=dash.boot(),
         )
 
+    @router.get("/routing")
+    async def routing(request: Request) -> Response:
+        return dash.render(
+            request,
+            "routing.html",
+            title="Routing",
+            page="routing",
+            listeners=context.telemetry.listeners_view(),
+            routes=context.routes,
+            pools=sorted(registry.pools),
+            api_address=context.api_address,
+            boot={},
+        )
+
     @router.get("/settings")
     async def settings(request: Request) -> Response:
         pools = await dash.pools_view()
@@ -862,13 +782,22 @@ def build_dashboard(context: DashboardContext) -> App:
         ]
         health = registry.settings[pool_name].health
         override = registry.overrides.get(server)
+        merged = health.merged(override) if override else health
+        next_at = registry.checker.next_check_at(server)
+        changes = context.bus.activity.of_server(pool_name, server_id, CHANGES)
         return {
             "server": data,
             "pool": pool,
             "checks": checks,
             "series": server_history(server.stats),
             # What this server is checked with: the pool's settings and its own overrides.
-            "health": (health.merged(override) if override else health).model_dump(),
+            "health": merged.model_dump(),
+            "overrides": sorted(override or {}),
+            "schedule": check_schedule(merged.model_dump()),
+            "next_check": None if next_at is None else max(next_at - registry.loop.time(), 0.0),
+            "changes": [
+                {"at": e.at, "kind": e.kind, "text": event_text(e)} for e in reversed(changes)
+            ],
         }
 
     @router.get("/servers/{pool}/{id}")

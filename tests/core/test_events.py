@@ -1,8 +1,18 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
-from bunancer.core.events import SERVER_ADDED, SERVER_STATE, EventBus
+from bunancer.core.events import (
+    FEED_KINDS,
+    POOL_UPDATED,
+    SERVER_ADDED,
+    SERVER_STATE,
+    STATS_TICK,
+    ActivityLog,
+    Event,
+    EventBus,
+)
 
 
 def test_publish_reaches_matching_subscribers_in_order() -> None:
@@ -67,3 +77,35 @@ def test_async_iteration_and_close() -> None:
         return received
 
     assert asyncio.run(main()) == [0, 1, 2]
+
+
+def test_the_activity_feed_keeps_changes_however_many_ticks_come_between() -> None:
+    bus = EventBus(history=500)
+    for n in range(9):
+        bus.publish(SERVER_STATE, {"pool": "p", "id": "s2", "old": "a", "new": "b", "n": n})
+        for _ in range(300):  # minutes of ticks and summaries
+            bus.publish(STATS_TICK, {"servers": []})
+    assert [e.data["n"] for e in bus.activity.recent(15)] == list(range(9))
+    assert len(bus.recent(FEED_KINDS, limit=15)) == 1  # the replay buffer lost the rest
+
+
+def test_the_activity_feed_is_bounded_per_server_and_forgets_old_servers() -> None:
+    log = ActivityLog(per_server=3, servers=2, pools=2)
+    ids = itertools.count(1)
+
+    def state(server: str) -> Event:
+        event = Event(next(ids), SERVER_STATE, {"pool": "p", "id": server})
+        log.add(event)
+        return event
+
+    quiet = state("quiet")
+    flapping = [state("flap") for _ in range(10)]
+    # The flapping server keeps its last three changes, the quiet one its only change.
+    assert log.of_server("p", "flap") == flapping[-3:]
+    assert log.of_server("p", "quiet") == [quiet]
+    assert log.recent(10) == [quiet, *flapping[-3:]]
+    state("third")  # a third server: the least recently changed one is forgotten
+    assert log.of_server("p", "quiet") == []
+    for n in range(3):
+        log.add(Event(next(ids), POOL_UPDATED, {"name": f"pool{n}"}))
+    assert [e.data["name"] for e in log.recent(10) if e.kind == POOL_UPDATED] == ["pool1", "pool2"]

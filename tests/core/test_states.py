@@ -154,11 +154,29 @@ def test_ejection_time_grows_and_active_checks_readmit_after_it() -> None:
     assert feed(health, [ok(clock), ok(clock), ok(clock)]) == []
     clock.tick(10)
     assert feed(health, [ok(clock)]) == [State.HEALTHY]
+    # Four checks passed; `rise` (2) of them readmit it, once the ejection is over.
+    assert health.reason == "2 passing checks, ejection over"
     second = health.eject(clock.now, "5 consecutive connect failures")
     assert second.reason.startswith("ejected for 20s")
     clock.tick(20)
     feed(health, [ok(clock), ok(clock)])
     assert health.eject(clock.now, "again").reason.startswith("ejected for 25s")  # capped
+
+
+def test_downtime_adds_up_the_spells_spent_unhealthy_or_dead() -> None:
+    clock = Clock()
+    health = healthy(clock)
+    assert health.down_for(clock.now) == 0.0
+    health.eject(clock.now, "x")
+    clock.tick(12)
+    assert health.down_for(clock.now) == 12.0  # the current spell counts
+    feed(health, [ok(clock), ok(clock)])
+    assert health.state is State.HEALTHY
+    clock.tick(100)
+    assert health.down_for(clock.now) == pytest.approx(14.0)  # 12 + the 2 checks' ticks
+    health.apply(Event.DISABLE, clock.now, "admin")
+    clock.tick(50)
+    assert health.down_for(clock.now) == pytest.approx(14.0)  # disabled is not down
 
 
 def test_long_healthy_spell_forgives_ejections() -> None:

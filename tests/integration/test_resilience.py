@@ -19,6 +19,7 @@ from bunancer.core.pool import RETRY_RESERVE
 from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import free_port, wait_for
 from tests.integration.test_lifecycle import backend_log
+from tests.integration.test_observability import metrics
 
 
 def api(proxy: Proxy) -> ApiClient:
@@ -39,6 +40,57 @@ def test_idempotent_request_is_retried_on_another_server(
     assert all(a.body.endswith(b" %d" % healthy.port) for a in answers)
     # POSTs are never retried once their body went out: half of them see the 503.
     assert [p.status for p in posts].count(503) == 5
+
+
+def test_a_failing_server_shows_its_errors_although_retries_hide_them_from_clients(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    failing = backends[0]
+    proxy = start_proxy([b.url for b in backends], "[pools.default.outlier]\nenabled = false\n")
+    failing_id, healthy_id = (f"127.0.0.1:{b.port}" for b in backends)
+    with proxy.client() as client:
+        answers = [client.request("GET", f"/fail-on/{failing.port}/503?n={n}") for n in range(20)]
+    assert [a.status for a in answers] == [200] * 20  # clients saw no error
+
+    def settled() -> dict[str, Any] | None:
+        snapshot = api(proxy).request("GET", "/api/stats")["pools"]["default"]
+        return snapshot if snapshot["servers"][failing_id]["requests"] == 20 else None
+
+    pool = wait_for(settled, timeout=5)
+    # Round-robin offers every request to the failing server first (the retry's pick moves
+    # the turn on to the healthy one, the next request's back again).
+    bad, good = pool["servers"][failing_id], pool["servers"][healthy_id]
+    assert bad["codes"] == {"5xx": 20}
+    assert bad["errors"]["upstream_5xx"] == 20
+    assert bad["redispatches"] == 20
+    assert good["requests"] == 20
+    assert pool["requests"] == 20  # what clients asked, not the 40 attempts
+    assert pool["errors_total"] == 0
+    assert pool["redispatches"] == 20
+    # Over the last 10 s: the failing server's every answer was an error, its pool's none.
+    wait_for(
+        lambda: (
+            api(proxy).request("GET", "/api/stats")["pools"]["default"]["servers"][failing_id][
+                "error_rate_10s"
+            ]
+            == 1.0
+        ),
+        timeout=3,
+    )
+    pool = api(proxy).request("GET", "/api/stats")["pools"]["default"]
+    assert pool["error_rate_10s"] == 0.0
+    families = metrics(proxy)
+    retried = {
+        (s.labels["server"], s.labels["kind"]): s.value for s in families["bunancer_retries"]
+    }
+    assert retried[(failing_id, "redispatch")] == 20
+    assert retried[(healthy_id, "redispatch")] == 0
+    answers_5xx = {
+        s.labels["server"]: s.value
+        for s in families["bunancer_requests"]
+        if s.labels["code_class"] == "5xx"
+    }
+    assert answers_5xx[failing_id] == 20
 
 
 def test_small_put_body_is_kept_and_replayed(

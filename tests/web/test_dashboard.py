@@ -315,6 +315,52 @@ def test_server_page_shows_checks_charts_and_no_actions_without_login(
     assert "/actions/" not in text
 
 
+def test_server_page_says_when_checks_run_and_lists_its_state_changes(
+    dash: Proxy, client: Client
+) -> None:
+    names = ids(dash)
+    dead = next(
+        i
+        for i in names.values()
+        if api(dash, "GET", f"/api/pools/default/servers/{i}")["state"] == "dead"
+    )
+    text = client.get(f"/servers/default/{dead}").text
+    # The schedule in words, from the server's own settings (FAST: every 0.2 s).
+    assert "every 0.2 s while healthy" in text
+    assert re.search(r"Next check (in [\d.]+ s|running now)", text)
+    # Its changes: pending -> unhealthy -> dead, newest first, with reasons.
+    changes = re.search(
+        r'<ol id="feed" class="feed-list" data-server="[^"]+">(.*?)</ol>', text, re.S
+    )
+    assert changes is not None
+    lines = re.findall(r"</time> (.*?)</li>", changes.group(1))
+    assert "unhealthy → dead" in lines[0]
+    assert any("pending → unhealthy" in line for line in lines[1:])
+    # Totals HAProxy's stats page has: requests, errors, retries, downtime.
+    assert 'data-field="downtime"' in text
+    assert 'data-field="redispatches"' in text
+    # Charts show a fixed minute with a scale.
+    assert text.count("60 s ago") == 2
+    assert text.count("data-ytop") == 2
+
+
+def test_routing_page_shows_listeners_and_routes(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy(
+        [backends[0].url],
+        '[pools.api]\nservers = []\n\n[[routes]]\nhost = "*.example.com"\npath_prefix = "/v1/"\n'
+        'pool = "api"\n',
+    )
+    text = Client(proxy.dashboard_port).get("/routing").text
+    assert f"http://127.0.0.1:{proxy.port}" in text  # the listener, as bound
+    assert '<a href="/#pool-default">default</a>' in text  # its default pool
+    assert "<code>*.example.com</code>" in text
+    assert "<code>/v1/</code>" in text
+    assert '<a href="/#pool-api">api</a>' in text
+    proxy.process.stop()
+
+
 def test_settings_page_lists_algorithms_weights_and_health(dash: Proxy, client: Client) -> None:
     text = client.get("/settings").text
     assert 'action="/actions/pools/default/settings"' in text

@@ -13,7 +13,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const SERIES_MAX = 300; // seconds kept per server while a page is open
   const SPARK = 60; // seconds a sparkline shows
-  const FEED_MAX = 15;
+  const FEED_MAX = 30; // as FEED in dashboard.py
   const $ = (selector, root = document) => root.querySelector(selector);
   const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
 
@@ -60,9 +60,16 @@
     p50_1s: fmtMs,
     p99_1s: fmtMs,
     in_flight: String,
+    max_in_flight: String,
     weight: String,
     algorithm: String,
     routable: String,
+    retried: String,
+    requests_total: String,
+    errors_total: String,
+    retries: String,
+    redispatches: String,
+    downtime: fmtFor,
   };
 
   // One series as SVG polyline segments; null breaks the line (as `points` in Python).
@@ -324,6 +331,8 @@
   function feed(event) {
     const list = $("#feed");
     if (!list) return;
+    // A server's page lists that server's changes only.
+    if (list.dataset.server && keyOf(event.data) !== list.dataset.server) return;
     $(".empty-feed", list)?.remove();
     const item = document.createElement("li");
     item.className = `fresh kind-${event.kind.replace(".", "-")}`;
@@ -512,7 +521,8 @@
     let busy = null;
     const slow = setTimeout(() => (busy = toast("Working…", "busy")), 400);
     try {
-      const response = await fetch(form.action, {
+      // getAttribute: a control named "action" (the admin buttons) shadows `form.action`.
+      const response = await fetch(form.getAttribute("action"), {
         method: "POST",
         body,
         credentials: "same-origin",
@@ -676,25 +686,35 @@
 
   let sinceBase = null;
 
+  const CHART = 60; // seconds a chart shows (as the server page's template)
+
   function drawCharts() {
     const series = model.series.get(data.key);
     if (!series) return;
+    const last = (values) => {
+      const kept = values.slice(-CHART);
+      return new Array(CHART - kept.length).fill(null).concat(kept);
+    };
     const finite = (values) => values.filter((v) => v !== null && v !== undefined);
-    const rpsTop = Math.max(1, ...series.rps, ...series.errors);
-    const latencies = finite(series.p99).concat(finite(series.p50));
+    const rps = last(series.rps);
+    const errors = last(series.errors);
+    const p50 = last(series.p50);
+    const p99 = last(series.p99);
+    const rpsTop = Math.max(1, ...finite(rps), ...finite(errors));
+    const latencies = finite(p99).concat(finite(p50));
     const latencyTop = latencies.length ? Math.max(...latencies) : null;
-    const chart = (id, lines, top, label) => {
+    const chart = (id, lines, top, format) => {
       const figure = $(id);
       if (!figure) return;
       for (const [name, values] of lines) {
         const group = $(`.series.${name}`, figure);
         if (group) drawLines(group, points(values, 600, 120, top));
       }
-      setText($("[data-ymax]", figure), `max ${label}`);
-      for (const span of $$("[data-span]", figure)) setText(span, `last ${series.rps.length} s`);
+      setText($("[data-ytop]", figure), format(top));
+      setText($("[data-ymid]", figure), format(top === null ? null : top / 2));
     };
-    chart("#chart-rps", [["rps", series.rps], ["errors", series.errors]], rpsTop, fmtRps(Math.max(...series.rps)));
-    chart("#chart-latency", [["p50", series.p50], ["p99", series.p99]], latencyTop, fmtMs(latencyTop));
+    chart("#chart-rps", [["rps", rps], ["errors", errors]], rpsTop, fmtRps);
+    chart("#chart-latency", [["p50", p50], ["p99", p99]], latencyTop, fmtMs);
   }
 
   function tickSince() {
