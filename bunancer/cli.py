@@ -210,7 +210,9 @@ def _banner(balancer: object) -> None:
     from .core import NATIVE
 
     assert isinstance(balancer, Balancer)
-    console = Console(stderr=False, highlight=False)
+    # soft_wrap: a line longer than the terminal (or than 80 columns when output is not a
+    # terminal) is not broken mid-sentence; the token stays on one line to copy.
+    console = Console(stderr=False, highlight=False, soft_wrap=True)
     table = Table(title=f"bunancer {__version__}", title_justify="left", show_edge=False)
     table.add_column("listener")
     table.add_column("address")

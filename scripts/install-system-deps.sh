@@ -6,6 +6,7 @@ packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
 
 need redis-server redis-server   # tests/integration/test_redis_store.py
+need curl curl                   # tests/integration/test_readme.py runs the README's curl lines
 # tests/browser/: Playwright drives Debian's Chromium at /usr/bin/chromium (no browser download)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
 

@@ -110,6 +110,18 @@ def test_serve_flags_without_config(tmp_path: Path, backends: list[Backend]) -> 
         assert process.stop() == 0
 
 
+def test_banner_keeps_the_token_line_whole_when_output_is_not_a_terminal(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy([])  # its state dir is a long pytest path: the line passes 80 columns
+    token = proxy.token
+    lines = [line for line in proxy.process.lines if line.startswith("token: ")]
+    assert len(lines) == 1, proxy.process.lines[:20]
+    assert lines[0].startswith(f"token: {token}   (new; saved in ")
+    assert lines[0].endswith(f"{proxy.state_dir / 'token'})")
+    assert len(lines[0]) > 80
+
+
 def test_graceful_drain_finishes_in_flight(
     start_proxy: StartProxy, backends: list[Backend]
 ) -> None:
