@@ -8,8 +8,10 @@ second (default 10), drawn from this mix:
 
     60%  GET /items/<n>          a small body (a stub's id line)
     20%  GET /large/<n>          64 KiB when the balancer routes /large/ to stubs started with
-                                 ``--size 65536`` (the scenario runner's balancer does; another
-                                 balancer answers whatever that path gives)
+                                 ``--size 65536`` (the scenario runner's balancer does). Each
+                                 user asks once at start: where the answer is smaller (a plain
+                                 ``bunancer serve`` with default stubs), the task is named
+                                 "GET /large/ (small body: no 64 KiB pool)", not "GET 64KiB"
     20%  POST /orders            a 4 KiB request body (not idempotent: never retried by
                                  bunancer once its body went out)
 
@@ -35,6 +37,8 @@ from locust import FastHttpUser, constant_throughput, events, task
 USER_RPS = float(os.environ.get("BENCH_USER_RPS", "10"))
 LARGE_PREFIX = os.environ.get("BENCH_LARGE_PREFIX", "/large/")
 POST_BODY = b"o" * 4096
+LARGE_SIZE = 65536
+PROBE = "probe /large/"
 ITEMS = 1000  # distinct paths per kind, so access logs and hash routing see some variety
 
 
@@ -46,7 +50,14 @@ class BalancerUser(FastHttpUser):
     network_timeout = 10.0
     connection_timeout = 5.0
 
+    large_name = "GET 64KiB"
+
     def on_start(self) -> None:
+        # Name the large task after what this balancer answers on its path (see above).
+        with self.client.get(f"{LARGE_PREFIX}0", name=PROBE, catch_response=True) as probe:
+            if len(probe.content or b"") < LARGE_SIZE:
+                self.large_name = "GET /large/ (small body: no 64 KiB pool)"
+            probe.success()  # a probe, not a measured request of the mix
         # Start at a random point of the pace period: users spawned together would otherwise
         # stay in step and send their requests in bursts (a spawn rate of N/s puts 10 of 20
         # users on the same 100 ms beat), which no set of independent clients does.
@@ -58,7 +69,7 @@ class BalancerUser(FastHttpUser):
 
     @task(2)
     def get_large(self) -> None:
-        self.client.get(f"{LARGE_PREFIX}{random.randrange(ITEMS)}", name="GET 64KiB")
+        self.client.get(f"{LARGE_PREFIX}{random.randrange(ITEMS)}", name=self.large_name)
 
     @task(2)
     def post_4k(self) -> None:
@@ -93,6 +104,8 @@ class Recorder:
         start_time: float | None = None,
         **_: Any,
     ) -> None:
+        if name == PROBE:
+            return  # each user's one look at /large/, not part of the measured mix
         ended = (start_time if start_time is not None else time.time()) + response_time / 1000
         bucket = self.buckets.get(int(ended))
         if bucket is None:
