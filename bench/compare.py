@@ -43,6 +43,7 @@ from typing import Any
 from rich.table import Table
 
 from bench import throughput as tp
+from bench.harness import Supervisor, machine_info
 
 RESULTS_DIR = tp.RESULTS_DIR
 SIZES = (100, 64 * 1024)
@@ -99,7 +100,7 @@ def measure_workload(
     backend: str, size: int, args: argparse.Namespace, workdir: Path
 ) -> list[tuple[int, tp.Sample]]:
     """Start backends and fronts for one backend kind and size; samples by connections."""
-    supervisor = tp.Supervisor(workdir)
+    supervisor = Supervisor(workdir)
     samples: list[tuple[int, tp.Sample]] = []
     try:
         backends = tp.start_backends(supervisor, backend, size)
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": args.warmup,
         },
         "open_files": limits,
-        "machine": tp.machine_info(),
+        "machine": machine_info(),
         "points": [asdict(point) for point in points],
         "ratios": ratio_rows,
         "samples": raw,

@@ -35,19 +35,16 @@ from typing import NoReturn
 
 from rich.table import Table
 
+from bench.harness import HOST, Supervisor, http_status, wait_log_line
 from bench.throughput import (
-    HOST,
     Endpoint,
     Sample,
-    Supervisor,
     console,
-    http_status,
     measure,
     raise_on_sigterm,
     rotated,
     start_bunancer,
     start_stub_backend,
-    wait_log_line,
     warm_up,
 )
 

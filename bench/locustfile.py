@@ -4,7 +4,7 @@
     python -m bench.scenarios kill-one                               # headless, with faults
 
 Each user (Locust's FastHttpUser) keeps a steady pace of ``BENCH_USER_RPS`` requests per
-second (default 10), drawn from this mix:
+second (default 10; 0: as fast as it can, to measure capacity), drawn from this mix:
 
     60%  GET /items/<n>          a small body (a stub's id line)
     20%  GET /large/<n>          64 KiB when the balancer routes /large/ to stubs started with
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, constant_throughput, events, task
+from locust import FastHttpUser, constant, constant_throughput, events, task
 
 USER_RPS = float(os.environ.get("BENCH_USER_RPS", "10"))
 LARGE_PREFIX = os.environ.get("BENCH_LARGE_PREFIX", "/large/")
@@ -45,7 +45,7 @@ ITEMS = 1000  # distinct paths per kind, so access logs and hash routing see som
 class BalancerUser(FastHttpUser):
     """One client: small GETs, 64 KiB GETs and 4 KiB POSTs at a constant pace."""
 
-    wait_time = constant_throughput(USER_RPS)
+    wait_time = constant_throughput(USER_RPS) if USER_RPS > 0 else constant(0)
     # A hung upstream shows as a failure after this long, not as a stuck user.
     network_timeout = 10.0
     connection_timeout = 5.0
@@ -61,7 +61,8 @@ class BalancerUser(FastHttpUser):
         # Start at a random point of the pace period: users spawned together would otherwise
         # stay in step and send their requests in bursts (a spawn rate of N/s puts 10 of 20
         # users on the same 100 ms beat), which no set of independent clients does.
-        time.sleep(random.uniform(0.0, 1.0 / USER_RPS))  # gevent-patched: yields
+        if USER_RPS > 0:
+            time.sleep(random.uniform(0.0, 1.0 / USER_RPS))  # gevent-patched: yields
 
     @task(6)
     def get_small(self) -> None:

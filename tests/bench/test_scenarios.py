@@ -1,14 +1,15 @@
-"""Smoke runs of every failure scenario (bench/scenarios.py): a few seconds at a low rate.
+"""Smoke runs of every failure scenario (bench/scenarios/): a few seconds at a low rate.
 
 Each run starts real processes (a balancer, six stubs, Locust) on 127.0.0.1 and checks that
 the summary is produced and the fault really happened (a new PID after the kill, 503s
-counted by the stubs, ...). The verdicts of full runs are in bench/README.md; a smoke run
-is too short to judge them, so only `steady` is held to its verdict.
+counted by the stubs, ...). The judges themselves are tested on made-up runs in
+test_verdicts.py; full runs' verdicts are in bench/README.md. A smoke run is too short to
+hold most scenarios to their verdict, but two are held to it: `steady` must PASS, and a
+control run of `kill-one` (the balancer's protection off) must FAIL.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,15 +23,17 @@ from bench.timeline import Timeline
 from stubs.sdk import StubManager
 from stubs.state import process_running
 from tests.conftest import Proxy, StartProxy
-from tests.helpers import ROOT
+from tests.helpers import LOCUST_MISSING, ROOT, require_tool
 
 # Looked up, not imported: importing Locust monkey-patches threads and sockets with gevent
 # for the whole test process (in-process tests using threads then hang). It runs as a
 # subprocess of the scenario runner.
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("locust") is None,
-    reason="the bench extra is not installed: pip install -e '.[bench]'",
-)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _locust_installed() -> None:
+    """Skipped without Locust, or failed when `CI` is set."""
+    require_tool(LOCUST_MISSING)
 
 DURATION = 6  # seconds of load: room for a fault at 1/3 and a recovery after 2/3
 SMOKE = {"duration": DURATION, "users": 3, "rate": 5.0}
@@ -75,6 +78,17 @@ def test_steady_from_the_command_line(tmp_path: Path) -> None:
     (run,) = tmp_path.glob("steady-*")
     assert (run / "report.html").stat().st_size > 0
     assert "0 failures" in completed.stdout
+
+
+def test_a_control_run_without_protection_fails(tmp_path: Path) -> None:
+    # Round-robin, no retries, checks every 5 s: GETs meet the killed node and fail.
+    summary = smoke("kill-one", tmp_path, protected=False)
+    assert summary["protected"] is False
+    assert summary["failures_idempotent"] > 0
+    assert summary["verdict"] == "FAIL"
+    config = (Path(summary["results"]) / "bunancer.toml").read_text()
+    assert "retries = 0" in config
+    assert "enabled = false" in config
 
 
 def test_kill_one_kills_a_stub_and_starts_it_again(tmp_path: Path) -> None:
