@@ -43,7 +43,7 @@ from typing import Any
 from rich.table import Table
 
 from bench import throughput as tp
-from bench.harness import Supervisor, machine_info
+from bench.harness import Supervisor, machine_info, split_cpus
 
 RESULTS_DIR = tp.RESULTS_DIR
 SIZES = (100, 64 * 1024)
@@ -63,9 +63,9 @@ FRONT_COLOURS = {
 class Point(tp.Summary):
     """One front's medians (throughput's Summary) for one workload."""
 
-    backend: str
-    size: int
-    connections: int
+    backend: str = ""
+    size: int = 0
+    connections: int = 0
 
 
 # -- open files --------------------------------------------------------------------------------
@@ -98,13 +98,16 @@ def ensure_open_files(connections: list[int]) -> tuple[list[int], dict[str, int]
 
 def measure_workload(
     backend: str, size: int, args: argparse.Namespace, workdir: Path
-) -> list[tuple[int, tp.Sample]]:
-    """Start backends and fronts for one backend kind and size; samples by connections."""
+) -> tuple[list[tuple[int, tp.Sample]], dict[str, Any]]:
+    """Start backends and fronts for one backend kind and size; samples by connections, and
+    what the peers logged (nginx's warnings, HAProxy's `show info`) to explain them."""
     supervisor = Supervisor(workdir)
     samples: list[tuple[int, tp.Sample]] = []
+    peer_logs: dict[str, Any] = {}
     try:
         backends = tp.start_backends(supervisor, backend, size)
-        fronts = tp.start_fronts(supervisor, args.front_names, backends)
+        fronts = tp.start_fronts(supervisor, args.front_names, backends, size=size)
+        tp.place(args.placement, backends, fronts)
         tp.console.print(
             f"[bold]{backend} backends, {size} B[/]: "
             + ", ".join(f"{name} :{front.port}" for name, front in fronts.items())
@@ -112,7 +115,9 @@ def measure_workload(
         tp.warm_up(fronts, args.warmup, min(args.connection_counts))
         for run in range(1, args.runs + 1):
             for connections in args.connection_counts:
-                settings = argparse.Namespace(duration=args.duration, connections=connections)
+                settings = argparse.Namespace(
+                    duration=args.duration, connections=connections, wrk_cpus=args.wrk_cpus
+                )
                 for mode in args.modes:
                     for name in tp.rotated(list(fronts), run - 1):
                         sample = tp.measure(fronts[name], run, mode, settings)
@@ -123,6 +128,10 @@ def measure_workload(
                             f"cpu {tp.format_cpu(sample.cpu_us_per_request)} µs/req  "
                             f"errors {sample.errors}"
                         )
+        peer_logs = {
+            "nginx_warnings": tp.nginx_warnings(supervisor),
+            "haproxy_info": tp.haproxy_stats(supervisor),
+        }
     finally:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -132,7 +141,7 @@ def measure_workload(
         left = supervisor.leftovers()
         if left:
             tp.console.print(f"[red]processes still alive after cleanup: {left}[/]")
-    return samples
+    return samples, peer_logs
 
 
 def points_of(
@@ -316,7 +325,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--connections", type=int_list, default=list(CONNECTIONS), help="wrk -c: 64,1000"
     )
     parser.add_argument("--modes", type=word_list(tp.MODES), default=list(tp.MODES))
-    parser.add_argument("--backends", type=word_list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument(
+        "--backends",
+        type=word_list(BACKENDS),
+        default=["nginx"],
+        help="nginx (default: never the bottleneck), stub (the Python stub server), or both",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="no core of its own for the front under test"
+    )
     parser.add_argument("--fronts", default=",".join(tp.FRONTS), help="default: all installed")
     parser.add_argument("--warmup", type=float, default=1, help="unrecorded seconds per front")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -332,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
         tp.check_tools(argparse.Namespace(backend_kind="nginx"))
     tp.check_tools(argparse.Namespace(backend_kind="stub"))
     args.front_names = tp.choose_fronts(args.fronts)
+    args.placement = None if args.no_pin else split_cpus()
+    args.wrk_cpus = args.placement[1] if args.placement else None
     args.connection_counts, limits = ensure_open_files(args.connections)
     if not args.connection_counts:
         tp.fail("no connection count fits the open-files limit")
@@ -344,11 +363,15 @@ def main(argv: list[str] | None = None) -> None:
     points: list[Point] = []
     ratio_rows: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
+    peer_logs: dict[str, Any] = {}
     try:
         for backend in args.backends:
             for size in args.sizes:
                 with tempfile.TemporaryDirectory(prefix="bunancer-compare-") as tmp:
-                    samples = measure_workload(backend, size, args, Path(tmp))
+                    samples, logs = measure_workload(backend, size, args, Path(tmp))
+                peer_logs[f"{backend}/{size}"] = logs
+                for warning, count in logs["nginx_warnings"].items():
+                    tp.console.print(f"[yellow]nginx ({backend}, {size} B): {count} x {warning}[/]")
                 raw += [
                     {"backend": backend, "size": size, "connections": c, **asdict(s)}
                     for c, s in samples
@@ -375,12 +398,14 @@ def main(argv: list[str] | None = None) -> None:
             "backends": args.backends,
             "fronts": args.front_names,
             "warmup": args.warmup,
+            "pinned": args.placement is not None,
         },
         "open_files": limits,
         "machine": machine_info(),
         "points": [asdict(point) for point in points],
         "ratios": ratio_rows,
         "samples": raw,
+        "peer_logs": peer_logs,
     }
     json_path = stem.with_suffix(".json")
     json_path.write_text(json.dumps(report, indent=2) + "\n")

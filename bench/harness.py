@@ -97,6 +97,25 @@ class Supervisor:
         return [pid for child in self.children for pid in group_pids(child.pid)]
 
 
+def pin(child: Child, cpus: set[int]) -> None:
+    """Keep every thread of every process of `child`'s group on `cpus` (its own core for the
+    front under test, the others for the load and the backends). Threads made later take
+    their creator's affinity."""
+    for pid in group_pids(child.pid):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), cpus)
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(the front's core, the others), or None on a machine with one core to use."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
 def signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)

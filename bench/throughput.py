@@ -52,10 +52,13 @@ Ctrl-C or error. All traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -78,7 +81,9 @@ from bench.harness import (
     free_port,
     group_cpu_seconds,
     machine_info,
+    pin,
     rss_kib,
+    split_cpus,
     wait_http_ok,
     wait_log_line,
 )
@@ -219,8 +224,16 @@ HAPROXY_FORWARDING = (
 )
 
 
+def nginx_buffers(size: int) -> str:
+    """Response buffers that hold the whole answer in memory, as a user proxying answers of
+    this size would set them: with the default (8 x 4 KiB) a 64 KiB answer is spilled to a
+    temporary file on disk ("an upstream response is buffered to a temporary file")."""
+    pieces = max(8, -(-(size + 4096) // 16384))
+    return f"            proxy_buffer_size 16k;\n            proxy_buffers {pieces} 16k;\n"
+
+
 def start_nginx_front(
-    supervisor: Supervisor, backends: list[Endpoint], forwarding: bool = True
+    supervisor: Supervisor, backends: list[Endpoint], forwarding: bool = True, size: int = 0
 ) -> Endpoint:
     port = free_port()
     servers = "".join(f"        server {HOST}:{b.port};\n" for b in backends)
@@ -237,6 +250,7 @@ def start_nginx_front(
         "            proxy_pass http://backends;\n"
         "            proxy_http_version 1.1;\n"
         '            proxy_set_header Connection "";\n'
+        f"{nginx_buffers(size)}"
         f"{NGINX_FORWARDING if forwarding else ''}"
         "        }\n"
         "    }\n"
@@ -253,7 +267,8 @@ def start_haproxy_front(
     )
     conf = supervisor.workdir / "haproxy.cfg"
     conf.write_text(
-        "global\n    nbthread 1\n    maxconn 4096\n\n"
+        "global\n    nbthread 1\n    maxconn 4096\n"
+        f"    stats socket {haproxy_socket(supervisor)}\n\n"
         "defaults\n    mode http\n    option http-keep-alive\n    http-reuse always\n"
         "    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
         "    timeout http-keep-alive 30s\n\n"
@@ -263,6 +278,45 @@ def start_haproxy_front(
     )
     child = supervisor.start("haproxy", ["haproxy", "-db", "-f", str(conf)])
     return Endpoint("haproxy", port, child)
+
+
+def haproxy_socket(supervisor: Supervisor) -> Path:
+    return supervisor.workdir / "haproxy.sock"
+
+
+def haproxy_stats(supervisor: Supervisor) -> dict[str, str] | None:
+    """`show info` of the HAProxy front (connections, limits, errors), or None without one."""
+    path = haproxy_socket(supervisor)
+    if not path.exists():
+        return None
+    info: dict[str, str] = {}
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(b"show info\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        for line in data.decode(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                info[key.strip()] = value.strip()
+    return info
+
+
+def nginx_warnings(supervisor: Supervisor) -> dict[str, int]:
+    """Warnings and errors in the nginx front's error log, counted by message."""
+    counts: dict[str, int] = {}
+    path = supervisor.workdir / "nginx" / "error.log"
+    if not path.exists():
+        return counts
+    for line in path.read_text(errors="replace").splitlines():
+        match = re.search(r"\[(warn|error|crit|alert|emerg)\] [\d#]+: (?:\*\d+ )?([^,]+)", line)
+        if match:
+            message = re.sub(r"/\S+", "<path>", match.group(2).strip())  # one key per kind
+            key = f"{match.group(1)}: {message}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def start_bare_front(supervisor: Supervisor, backends: list[Endpoint]) -> Endpoint:
@@ -286,12 +340,13 @@ def start_fronts(
     names: list[str],
     backends: list[Endpoint],
     peer_forwarding: bool = True,
+    size: int = 0,
 ) -> dict[str, Endpoint]:
     """Start the named fronts; nginx and HAProxy add bunancer's forwarding headers
     unless `peer_forwarding` is off (then they pass the client's head through as is)."""
     starters: dict[str, Callable[[Supervisor, list[Endpoint]], Endpoint]] = {
         "bunancer": start_bunancer,
-        "nginx": lambda sup, ends: start_nginx_front(sup, ends, peer_forwarding),
+        "nginx": lambda sup, ends: start_nginx_front(sup, ends, peer_forwarding, size),
         "haproxy": lambda sup, ends: start_haproxy_front(sup, ends, peer_forwarding),
         BARE: start_bare_front,
     }
@@ -306,6 +361,22 @@ def start_fronts(
     for front in fronts.values():
         wait_http_ok(front.child, front.port)
     return fronts
+
+
+def place(
+    placement: tuple[set[int], set[int]] | None,
+    backends: list[Endpoint],
+    fronts: dict[str, Endpoint],
+) -> None:
+    """The fronts (one is loaded at a time) on a core of their own; backends and wrk on
+    the rest, so a front's rate is not capped by sharing its core with them."""
+    if placement is None:
+        return
+    front_cpus, other_cpus = placement
+    for backend in backends:
+        pin(backend.child, other_cpus)
+    for name, front in fronts.items():
+        pin(front.child, other_cpus if name == "direct" else front_cpus)
 
 
 # -- wrk -------------------------------------------------------------------------------------
@@ -359,13 +430,20 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def run_wrk(port: int, mode: str, duration: float, connections: int) -> WrkResult:
+def run_wrk(
+    port: int, mode: str, duration: float, connections: int, cpus: set[int] | None = None
+) -> WrkResult:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if mode == "close":
         argv += ["-H", "Connection: close"]
     argv.append(f"http://{HOST}:{port}/")
     completed = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration + 30, check=False
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+        check=False,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     if completed.returncode != 0:
         raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()}")
@@ -390,10 +468,16 @@ class Sample:
     non_2xx: int
     errors: int
 
+    @property
+    def clean(self) -> bool:
+        """No socket error and no non-2xx answer: a rate that counts only what succeeded."""
+        return self.errors == 0
+
 
 def measure(endpoint: Endpoint, run: int, mode: str, args: argparse.Namespace) -> Sample:
     cpu_before = group_cpu_seconds(endpoint.child.pid)
-    result = run_wrk(endpoint.port, mode, args.duration, args.connections)
+    cpus = getattr(args, "wrk_cpus", None)
+    result = run_wrk(endpoint.port, mode, args.duration, args.connections, cpus)
     cpu = group_cpu_seconds(endpoint.child.pid) - cpu_before
     return Sample(
         run=run,
@@ -447,6 +531,9 @@ def run_all(
 
 @dataclass
 class Summary:
+    """Medians over a front's clean samples (no errors); samples with errors are counted
+    in `left_out` and not used, so an error page served fast never inflates a rate."""
+
     mode: str
     front: str
     rps: float
@@ -457,6 +544,11 @@ class Summary:
     cpu_us_per_request: float | None
     errors: int
     runs: int
+    left_out: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.runs > self.left_out
 
 
 def summarise(samples: list[Sample]) -> list[Summary]:
@@ -465,8 +557,9 @@ def summarise(samples: list[Sample]) -> list[Summary]:
         groups.setdefault((sample.mode, sample.front), []).append(sample)
     summaries = []
     for (mode, front), group in groups.items():
-        cpu = [s.cpu_us_per_request for s in group if s.cpu_us_per_request is not None]
-        rps = [s.rps for s in group]
+        clean = [s for s in group if s.clean] or group  # all had errors: shown, no ratio
+        cpu = [s.cpu_us_per_request for s in clean if s.cpu_us_per_request is not None]
+        rps = [s.rps for s in clean]
         summaries.append(
             Summary(
                 mode=mode,
@@ -474,11 +567,12 @@ def summarise(samples: list[Sample]) -> list[Summary]:
                 rps=statistics.median(rps),
                 rps_min=min(rps),
                 rps_max=max(rps),
-                p50_ms=statistics.median(s.p50_ms for s in group),
-                p99_ms=statistics.median(s.p99_ms for s in group),
+                p50_ms=statistics.median(s.p50_ms for s in clean),
+                p99_ms=statistics.median(s.p99_ms for s in clean),
                 cpu_us_per_request=statistics.median(cpu) if cpu else None,
                 errors=sum(s.errors for s in group),
                 runs=len(group),
+                left_out=sum(1 for s in group if not s.clean),
             )
         )
     order = {name: index for index, name in enumerate(ALL_FRONTS)}
@@ -493,11 +587,27 @@ def format_cpu(value: float | None) -> str:
 def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
     """bunancer against each other front, per mode; missing fronts are left out."""
     rows: list[dict[str, Any]] = []
-    by_key = {(s.mode, s.front): s for s in summaries}
+    by_key = {(s.mode, s.front): s for s in summaries if s.usable}
     for mode in MODES:
         ours = by_key.get((mode, "bunancer"))
         if ours is None:
             continue
+        # CPU per request first: the headline, least sensitive to how cores are shared.
+        for front, peer in (
+            ("bunancer", "nginx"),
+            ("bunancer", "haproxy"),
+            ("bunancer", BARE),
+            (BARE, "haproxy"),
+        ):
+            mine, theirs = by_key.get((mode, front)), by_key.get((mode, peer))
+            if mine and theirs and mine.cpu_us_per_request and theirs.cpu_us_per_request:
+                rows.append(
+                    {
+                        "mode": mode,
+                        "ratio": f"{front} CPU µs/req ÷ {peer} CPU µs/req",
+                        "value": mine.cpu_us_per_request / theirs.cpu_us_per_request,
+                    }
+                )
         for other in ("nginx", "haproxy", "direct", BARE):
             theirs = by_key.get((mode, other))
             if theirs is not None and theirs.rps > 0:
@@ -518,18 +628,6 @@ def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
                         "value": theirs.rps / ours.rps,
                     }
                 )
-        # CPU per request against HAProxy and, when it ran, the bare relay (the floor);
-        # and the floor's own distance to HAProxy.
-        for front, peer in (("bunancer", "haproxy"), ("bunancer", BARE), (BARE, "haproxy")):
-            mine, theirs = by_key.get((mode, front)), by_key.get((mode, peer))
-            if mine and theirs and mine.cpu_us_per_request and theirs.cpu_us_per_request:
-                rows.append(
-                    {
-                        "mode": mode,
-                        "ratio": f"{front} CPU µs/req ÷ {peer} CPU µs/req",
-                        "value": mine.cpu_us_per_request / theirs.cpu_us_per_request,
-                    }
-                )
     return rows
 
 
@@ -543,22 +641,25 @@ def results_table(summaries: list[Summary], args: argparse.Namespace) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("mode")
     table.add_column("front")
-    for heading in ("req/s", "req/s min-max", "p50 ms", "p99 ms", "CPU µs/req", "errors"):
+    for heading in ("CPU µs/req", "req/s", "req/s min-max", "p50 ms", "p99 ms", "errors"):
         table.add_column(heading, justify="right")
     previous_mode = None
     for s in summaries:
         if previous_mode is not None and s.mode != previous_mode:
             table.add_section()
         previous_mode = s.mode
+        flagged = f" ({s.left_out}/{s.runs} runs left out)" if s.left_out else ""
+        if not s.usable:
+            flagged = " (every run had errors: no ratio)"
         table.add_row(
             s.mode,
             s.front,
+            format_cpu(s.cpu_us_per_request),
             f"{s.rps:,.0f}",
             f"{s.rps_min:,.0f}-{s.rps_max:,.0f}",
             f"{s.p50_ms:.2f}",
             f"{s.p99_ms:.2f}",
-            format_cpu(s.cpu_us_per_request),
-            str(s.errors),
+            f"{s.errors}{flagged}",
         )
     return table
 
@@ -601,7 +702,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(FRONTS),
         help=f"comma list out of {','.join(FRONTS)} (default: all available)",
     )
-    parser.add_argument("--backend-kind", choices=["stub", "nginx"], default="stub")
+    parser.add_argument(
+        "--backend-kind",
+        choices=["stub", "nginx"],
+        default="nginx",
+        help="nginx serving a file (default: never the bottleneck) or the Python stub",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave every process on every core (default: the front under test on a core "
+        "of its own, wrk and the backends on the others, where the machine has two or more)",
+    )
     parser.add_argument(
         "--plain-peers",
         action="store_true",
@@ -659,7 +771,10 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     supervisor = Supervisor(workdir)
     try:
         backends = start_backends(supervisor, args.backend_kind, args.size)
-        fronts = start_fronts(supervisor, args.front_names, backends, not args.plain_peers)
+        fronts = start_fronts(
+            supervisor, args.front_names, backends, not args.plain_peers, args.size
+        )
+        place(args.placement, backends, fronts)
         ports = ", ".join(f"{name} :{front.port}" for name, front in fronts.items())
         console.print(f"backends :{backends[0].port} :{backends[1].port}; fronts {ports}")
         warm_up(fronts, args.warmup, args.connections)
@@ -669,6 +784,10 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "samples": [asdict(sample) for sample in samples],
             "bunancer_rss_kib": rss,
             "ports": {name: front.port for name, front in fronts.items()},
+            "peer_logs": {
+                "nginx_warnings": nginx_warnings(supervisor),
+                "haproxy_info": haproxy_stats(supervisor),
+            },
         }
     finally:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C: still clean up
@@ -731,6 +850,7 @@ def build_report(
             "backend_kind",
             "warmup",
             "plain_peers",
+            "no_pin",
         )
     }
     return {
@@ -749,6 +869,8 @@ def main(argv: list[str] | None = None) -> None:
     args.front_names = choose_fronts(args.fronts)
     args.modes = list(MODES) if args.mode == "both" else [args.mode]
     args.data_plane = native.status()  # as the fronts start: compiled, or why not
+    args.placement = None if args.no_pin else split_cpus()
+    args.wrk_cpus = args.placement[1] if args.placement else None
     signal.signal(signal.SIGTERM, raise_on_sigterm)
     started = datetime.now(UTC)
     try:
