@@ -6,7 +6,9 @@ data and read fine without JavaScript; `static/dashboard.js` then keeps them liv
 going, the one-second `stats.tick` that drives the flow animation) plus a per-second summary
 of every figure shown, computed once for all tabs and only while a tab is open. When the
 set of servers changes, the script fetches the page's content again (`?partial=1`), so the
-markup has one source: the templates.
+markup has one source: the templates. What a page lists (the overview's filter, sort and
+pools shown whole; the flow view's expanded pools) is in its URL query, which that fetch
+carries too: a reload, a link and a live refresh all show the same.
 
 Reading needs nothing; every change needs a login with the admin token (session cookie and
 CSRF token: `session.py`). Actions call the registry directly (then `context.save()`), or
@@ -27,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, get_args
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import orjson
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -449,11 +451,133 @@ def _etag_matches(header: str, etag: str) -> bool:
     return etag in candidates
 
 
+# -- what the overview lists: filter, sort, and a cut for big pools ---------------------------
+
+# A pool's table lists this many rows (worst first) until "show all": a dozen rows is about a
+# screen under the summary tiles, and a pool of 500 must not bury the pools after it.
+OVERVIEW_ROWS = 12
+STATE_FILTERS = ("all", "not-healthy", *STATES)
+SORTS = {  # ?sort= value: its label in the toolbar
+    "trouble": "trouble first",
+    "name": "name",
+    "state": "state",
+    "errors": "errors",
+    "p99": "p99",
+    "rps": "req/s",
+}
+ORDERS = {  # how a cut table says which rows it lists
+    "trouble": "trouble first",
+    "name": "by name",
+    "state": "worst state first",
+    "errors": "most errors first",
+    "p99": "slowest first",
+    "rps": "busiest first",
+}
+# Worst first: what needs a look before what an operator switched off on purpose.
+SEVERITY = {"dead": 0, "unhealthy": 1, "pending": 2, "draining": 3, "disabled": 4, "healthy": 5}
+
+
+def _high_first(value: float | None) -> tuple[bool, float]:
+    """Sort key: the biggest figure first, "no figure" (no answers) last."""
+    return (value is None, -(value or 0.0))
+
+
+# Every key ends in the server's position by name: pool_view lists servers by name, and
+# sorted() is stable.
+SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "trouble": lambda s: (
+        SEVERITY[s["state"]],
+        _high_first(s["error_rate"]),
+        _high_first(s["p99"]),
+    ),
+    "name": lambda s: 0,
+    "state": lambda s: SEVERITY[s["state"]],
+    "errors": lambda s: _high_first(s["error_rate"]),
+    "p99": lambda s: _high_first(s["p99"]),
+    "rps": lambda s: _high_first(s["rps"]),
+}
+
+
+def _first(query: dict[str, list[str]], name: str) -> str:
+    values = query.get(name) or [""]
+    return values[0].strip()
+
+
+@dataclass(frozen=True)
+class ServerFilter:
+    """The overview's filter and sort, read from and written to its URL query
+    (`?state=not-healthy&q=web&sort=errors&all=POOL`), so a reload, a link and the live
+    refresh (`?partial=1`) all show the same rows. Defaults are left out of links."""
+
+    state: str = "all"  # "all", "not-healthy" or one state
+    text: str = ""  # a piece of the id or the address, any case
+    sort: str = "trouble"
+    full: tuple[str, ...] = ()  # pools listed whole ("show all")
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> ServerFilter:
+        state = _first(query, "state")
+        sort = _first(query, "sort")
+        return cls(
+            state=state if state in STATE_FILTERS else "all",
+            text=_first(query, "q")[:100],
+            sort=sort if sort in SORTS else "trouble",
+            full=tuple(sorted({name for name in query.get("all", []) if name})),
+        )
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything differs from the plain overview (a Reset link is worth showing)."""
+        return self != ServerFilter()
+
+    @property
+    def active(self) -> bool:
+        """Whether some servers may be left out (not counting the cut of big pools)."""
+        return self.state != "all" or bool(self.text)
+
+    def matches(self, server: dict[str, Any]) -> bool:
+        if self.state == "not-healthy" and server["state"] == "healthy":
+            return False
+        if self.state not in ("all", "not-healthy") and server["state"] != self.state:
+            return False
+        needle = self.text.lower()
+        return not needle or needle in server["id"].lower() or needle in server["address"].lower()
+
+    def rows(self, pool: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """(the rows the pool's table shows, how many servers match in all)."""
+        matching = sorted(filter(self.matches, pool["servers"]), key=SORT_KEYS[self.sort])
+        if pool["name"] in self.full:
+            return matching, len(matching)
+        return matching[:OVERVIEW_ROWS], len(matching)
+
+    def link(self, *, show: str | None = None, hide: str | None = None, **changes: str) -> str:
+        """The overview's URL with this filter, some of it changed; `show` and `hide` list
+        a pool whole or cut it again."""
+        full = set(self.full) - {hide} | ({show} if show else set())
+        plain = ServerFilter()
+        defaults = {"state": plain.state, "q": plain.text, "sort": plain.sort}
+        settings = {"state": self.state, "q": self.text, "sort": self.sort, **changes}
+        query = [(k, v) for k, v in settings.items() if v != defaults[k]]
+        query += [("all", name) for name in sorted(full)]
+        return "/?" + urlencode(query) if query else "/"
+
+
 # -- layout of the flow graph --------------------------------------------------------------------
+
+# A pool of more servers than this is drawn as one node (a click shows them all): twelve
+# rows, about 770 px, is most of a screen.
+FLOW_POOL_MAX = 12
+# More servers than this in all (24 rows, about 1,600 px) do not fit a screen even at half
+# size, where names are still legible: then pools of more than FLOW_KEEP servers are collapsed
+# too (smaller ones stay drawn: their node would be about as tall as their servers).
+FLOW_CROWDED = 24
+FLOW_KEEP = 4
 
 BALANCER = (150.0, 76.0)
 POOL = (176.0, 60.0)
 SERVER = (250.0, 52.0)
+GROUP = (300.0, 136.0)  # a collapsed pool's node
+TOGGLE = (176.0, 26.0)  # "collapse" under an expanded big pool
 ROW = 64.0
 GROUP_GAP = 28.0
 MARGIN = 24.0
@@ -465,24 +589,108 @@ def _curve(x1: float, y1: float, x2: float, y2: float) -> str:
     return f"C {middle:.1f},{y1:.1f} {middle:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"
 
 
-def flow_layout(pools: list[dict[str, Any]]) -> dict[str, Any]:
+def collapsible(pools: list[dict[str, Any]]) -> set[str]:
+    """The pools the flow view draws as one node unless asked to expand them."""
+    total = sum(len(pool["servers"]) for pool in pools)
+    limit = FLOW_KEEP if total > FLOW_CROWDED else FLOW_POOL_MAX
+    return {pool["name"] for pool in pools if len(pool["servers"]) > limit}
+
+
+def flow_link(expanded: frozenset[str], pool: str) -> str:
+    """The flow view's URL with `pool` expanded, or collapsed again if it is."""
+    names = sorted(expanded ^ {pool})
+    return "/flow?" + urlencode([("expand", name) for name in names]) if names else "/flow"
+
+
+def share_spread(servers: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The busiest and the quietest healthy server's share of the pool's requests in the
+    last second, and the share each would have if the pool were even; None without
+    requests (the script computes the same: shareSpread)."""
+    total = sum(server["rps"] for server in servers)
+    healthy = [server["rps"] for server in servers if server["state"] == "healthy"]
+    if not total or not healthy:
+        return None
+    shares = [rps / total for rps in healthy]
+    return {"max": max(shares), "min": min(shares), "even": 1 / len(shares)}
+
+
+def spread_text(spread: dict[str, float] | None) -> str:
+    if spread is None:
+        return "no requests in the last second"
+    return (
+        f"busiest {fmt_pct(spread['max'])} · quietest {fmt_pct(spread['min'])}"
+        f" · even {fmt_pct(spread['even'])}"
+    )
+
+
+def state_bar(states: dict[str, int], width: float) -> list[dict[str, Any]]:
+    """A stacked bar of the pool's servers by state: one segment per state, in STATES order
+    (width 0 when none, so the script can resize them in place)."""
+    total = sum(states.values())
+    segments, x = [], 0.0
+    for state in STATES:
+        w = width * states[state] / total if total else 0.0
+        segments.append({"state": state, "x": round(x, 1), "w": round(w, 1)})
+        x += w
+    return segments
+
+
+def flow_layout(
+    pools: list[dict[str, Any]], expanded: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Positions of the balancer, pool and server nodes (left to right) and the paths
     between them. A server's `route` runs from the balancer through its pool: the path
-    the dots of its requests travel."""
+    the dots of its requests travel. A collapsed pool has one `group` node instead of its
+    servers, with one route for the whole pool's dots."""
+    big = collapsible(pools)
     y = MARGIN
     laid_pools: list[dict[str, Any]] = []
     for pool in pools:
-        rows = max(len(pool["servers"]), 1)
-        block = rows * ROW
-        pool_y = y + block / 2 - POOL[1] / 2
-        node: dict[str, Any] = {"x": COLUMNS[1], "y": pool_y, "w": POOL[0], "h": POOL[1]}
-        node["pool"] = pool
+        name = pool["name"]
+        collapsed = name in big and name not in expanded
+        node: dict[str, Any] = {"x": COLUMNS[1], "w": POOL[0], "h": POOL[1], "pool": pool}
+        node["toggle"] = None
+        node["group"] = None
         servers = []
-        for index, server in enumerate(pool["servers"]):
-            server_y = y + index * ROW + (ROW - SERVER[1]) / 2
-            servers.append(
-                {"x": COLUMNS[2], "y": server_y, "w": SERVER[0], "h": SERVER[1], "server": server}
-            )
+        if collapsed:
+            block = GROUP[1] + 8
+            node["y"] = y + block / 2 - POOL[1] / 2
+            node["group"] = {
+                "x": COLUMNS[2],
+                "y": y + (block - GROUP[1]) / 2,
+                "w": GROUP[0],
+                "h": GROUP[1],
+                "bar": state_bar(pool["states"], GROUP[0] - 28),  # 14 px padding each side
+                "spread": spread_text(share_spread(pool["servers"])),
+                "link": flow_link(expanded, name),
+            }
+        else:
+            rows = max(len(pool["servers"]), 1)
+            block = rows * ROW
+            # A long expanded pool keeps its node level with its first servers, where the
+            # view goes when it is expanded; a short one centres it as before.
+            block_middle = min(block, FLOW_POOL_MAX * ROW) / 2
+            node["y"] = y + block_middle - POOL[1] / 2
+            for index, server in enumerate(pool["servers"]):
+                server_y = y + index * ROW + (ROW - SERVER[1]) / 2
+                servers.append(
+                    {
+                        "x": COLUMNS[2],
+                        "y": server_y,
+                        "w": SERVER[0],
+                        "h": SERVER[1],
+                        "server": server,
+                    }
+                )
+            if name in big:
+                block = max(block, node["y"] + POOL[1] + 8 + TOGGLE[1] - y)
+                node["toggle"] = {
+                    "x": COLUMNS[1],
+                    "y": node["y"] + POOL[1] + 8,
+                    "w": TOGGLE[0],
+                    "h": TOGGLE[1],
+                    "link": flow_link(expanded, name),
+                }
         node["servers"] = servers
         laid_pools.append(node)
         y += block + GROUP_GAP
@@ -498,14 +706,22 @@ def flow_layout(pools: list[dict[str, Any]]) -> dict[str, Any]:
         px, py = node["x"], node["y"] + node["h"] / 2
         node["edge"] = f"M {bx:.1f},{by:.1f} " + _curve(bx, by, px, py)
         exit_x = px + node["w"]
-        for server in node["servers"]:
-            sx, sy = server["x"], server["y"] + server["h"] / 2
-            server["edge"] = f"M {exit_x:.1f},{py:.1f} " + _curve(exit_x, py, sx, sy)
-            server["route"] = f"{node['edge']} L {exit_x:.1f},{py:.1f} " + _curve(
+        targets = node["servers"] + ([node["group"]] if node["group"] else [])
+        for target in targets:
+            sx, sy = target["x"], target["y"] + target["h"] / 2
+            target["edge"] = f"M {exit_x:.1f},{py:.1f} " + _curve(exit_x, py, sx, sy)
+            target["route"] = f"{node['edge']} L {exit_x:.1f},{py:.1f} " + _curve(
                 exit_x, py, sx, sy
             )
-    width = COLUMNS[2] + SERVER[0] + MARGIN
-    return {"width": width, "height": height, "balancer": balancer, "pools": laid_pools}
+    wide = any(node["group"] for node in laid_pools)
+    width = COLUMNS[2] + (GROUP[0] if wide else SERVER[0]) + MARGIN
+    return {
+        "width": width,
+        "height": height,
+        "balancer": balancer,
+        "pools": laid_pools,
+        "expanded": sorted(expanded & big),
+    }
 
 
 # -- requests and responses ----------------------------------------------------------------------
@@ -709,13 +925,14 @@ def build_dashboard(context: DashboardContext) -> App:
     async def overview(request: Request) -> Response:
         pools = await dash.pools_view()
         _, summary, _ = dash.summaries.current()
+        view = ServerFilter.from_query(request.query)
+        for pool in pools:
+            pool["rows"], pool["matching"] = view.rows(pool)
         feed = [
             {"at": e.at, "kind": e.kind, "text": event_text(e)}
             for e in reversed(context.bus.activity.recent(FEED))
         ]
-        histories = {
-            server["key"]: server["history"] for pool in pools for server in pool["servers"]
-        }
+        histories = {server["key"]: server["history"] for pool in pools for server in pool["rows"]}
         return dash.render(
             request,
             "overview.html",
@@ -724,6 +941,13 @@ def build_dashboard(context: DashboardContext) -> App:
             pools=pools,
             summary=summary,
             feed=feed,
+            view=view,
+            shown=sum(len(pool["rows"]) for pool in pools),
+            listed_of=sum(len(pool["servers"]) for pool in pools),
+            state_filters=STATE_FILTERS,
+            sorts=SORTS,
+            orders=ORDERS,
+            rows_max=OVERVIEW_ROWS,
             boot=dash.boot({"histories": histories}),
         )
 
@@ -731,12 +955,13 @@ def build_dashboard(context: DashboardContext) -> App:
     async def flow(request: Request) -> Response:
         pools = await dash.pools_view()
         _, summary, _ = dash.summaries.current()
+        expanded = frozenset(request.query.get("expand", [])) & set(registry.pools)
         return dash.render(
             request,
             "flow.html",
             title="Flow",
             page="flow",
-            layout=flow_layout(pools),
+            layout=flow_layout(pools, expanded),
             summary=summary,
             pools=pools,
             boot=dash.boot(),

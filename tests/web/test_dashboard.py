@@ -695,3 +695,218 @@ def test_no_pools_then_a_stub_registers_through_the_given_api_url(tmp_path: Path
             await registry.close()
 
     uvloop.run(scenario())
+
+
+# -- big pools: one node in the flow view, filtered and cut tables in the overview ------------
+
+BIG = 50
+FAST_HEALTH = {
+    "interval": 0.2,
+    "fast_interval": 0.1,
+    "down_interval": 0.2,
+    "max_down_interval": 0.4,
+    "fall": 1,
+    "dead_after": 2,
+}
+ROW = re.compile(r'<tr class="server state-(\w+)" data-key="([^"]+)"')
+
+
+def closed_ports(n: int) -> list[int]:
+    """n distinct ports where nothing listens (all bound at once, so none repeats)."""
+    probes = [socket.socket() for _ in range(n)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def rows(text: str) -> list[tuple[str, str]]:
+    """(state, key) of every server row of an overview, in the order shown."""
+    return ROW.findall(text)
+
+
+def pool_rows(text: str, pool: str) -> list[str]:
+    return [key.split("/", 1)[1] for _, key in rows(text) if key.startswith(f"{pool}/")]
+
+
+def group_count(text: str, state: str) -> int:
+    match = re.search(rf'data-group-count="{state}">(\d+)<', text)
+    assert match, f"no {state} count in the collapsed node"
+    return int(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def crowd(start_proxy: StartProxy, backends: list[Backend]) -> Proxy:
+    """ "default": the two test backends (healthy) and a dead address; "big": 50 servers
+    where nothing listens, b1..b50, all dead but b3 and b7, which are disabled."""
+    ports = closed_ports(BIG + 1)
+    proxy = start_dashboard_proxy(
+        start_proxy, [b.url for b in backends] + [f"http://127.0.0.1:{ports[0]}"]
+    )
+    api(proxy, "POST", "/api/pools", {"name": "big", "health": FAST_HEALTH})
+    for number, port in enumerate(ports[1:], 1):
+        server = {"id": f"b{number}", "host": "127.0.0.1", "port": port}
+        api(proxy, "POST", "/api/pools/big/servers", server)
+    for number in (3, 7):
+        api(proxy, "PATCH", f"/api/pools/big/servers/b{number}", {"admin": "disabled"})
+
+    def settled() -> bool:
+        big = sorted(states(proxy, "big").values())
+        return big == ["dead"] * 48 + ["disabled"] * 2 and sorted(states(proxy).values()) == [
+            "dead",
+            "healthy",
+            "healthy",
+        ]
+
+    wait_for(settled, 15)
+    return proxy
+
+
+def test_flow_draws_a_big_pool_as_one_node_with_its_servers_counted(crowd: Proxy) -> None:
+    client = Client(crowd.dashboard_port)
+    text = client.get("/flow").text
+    # One node for the 50, none for each of them; the small pool drawn server by server.
+    assert text.count('class="node group"') == 1
+    assert 'data-group="big"' in text
+    assert 'data-key="big/' not in text
+    assert text.count('class="node server state-') == 3
+    assert group_count(text, "dead") == 48
+    assert group_count(text, "disabled") == 2
+    for state in ("healthy", "pending", "unhealthy", "draining"):
+        assert group_count(text, state) == 0
+    assert f"{BIG} servers</text>" in text
+    # The bar of states: 48/50 and 2/50 of its width, the others empty.
+    track = float(re.search(r'class="track" width="([\d.]+)"', text).group(1))  # type: ignore[union-attr]
+    bar = dict(re.findall(r'data-bar="(\w+)" x="[\d.]+" width="([\d.]+)"', text))
+    assert float(bar["dead"]) == pytest.approx(track * 48 / BIG, abs=0.1)
+    assert float(bar["disabled"]) == pytest.approx(track * 2 / BIG, abs=0.1)
+    assert float(bar["healthy"]) == 0
+    assert "no requests in the last second" in text  # nothing reaches a dead pool
+    # Dots still go to the pool: one route for all of it, and the live count by pool.
+    assert text.count('data-route-pool="big"') == 1
+    assert 'data-pool="big" data-pool-servers="50"' in text
+    # Clicking it expands it (a link: it works without the script too).
+    assert 'href="/flow?expand=big" data-flow-link data-focus="big"' in text
+    # The drawing stays short: the 50 take one node's height, not 50 rows.
+    height = float(re.search(r'<svg id="flow"[^>]* height="([\d.]+)"', text).group(1))  # type: ignore[union-attr]
+    assert height < 600
+    css = client.get("/static/dashboard.css").text
+    assert re.search(r"svg\.flow \{[^}]*max-height: max\(20rem, calc\(100vh - 15rem\)\)", css)
+    # The zoom buttons wait for the script (without it the link still expands the pool).
+    assert '<div class="flow-tools" role="toolbar" aria-label="Zoom" hidden>' in text
+    assert ".flow-tools[hidden] { display: none; }" in css
+
+
+def test_flow_expands_a_big_pool_and_collapses_it_again(crowd: Proxy) -> None:
+    client = Client(crowd.dashboard_port)
+    text = client.get("/flow?expand=big").text
+    assert 'class="node group"' not in text
+    drawn = re.findall(r'class="node server state-\w+" href="/servers/big/(b\d+)"', text)
+    assert drawn == [f"b{n}" for n in range(1, BIG + 1)]  # all of them, by name
+    assert text.count('data-route="big/') == BIG
+    assert 'data-expanded="big"' in text  # the script shows this pool first
+    # The way back: a "collapse" link under the pool's node.
+    assert re.search(r'class="node toggle" href="/flow" data-flow-link', text)
+    assert "collapse 50 servers" in text
+    height = float(re.search(r'<svg id="flow"[^>]* height="([\d.]+)"', text).group(1))  # type: ignore[union-attr]
+    assert height > BIG * 52
+    # A pool that does not exist is not expanded, and a refresh keeps the view.
+    assert 'data-group="big"' in client.get("/flow?expand=nope").text
+    partial = client.get("/flow?expand=big&partial=1").text
+    assert "<html" not in partial
+    assert partial.count('data-route="big/') == BIG
+
+
+def test_overview_filters_servers_by_state_and_text_on_the_server(crowd: Proxy) -> None:
+    client = Client(crowd.dashboard_port)
+    text = client.get("/?state=not-healthy").text
+    assert all(state != "healthy" for state, _ in rows(text))
+    assert [state for state, key in rows(text) if key.startswith("default/")] == ["dead"]
+    assert '<option value="not-healthy" selected>' in text
+    # Every pool still says how many servers it has (the script counts those, not rows).
+    assert 'data-pool="big" data-pool-servers="50" data-cut' in text
+    assert 'data-pool="default" data-pool-servers="3" id=' in text
+
+    text = client.get("/?state=disabled").text
+    assert sorted(pool_rows(text, "big")) == ["b3", "b7"]
+    assert "None of its 3 servers match the filter." in text
+    assert "2 of 50 servers match the filter." in text
+
+    text = client.get("/?state=healthy").text
+    assert [state for state, _ in rows(text)] == ["healthy", "healthy"]
+
+    text = client.get("/?q=B1").text  # any case; b1 and b10..b19
+    assert sorted(pool_rows(text, "big")) == sorted(["b1", *(f"b{n}" for n in range(10, 20))])
+    assert pool_rows(text, "default") == []
+    assert 'value="B1"' in text  # the field keeps what was typed
+    # By address too: the dead server of "default" is the only one at its port.
+    dead = next(
+        key
+        for state, key in rows(client.get("/").text)
+        if key.startswith("default/") and state == "dead"
+    )
+    port = dead.rsplit(":", 1)[1]
+    assert [key for _, key in rows(client.get(f"/?q=:{port}").text)] == [dead]
+
+    everything = client.get("/?state=bogus&sort=bogus").text  # ignored: all, trouble first
+    assert '<option value="all" selected>' in everything
+    assert len(pool_rows(everything, "big")) == 12
+
+
+def test_overview_cuts_a_big_pool_to_its_worst_rows_with_a_show_all_link(crowd: Proxy) -> None:
+    client = Client(crowd.dashboard_port)
+    text = client.get("/").text
+    # Trouble first: the dead before the disabled, so the first 12 are all dead.
+    big = pool_rows(text, "big")
+    assert big == [f"b{n}" for n in (1, 2, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14)]
+    assert next(state for state, key in rows(text) if key.startswith("default/")) == "dead"
+    assert "Listing 12 of 50 servers, trouble first." in text
+    assert 'href="/?all=big#pool-big" data-view-link>Show all 50</a>' in text
+    # The histories the script starts from: the listed rows only.
+    boot = json.loads(re.search(r'id="page-data">(.*?)</script>', text).group(1))  # type: ignore[union-attr]
+    assert len(boot["histories"]) == 12 + 3
+
+    text = client.get("/?sort=name").text
+    assert pool_rows(text, "big") == [f"b{n}" for n in range(1, 13)]  # b3, b7 in their place
+    assert "Listing 12 of 50 servers, by name." in text
+    assert 'href="/?sort=name&amp;all=big#pool-big"' in text
+
+    text = client.get("/?sort=name&all=big").text
+    assert pool_rows(text, "big") == [f"b{n}" for n in range(1, BIG + 1)]
+    assert "All 50 servers." in text
+    assert 'href="/?sort=name#pool-big" data-view-link>Show the first 12 only</a>' in text
+    assert '<input type="hidden" name="all" value="big">' in text  # the toolbar keeps it
+    assert 'data-pool="big" data-pool-servers="50" id=' in text  # not cut
+
+
+def test_overview_sorts_by_errors_on_the_server(crowd: Proxy, backends: list[Backend]) -> None:
+    """One backend answers 500: by errors it comes first, though by name it does not."""
+    client = Client(crowd.dashboard_port)
+    by_port = {str(b.port): b for b in backends}
+    names = {s["id"]: s["port"] for s in api(crowd, "GET", "/api/pools/default")["servers"]}
+    healthy = sorted((p for p in names.values() if str(p) in by_port), key=int)
+    failing = healthy[-1]  # the last by name of the two healthy ones
+    conn = http.client.HTTPConnection("127.0.0.1", crowd.port, timeout=5)
+    try:
+        for _ in range(20):
+            conn.request("GET", f"/fail-on/{failing}/500")
+            conn.getresponse().read()
+    finally:
+        conn.close()
+    failing_key = next(f"default/{i}" for i, p in names.items() if p == failing)
+
+    def by_errors() -> list[str] | None:
+        order = [key for _, key in rows(client.get("/?sort=errors").text)]
+        return order if order and order[0] == failing_key else None
+
+    order = wait_for(by_errors, 5)
+    dead = next(f"default/{i}" for i, p in names.items() if str(p) not in by_port)
+    other = next(f"default/{i}" for i, p in names.items() if p == healthy[0])
+    # Most errors first; a server with no answers at all (the dead one) last.
+    assert [key for key in order if key.startswith("default/")] == [failing_key, other, dead]
+    by_name = [k for _, k in rows(client.get("/?sort=name").text) if k.startswith("default/")]
+    assert by_name.index(other) < by_name.index(failing_key)
+    assert '<option value="errors" selected>' in client.get("/?sort=errors").text

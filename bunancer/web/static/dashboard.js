@@ -6,7 +6,9 @@
  * how many dots travel to each server in the flow view; a server or pool coming or going
  * fetches the page's content again (?partial=1) so the markup has one source, the
  * templates. Forms marked `js-action` are sent with fetch (CSRF token in a header) and
- * answered with a toast instead of a page load. Plain JS and SVG, no dependencies.
+ * answered with a toast instead of a page load. The flow view zooms and pans by its SVG's
+ * viewBox, and expands a big pool in place; the overview's filter and sort live in the URL
+ * query, which every re-fetch carries. Plain JS and SVG, no dependencies.
  */
 "use strict";
 (() => {
@@ -259,6 +261,7 @@
       const figures = summary.servers[element.dataset.key];
       if (figures) applyServer(element, figures);
     }
+    applyGroups(summary);
     for (const spark of $$("svg.spark[data-spark]")) {
       const series = model.series.get(spark.dataset.spark);
       if (series) drawLines(spark, points(series.rps.slice(-SPARK), 120, 28));
@@ -267,13 +270,21 @@
   }
 
   // Servers or pools on the page that the summary does not know (or the reverse): reload.
+  // A page that lists only some servers (a filter, a cut table, a collapsed pool) says how
+  // many each pool has (data-pool-servers), so the rows it leaves out never count as gone:
+  // counting them would refresh it again and again.
   function checkStructure(summary) {
     if (page === "overview" || page === "flow" || page === "settings") {
       const shown = new Set($$("[data-key]", main).map((e) => e.dataset.key));
       const known = Object.keys(summary.servers);
       const pools = new Set($$("[data-pool]", main).map((e) => e.dataset.pool));
       const samePools = Object.keys(summary.pools).every((name) => pools.has(name)) && pools.size === Object.keys(summary.pools).length;
-      if (!samePools || shown.size !== known.length || known.some((key) => !shown.has(key))) scheduleRefresh();
+      const counted = $$("[data-pool-servers]", main);
+      const sameServers = counted.length
+        ? counted.every((e) => summary.pools[e.dataset.pool]?.servers === Number(e.dataset.poolServers)) &&
+          Array.from(shown).every((key) => key in summary.servers)
+        : shown.size === known.length && known.every((key) => shown.has(key));
+      if (!samePools || !sameServers) scheduleRefresh();
     } else if (page === "server" && data.key && !(data.key in summary.servers)) {
       banner("This server is no longer in the pool.");
     }
@@ -306,6 +317,7 @@
     }
     if (key === data.key) sinceBase = Date.now() / 1000;
     if (model.summary) applyCounts(countsFromStates(), model.states.size);
+    if (page === "overview" && rowsFollowState(d.pool)) scheduleRefresh();
     feed(event);
   }
 
@@ -359,6 +371,7 @@
     for (const s of event.data.servers) {
       flow.rates.set(keyOf(s), { rps: s.rps, errors: s.errors });
     }
+    sumPoolRates();
   }
 
   function onChecked(event) {
@@ -427,6 +440,7 @@
 
   let refreshTimer = null;
   let refreshWaiting = false;
+  let refreshSeq = 0; // a later refresh wins over an earlier one that answers late
 
   function isDirty() {
     return $$("form[data-dirty]", main).length > 0;
@@ -446,21 +460,29 @@
       return;
     }
     refreshWaiting = false;
+    const ticket = (refreshSeq += 1);
+    // The query is the page's view (filter, sort, expanded pools): the new content keeps it.
+    const query = new URLSearchParams(location.search);
+    query.set("partial", "1");
     let response;
     try {
-      response = await fetch(`${location.pathname}?partial=1`, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+      response = await fetch(`${location.pathname}?${query}`, { headers: { Accept: "text/html" }, credentials: "same-origin" });
     } catch (error) {
       return;
     }
+    if (ticket !== refreshSeq) return;
     if (response.status === 404 && page === "server") {
       banner("This server is no longer in the pool.");
       return;
     }
     if (!response.ok) return;
     const html = await response.text();
+    if (ticket !== refreshSeq) return;
     const openMenus = $$("details.menu[open]", main).map((d) => d.closest("[data-key]")?.dataset.key);
     const log = $("#log", main);
+    const focused = focusState();
     main.innerHTML = html;
+    restoreFocus(focused);
     if (log && $("#log", main)) {
       $("#log", main).replaceWith(log); // keeps the live log and its stream
       log.scrollTop = log.scrollHeight; // moving a node resets its scroll position
@@ -471,6 +493,29 @@
     data = readPageData();
     adoptPageData();
     initPage();
+  }
+
+  // The field being typed in (the overview's search box) stays focused, with what was typed
+  // since the request left and the caret where it was.
+  function focusState() {
+    const element = document.activeElement;
+    if (!element || !element.id || !main.contains(element)) return null;
+    const typing = element.matches("input:not([type=hidden])");
+    return { id: element.id, value: typing ? element.value : null, caret: typing ? [element.selectionStart, element.selectionEnd] : null };
+  }
+
+  function restoreFocus(state) {
+    const element = state && document.getElementById(state.id);
+    if (!element) return;
+    if (state.value !== null) element.value = state.value;
+    element.focus();
+    if (state.caret && state.caret[0] !== null) {
+      try {
+        element.setSelectionRange(state.caret[0], state.caret[1]);
+      } catch (error) {
+        // an input kind without a caret
+      }
+    }
   }
 
   function banner(text) {
@@ -559,7 +604,22 @@
 
   const TRAVEL = 1.1; // seconds a dot takes from the balancer to its server
   const MAX_DOTS = 500;
-  const flow = { routes: new Map(), rates: new Map(), carry: new Map(), dots: [], layer: null, running: false, last: 0 };
+  const flow = { routes: new Map(), rates: new Map(), poolRates: new Map(), carry: new Map(), dots: [], layer: null, running: false, last: 0 };
+
+  function poolOf(key) {
+    return key.slice(0, key.indexOf("/"));
+  }
+
+  // A collapsed pool's dots follow the pool's traffic: the sum of its servers' last second.
+  function sumPoolRates() {
+    flow.poolRates.clear();
+    for (const [key, rate] of flow.rates) {
+      const total = flow.poolRates.get(poolOf(key)) || { rps: 0, errors: 0 };
+      total.rps += rate.rps;
+      total.errors += rate.errors;
+      flow.poolRates.set(poolOf(key), total);
+    }
+  }
 
   // Dots per second for a request rate: one per request up to 20/s, then logarithmic, so
   // 1000 rps is busy but readable and ten times that is busier still.
@@ -574,12 +634,21 @@
     flow.routes.clear();
     flow.dots = [];
     if (!flow.layer) return;
-    for (const path of $$("path[data-route]")) flow.routes.set(path.dataset.route, { path, length: path.getTotalLength() });
+    for (const path of $$("path[data-route]")) flow.routes.set(path.dataset.route, { path, length: path.getTotalLength(), pool: null });
+    for (const path of $$("path[data-route-pool]")) {
+      const pool = path.dataset.routePool;
+      flow.routes.set(`pool:${pool}`, { path, length: path.getTotalLength(), pool });
+    }
     if (model.summary) {
+      for (const key of Array.from(flow.rates.keys())) {
+        if (!(key in model.summary.servers)) flow.rates.delete(key); // gone: not in its pool's sum
+      }
       for (const [key, figures] of Object.entries(model.summary.servers)) {
         if (!flow.rates.has(key)) flow.rates.set(key, { rps: figures.rps, errors: figures.errors });
       }
     }
+    sumPoolRates();
+    initZoom();
     if (!flow.running) {
       flow.running = true;
       flow.last = 0;
@@ -595,8 +664,8 @@
     const dt = flow.last ? Math.min((now - flow.last) / 1000, 0.25) : 0;
     flow.last = now;
     for (const [key, route] of flow.routes) {
-      const rate = flow.rates.get(key);
-      const state = model.states.get(key);
+      const rate = route.pool ? flow.poolRates.get(route.pool) : flow.rates.get(key);
+      const state = route.pool ? null : model.states.get(key);
       if (!rate || rate.rps <= 0 || state === "dead" || state === "disabled") continue;
       let carry = (flow.carry.get(key) ?? Math.random()) + dotRate(rate.rps) * dt;
       const errorShare = Math.min(rate.errors / rate.rps, 1);
@@ -631,6 +700,265 @@
     flow.layer.append(element);
     flow.dots.push({ element, route, t: Math.random() * 0.04 });
   }
+
+  // A collapsed pool's node: its servers counted by state, as a bar and in figures, and the
+  // spread of their shares of the requests (as share_spread and spread_text in Python).
+  function spreadText(servers) {
+    const total = servers.reduce((sum, s) => sum + s.rps, 0);
+    const shares = servers.filter((s) => s.state === "healthy").map((s) => s.rps / total);
+    if (!total || !shares.length) return "no requests in the last second";
+    return `busiest ${fmtPct(Math.max(...shares))} · quietest ${fmtPct(Math.min(...shares))} · even ${fmtPct(1 / shares.length)}`;
+  }
+
+  function applyGroups(summary) {
+    const groups = $$("[data-group]", main);
+    if (!groups.length) return;
+    const byPool = new Map();
+    for (const [key, figures] of Object.entries(summary.servers)) {
+      const pool = poolOf(key);
+      if (!byPool.has(pool)) byPool.set(pool, []);
+      byPool.get(pool).push(figures);
+    }
+    for (const group of groups) {
+      const servers = byPool.get(group.dataset.group) || [];
+      const counts = {};
+      for (const s of servers) counts[s.state] = (counts[s.state] || 0) + 1;
+      const width = Number($(".bar .track", group).getAttribute("width"));
+      let x = 0;
+      for (const segment of $$("[data-bar]", group)) {
+        const w = servers.length ? (width * (counts[segment.dataset.bar] || 0)) / servers.length : 0;
+        segment.setAttribute("x", x.toFixed(1));
+        segment.setAttribute("width", w.toFixed(1));
+        x += w;
+      }
+      for (const cell of $$("[data-group-cell]", group)) {
+        const n = counts[cell.dataset.groupCell] || 0;
+        setText($("[data-group-count]", cell), String(n));
+        cell.classList.toggle("zero", n === 0);
+      }
+      setText($("[data-group-spread]", group), spreadText(servers));
+    }
+  }
+
+  // -- the flow view: zoom and pan ------------------------------------------------------------
+  //
+  // The view is a centre and a scale (screen pixels per graph unit); the viewBox is made from
+  // them and the SVG's size on screen, so the two always have the same proportions and a
+  // screen point maps to the graph by a plain offset and scale. The SVG itself keeps a
+  // bounded height (the stylesheet): the user zooms instead of scrolling.
+
+  const ZOOM_MAX = 3;
+  const ZOOM_STEP = 1.25; // the + and − buttons
+  const READABLE = 0.5; // below this scale names blur: the first view shows an expanded pool instead
+  const FOCUS = 0.85; // the scale an expanded pool is shown at when it does not fit
+  const DRAG = 4; // pixels a press moves before it pans instead of clicking
+  const view = { svg: null, scale: 1, cx: 0, cy: 0, fitted: true, focus: null, drag: null, dragged: false };
+
+  function graphSize() {
+    return { w: Number(view.svg.getAttribute("width")), h: Number(view.svg.getAttribute("height")) };
+  }
+
+  function applyView() {
+    const box = view.svg.getBoundingClientRect();
+    if (!box.width || !box.height) return;
+    const w = box.width / view.scale;
+    const h = box.height / view.scale;
+    view.svg.setAttribute("viewBox", [view.cx - w / 2, view.cy - h / 2, w, h].map((n) => n.toFixed(1)).join(" "));
+    view.svg.dataset.scale = view.scale.toFixed(3);
+  }
+
+  function fitScale() {
+    const box = view.svg.getBoundingClientRect();
+    const size = graphSize();
+    return Math.min(box.width / size.w, box.height / size.h, 1); // never larger than drawn
+  }
+
+  function fitView() {
+    const size = graphSize();
+    Object.assign(view, { scale: fitScale(), cx: size.w / 2, cy: size.h / 2, fitted: true });
+    applyView();
+  }
+
+  // A pool's node and servers: whole if they fit at a readable scale, else from the top.
+  function focusPool(name) {
+    const block = $(`[data-block="${CSS.escape(name)}"]`, view.svg);
+    if (!block) return fitView();
+    const r = block.getBBox();
+    const box = view.svg.getBoundingClientRect();
+    const size = graphSize();
+    const margin = 24;
+    const scale = Math.min(Math.max(Math.min(box.width / size.w, box.height / (r.height + 2 * margin)), FOCUS), 1);
+    const cx = size.w * scale <= box.width ? size.w / 2 : r.x + r.width / 2;
+    const cy = (r.height + 2 * margin) * scale <= box.height ? r.y + r.height / 2 : r.y - margin + box.height / scale / 2;
+    Object.assign(view, { scale, cx, cy, fitted: false });
+    applyView();
+  }
+
+  function firstView() {
+    const expanded = (view.svg.dataset.expanded || "").split(" ").filter(Boolean);
+    if (fitScale() < READABLE && expanded.length) focusPool(expanded[0]);
+    else fitView();
+  }
+
+  function initZoom() {
+    const svg = $("#flow", main);
+    const known = view.svg !== null;
+    view.svg = svg;
+    if (!svg) return;
+    const tools = $(".flow-tools", main);
+    if (tools) tools.hidden = false;
+    if (view.focus !== null) {
+      const name = view.focus; // a pool just expanded ("" when one was collapsed)
+      view.focus = null;
+      if (name) focusPool(name);
+      else firstView();
+    } else if (!known || view.fitted) {
+      firstView();
+    } else {
+      applyView(); // a live refresh: the user's zoom and place stay
+    }
+  }
+
+  function zoomBy(factor, clientX, clientY) {
+    const box = view.svg.getBoundingClientRect();
+    const x = clientX ?? box.left + box.width / 2;
+    const y = clientY ?? box.top + box.height / 2;
+    const scale = Math.min(Math.max(view.scale * factor, fitScale() / 2), ZOOM_MAX);
+    // The graph point under the pointer stays under it.
+    const px = view.cx + (x - box.left - box.width / 2) / view.scale;
+    const py = view.cy + (y - box.top - box.height / 2) / view.scale;
+    view.cx = px - ((px - view.cx) * view.scale) / scale;
+    view.cy = py - ((py - view.cy) * view.scale) / scale;
+    view.scale = scale;
+    view.fitted = false;
+    applyView();
+  }
+
+  function inFlow(event) {
+    return view.svg !== null && view.svg.isConnected && event.target instanceof Element && view.svg.contains(event.target);
+  }
+
+  main.addEventListener(
+    "wheel",
+    (event) => {
+      if (!inFlow(event)) return;
+      event.preventDefault();
+      const unit = event.deltaMode === 1 ? 16 : event.deltaMode === 2 ? 400 : 1; // lines, pages
+      const delta = Math.max(-300, Math.min(300, event.deltaY * unit));
+      zoomBy(Math.exp(-delta * 0.0015), event.clientX, event.clientY);
+    },
+    { passive: false },
+  );
+  main.addEventListener("pointerdown", (event) => {
+    view.dragged = false;
+    if (!inFlow(event) || event.button !== 0) return;
+    view.drag = { id: event.pointerId, x: event.clientX, y: event.clientY, cx: view.cx, cy: view.cy };
+  });
+  main.addEventListener("pointermove", (event) => {
+    const drag = view.drag;
+    if (!drag || event.pointerId !== drag.id || !view.svg) return;
+    const dx = event.clientX - drag.x;
+    const dy = event.clientY - drag.y;
+    if (!view.dragged) {
+      if (Math.hypot(dx, dy) < DRAG) return;
+      view.dragged = true;
+      view.svg.setPointerCapture(drag.id);
+      view.svg.classList.add("panning");
+    }
+    Object.assign(view, { cx: drag.cx - dx / view.scale, cy: drag.cy - dy / view.scale, fitted: false });
+    applyView();
+  });
+  const endDrag = (event) => {
+    if (!view.drag || event.pointerId !== view.drag.id) return;
+    view.drag = null;
+    view.svg?.classList.remove("panning");
+  };
+  main.addEventListener("pointerup", endDrag);
+  main.addEventListener("pointercancel", endDrag);
+  // The click that ends a drag is not a click on the node under the pointer.
+  main.addEventListener(
+    "click",
+    (event) => {
+      if (!view.dragged) return;
+      view.dragged = false;
+      if (!inFlow(event)) return;
+      event.preventDefault();
+      event.stopPropagation();
+    },
+    true,
+  );
+  main.addEventListener("dragstart", (event) => {
+    if (inFlow(event)) event.preventDefault(); // a node is a link: dragging it would not pan
+  });
+  window.addEventListener("resize", () => {
+    if (view.svg?.isConnected) view.fitted ? fitView() : applyView();
+  });
+
+  // -- views kept in the URL: expanded pools, the overview's filter and sort ---------------------
+
+  // Shows another view of the same page: its URL goes in the history (a reload or a link
+  // shows the same), and the content is fetched again (?partial=1 with that query).
+  function showView(url, replace = false) {
+    const target = new URL(url, location.href);
+    if (replace) history.replaceState(null, "", target.pathname + target.search);
+    else history.pushState(null, "", target.pathname + target.search + target.hash);
+    refresh();
+  }
+  window.addEventListener("popstate", () => refresh());
+
+  // A state change adds or removes overview rows only under a state filter, or in a table
+  // cut to its worst rows; other tables keep their rows in place (nothing jumps under the
+  // pointer) until the next refresh.
+  function rowsFollowState(pool) {
+    const form = $("#server-view", main);
+    if (!form) return false;
+    const section = $(`section.pool[data-pool="${CSS.escape(pool)}"]`, main);
+    const byState = ["trouble", "state"].includes(form.elements.sort.value);
+    return form.elements.state.value !== "all" || (byState && section?.dataset.cut !== undefined);
+  }
+
+  // At once, before the server's answer: the rows on the page that no longer match.
+  function hideUnmatched(form) {
+    const state = form.elements.state.value;
+    const text = form.elements.q.value.trim().toLowerCase();
+    for (const row of $$("tr.server[data-key]", main)) {
+      const key = row.dataset.key;
+      const rowState = model.states.get(key);
+      const stateOk = state === "all" || !rowState || (state === "not-healthy" ? rowState !== "healthy" : rowState === state);
+      const id = key.slice(key.indexOf("/") + 1).toLowerCase();
+      const address = ($(".addr", row)?.textContent || "").toLowerCase();
+      row.hidden = !(stateOk && (!text || id.includes(text) || address.includes(text)));
+    }
+  }
+
+  let viewTimer = null;
+
+  function applyViewForm(form, delay) {
+    clearTimeout(viewTimer);
+    hideUnmatched(form);
+    viewTimer = setTimeout(() => {
+      const query = new URLSearchParams();
+      for (const element of Array.from(form.elements)) {
+        const value = element.name ? element.value.trim() : "";
+        if (value && value !== element.dataset.default) query.append(element.name, value);
+      }
+      const search = query.toString();
+      showView(search ? `/?${search}` : "/", true);
+    }, delay);
+  }
+
+  document.addEventListener("change", (event) => {
+    const form = event.target.closest?.("form#server-view");
+    if (form && event.target.id !== "view-q") applyViewForm(form, 0);
+  });
+  document.addEventListener("input", (event) => {
+    if (event.target.id === "view-q") applyViewForm(event.target.form, 250);
+  });
+  document.addEventListener("submit", (event) => {
+    if (event.target.id !== "server-view") return;
+    event.preventDefault();
+    applyViewForm(event.target, 0);
+  });
 
   // -- the side panel (flow view) -------------------------------------------------------------
 
@@ -670,8 +998,22 @@
   }
 
   document.addEventListener("click", (event) => {
+    const plain = !(event.metaKey || event.ctrlKey || event.shiftKey); // else a new tab: the browser's
+    const zoom = event.target.closest("[data-zoom]");
+    if (zoom && view.svg) {
+      if (zoom.dataset.zoom === "fit") fitView();
+      else zoomBy(zoom.dataset.zoom === "in" ? ZOOM_STEP : 1 / ZOOM_STEP);
+      return;
+    }
+    const link = event.target.closest("a[data-flow-link], a[data-view-link]");
+    if (link && plain) {
+      event.preventDefault();
+      if (link.dataset.focus !== undefined) view.focus = link.dataset.focus;
+      showView(link.getAttribute("href"));
+      return;
+    }
     const node = event.target.closest("a.node[data-panel]");
-    if (node && !event.metaKey && !event.ctrlKey && !event.shiftKey) {
+    if (node && plain) {
       event.preventDefault();
       openPanel(node.dataset.panel, node);
       return;
