@@ -17,6 +17,13 @@
   /continue          sends "100 Continue" before reading the body, then like /sha256
   /early-hints       "103 Early Hints" and then "ok", both heads in one write
   /log               every request line seen so far and the connection counts, as JSON
+  /hang-on/P         never answers if this backend listens on port P, else "ok <port>"
+  /stale-next        "ok <port>"; the next request on this connection is met with a close,
+                     unanswered (a kept-alive connection the backend closed as it was reused)
+  /upgrade           to an Upgrade request: "101 Switching Protocols", then echoes whatever
+                     the connection carries (a tunnel)
+  /slow-sha256/MS    like /sha256, but reading the body slowly: each piece read is followed
+                     by a pause of MS milliseconds before the next read
   anything else      "ok <port>"
 """
 
@@ -71,6 +78,9 @@ class BackendProtocol(asyncio.Protocol):
         self.pending: Iterator[bytes] | None = None
         self.paused = False
         self.proxied = False
+        self.stale = False  # /stale-next: close at the next request, unanswered
+        self.echo = False  # /upgrade: switched protocols, now an echo
+        self.read_pause = 0.0  # /slow-sha256/MS: seconds to pause after each body piece
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport subclasses
@@ -94,10 +104,25 @@ class BackendProtocol(asyncio.Protocol):
             self.transport.write(piece)
 
     def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.echo:
+            self.transport.write(data)
+            return
+        if self.stale:
+            self.transport.close()
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if not self.echo:
+                raise
+            self.transport.write(data[upgrade.args[0] :])
         except httptools.HttpParserError:
             self.send(400, b"bad request\n", close=True)
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def on_message_begin(self) -> None:
         self.url = b""
@@ -117,6 +142,8 @@ class BackendProtocol(asyncio.Protocol):
             self.proxied = True  # health checks do not count: they carry no X-Forwarded-For
             STATE.proxied_connections += 1
         STATE.requests.append(f"{self.method.decode()} {self.url.decode()}")
+        if self.url.startswith(b"/slow-sha256/"):
+            self.read_pause = int(self.url.split(b"/")[2].split(b"?")[0]) / 1000
         if self.url == b"/continue":
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -124,6 +151,9 @@ class BackendProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.digest.update(body)
         self.length += len(body)
+        if self.read_pause and self.transport is not None:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(self.read_pause, self.resume_reading)
 
     def on_message_complete(self) -> None:
         self.respond(self.url.decode())
@@ -170,7 +200,8 @@ class BackendProtocol(asyncio.Protocol):
             for start in range(0, len(body), 65536):
                 self.transport.write(body[start : start + 65536])
             self.transport.close()
-        elif kind in ("sha256", "continue"):
+        elif kind in ("sha256", "continue", "slow-sha256"):
+            self.read_pause = 0.0
             self.send(200, f"{self.digest.hexdigest()} {self.length}".encode())
         elif kind == "echo-headers":
             payload = {
@@ -197,6 +228,22 @@ class BackendProtocol(asyncio.Protocol):
             loop.call_later(int(arg) / 1000, self.send, 200, b"slept\n")
         elif kind == "hang":
             return
+        elif kind == "hang-on":
+            if STATE.port != int(arg):
+                self.send(200, b"ok %d\n" % STATE.port)
+        elif kind == "stale-next":
+            self.send(200, b"ok %d\n" % STATE.port)
+            self.stale = True
+        elif kind == "upgrade":
+            upgrade = next((v for n, v in self.headers if n.lower() == b"upgrade"), None)
+            if upgrade is None:
+                self.send(426, b"upgrade required\n")
+                return
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                b"Upgrade: %s\r\n\r\n" % upgrade
+            )
+            self.echo = True
         elif kind == "die":
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
             self.transport.close()

@@ -39,6 +39,7 @@ class ServerPool:
         "routable",
         "selector",
         "servers",
+        "sticky",
     )
 
     def __init__(
@@ -67,6 +68,8 @@ class ServerPool:
         self.retry_on = frozenset(balancing.retry_on)
         self.retry_ratio = balancing.retry_budget
         self.max_pending = balancing.max_pending
+        # Only the sticky algorithm sets a cookie (hash on a cookie only reads the client's).
+        self.sticky = algorithm == "sticky"
         if algorithm == "sticky":
             self.key_kind, self.key_name = "cookie", balancing.sticky_cookie.encode()
         elif algorithm == "hash":

@@ -301,7 +301,7 @@ class Exchange:
         if server is None:
             self.fail(503, REJECTED)
             return
-        if pool.key_kind == "cookie" and not pool.selector.knows(self.key):
+        if pool.sticky and not pool.selector.knows(self.key):
             self.set_sticky = True  # the client has no (valid) sticky cookie: give one
         self._use(server)
 
@@ -891,7 +891,11 @@ class DownstreamProtocol(asyncio.Protocol):
             kind = self.timeout_kind
             if kind != _T_HEADER and kind != _T_FIRST:
                 self._set_deadline(_T_HEADER, self.ctx.settings.header_timeout)
-            if was_in_head:
+            if self.head_raw < 0:
+                # It began in this read, after the requests this read completed (pipelined):
+                # its bytes are counted from the next read on, not this whole read's.
+                self.head_raw = 0
+            else:
                 # Bound what the parser buffers for a head that keeps coming.
                 self.head_raw += len(data)
                 if self.head_raw > self.ctx.settings.max_header_bytes:
@@ -1063,7 +1067,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_size = 0
-        self.head_raw = 0
+        self.head_raw = -1  # begun in the current read (see data_received)
 
     def on_url(self, url: bytes) -> None:
         url = self.url + url if self.url else url
