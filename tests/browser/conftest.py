@@ -108,14 +108,25 @@ class Lab:
         ids = {s.id for s in self.stubs.list()}
         wait_for(lambda: self.states() == dict.fromkeys(ids, "healthy"), 10)
 
-    def states(self, pool: str = "default") -> dict[str, str]:
+    def pool(self, pool: str = "default") -> dict[str, Any]:
+        """The pool as the API shows it (GET /api/pools/<pool>): settings and servers."""
         conn = http.client.HTTPConnection("127.0.0.1", self.proxy.api_port, timeout=5)
         try:
             conn.request("GET", f"/api/pools/{pool}")
-            data: dict[str, Any] = json.loads(conn.getresponse().read())
+            response = conn.getresponse()
+            body = response.read()
         finally:
             conn.close()
-        return {s["id"]: s["state"] for s in data["servers"]}
+        assert response.status == 200, (response.status, body)
+        data: dict[str, Any] = json.loads(body)
+        return data
+
+    def servers(self, pool: str = "default") -> dict[str, dict[str, Any]]:
+        """The pool's servers as the API shows them, by id."""
+        return {s["id"]: s for s in self.pool(pool)["servers"]}
+
+    def states(self, pool: str = "default") -> dict[str, str]:
+        return {key: s["state"] for key, s in self.servers(pool).items()}
 
     def login(self, page: Page, next_path: str = "/") -> None:
         page.goto(f"{self.url}/login?next={next_path}")

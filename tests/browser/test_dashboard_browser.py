@@ -48,7 +48,10 @@ def test_overview_shows_the_servers_and_every_page_renders(lab: Lab, page: Page)
         lab.login(page)
         expect(page.locator(".pool .add-stub button")).to_be_visible()
         # Figures move without a reload once traffic flows.
-        expect(page.locator(f'{row(page, "default/s1")} [data-field="rps"]')).not_to_have_text("0")
+        # A figure above zero (not "0", nor "—" for no figure at all).
+        expect(page.locator(f'{row(page, "default/s1")} [data-field="rps"]')).to_have_text(
+            re.compile(r"^(?!0$)\d+(\.\d)?k?$")
+        )
         lab.screenshot(page, "overview")
         page.goto(lab.url + "/flow")
         live(page)
@@ -68,7 +71,10 @@ def test_overview_shows_the_servers_and_every_page_renders(lab: Lab, page: Page)
         lab.screenshot(page, "settings")
         page.goto(lab.url + "/stubs/s1/log")
         lab.screenshot(page, "stub-log")
-    page.goto(lab.url + "/servers/default/nope")
+    response = page.goto(lab.url + "/servers/default/nope")
+    assert response is not None
+    assert response.status == 404
+    expect(page.locator(".error-page h1")).to_have_text("404")
     lab.screenshot(page, "not-found")
     assert not page.errors  # type: ignore[attr-defined]
 
@@ -156,8 +162,11 @@ def test_setting_a_stub_to_503_from_the_page_shows_its_error_rate_rise(
     errors = page.locator('.server-head [data-field="error_rate"]')
     with Traffic(lab.proxy.port) as traffic:
         expect(errors).to_have_text("0%")
+        page.evaluate("window.__notReloaded = true")
         page.click('button[value="503"]')
         expect(page.locator(".toast.ok", has_text="stub s1: 503")).to_be_visible()
+        assert page.evaluate("window.__notReloaded") is True
+        assert lab.stubs.get("s1").behaviour().status == 503
         # Over the last 10 s: at least some of s1's answers were errors.
         page.wait_for_function(
             "() => parseFloat(document.querySelector('.server-head [data-field=\"error_rate\"]')"
@@ -203,10 +212,14 @@ def test_login_and_csrf_are_enforced_in_the_browser(lab: Lab, page: Page) -> Non
     assert page.evaluate(post, [weight, "weight=2", ""]) == 403  # session, no CSRF token
     assert page.evaluate(post, [weight, "weight=2", "forged"]) == 403
     token = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    assert lab.servers()["s1"]["weight"] == 1
     assert page.evaluate(post, [weight, "weight=2", token]) == 200
-    wait_for(lambda: "2" in page.locator(f"{row(page, 'default/s1')} .addr").text_content(), 5)
+    assert lab.servers()["s1"]["weight"] == 2
+    # The page learns of it by its events (this fetch was not a form: no toast, no refresh).
+    expect(page.locator(f'{row(page, "default/s1")} [data-field="weight"]')).to_have_text("2")
 
     page.click("form.logout button")
     page.wait_for_url(lab.url + "/")
     expect(page.locator("text=Log in to act")).to_be_visible()
     assert page.evaluate(post, [weight, "weight=3", token]) == 403  # the session is gone
+    assert lab.servers()["s1"]["weight"] == 2
