@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Process, RawClient, RedisServer, spawn
+from tests.helpers import REDIS_MISSING, Process, RawClient, RedisServer, require_tool, spawn
 
 
 @dataclass
@@ -59,10 +62,39 @@ def backends() -> Iterator[list[Backend]]:
 
 StartProxy = Callable[..., Proxy]
 
+# Every balancer `start_proxy` started that is still to be stopped, oldest first.
+_RUNNING: list[Proxy] = []
 
-@pytest.fixture(scope="session")
+
+def _stop_all(proxies: list[Proxy]) -> None:
+    """Stop `proxies` (by PID) and forget them; SIGTERM to all first, so they drain at once."""
+    for proxy in proxies:
+        proxy.process.signal(signal.SIGTERM)
+    for proxy in proxies:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proxy.process.proc.wait(10)
+        proxy.process.stop()  # reaps it, or kills one that did not exit
+    stopped = {id(proxy) for proxy in proxies}
+    _RUNNING[:] = [proxy for proxy in _RUNNING if id(proxy) not in stopped]
+
+
+@pytest.fixture(autouse=True)
+def _stop_proxies_started_by_the_test() -> Iterator[None]:
+    """A balancer started while a test runs (in its body or a function-scoped fixture) stops
+    when the test ends. Module-scoped fixtures are set up before this one, so theirs are
+    already running here and stop with their module (see `start_proxy`)."""
+    before = {id(proxy) for proxy in _RUNNING}
+    yield
+    _stop_all([proxy for proxy in _RUNNING if id(proxy) not in before])
+
+
+@pytest.fixture(scope="module")
 def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy]:
-    """Start `bunancer serve` with a config built from `servers` and extra TOML text."""
+    """Start `bunancer serve` with a config built from `servers` and extra TOML text.
+
+    Module-scoped: what a module's fixtures start stops when the module ends, what a test
+    starts stops when the test ends, so the balancers health-checking the shared backends
+    are only those of the running module."""
     started: list[Proxy] = []
 
     def start(
@@ -112,11 +144,11 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
             int(dashboard.group(1) or 0),
         )
         started.append(proxy)
+        _RUNNING.append(proxy)
         return proxy
 
     yield start
-    for proxy in started:
-        proxy.process.stop()
+    _stop_all(started)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +159,9 @@ def proxy(start_proxy: StartProxy, backends: list[Backend]) -> Proxy:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A real redis-server on a free port, stopped by its PID afterwards."""
+    """A real redis-server on a free port, stopped by its PID afterwards. Skipped without
+    redis-server on PATH, or failed when `CI` is set."""
+    require_tool(REDIS_MISSING)
     server = RedisServer(tmp_path)
     server.start()
     yield server

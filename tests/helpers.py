@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,9 +42,18 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         await asyncio.sleep(0.01)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    *,
+    since: float | None = None,
+) -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds.
+
+    The deadline counts from `since` (a `time.monotonic()` reading taken when the clock of
+    a promise started, e.g. when a change was answered) instead of from this call."""
+    deadline = (time.monotonic() if since is None else since) + timeout
     while True:
         result = condition()
         if result:
@@ -128,9 +140,48 @@ def spawn(args: list[str], cwd: Path | None = None, env: dict[str, str] | None =
     return process
 
 
-# -- a real redis-server --------------------------------------------------------------------------
+# -- tools the suite needs: a skip on a developer's machine, a failure in CI --------------------
+
+
+def in_ci() -> bool:
+    """True when the `CI` environment variable is set (GitHub Actions, GitLab, ... set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_tool(missing_reason: str | None) -> None:
+    """Skip the calling test (or fixture) when a tool is missing, saying why, or FAIL it when
+    `CI` is set: a CI run must not pass by skipping whole areas.
+
+    `missing_reason` is None when the tool is there; otherwise it says what is missing and how
+    to install it. Call it at the start of a fixture or test, or from an autouse fixture for
+    a whole module."""
+    if missing_reason is None:
+        return
+    if in_ci():
+        pytest.fail(f"{missing_reason} [CI is set: a missing tool fails the run]", pytrace=False)
+    pytest.skip(missing_reason)
+
 
 REDIS_SERVER = shutil.which("redis-server")
+REDIS_MISSING = (
+    None
+    if REDIS_SERVER is not None
+    else "redis-server is not on PATH "
+    "(scripts/install-system-deps.sh installs it: apt-get install redis-server)"
+)
+LOCUST_MISSING = (
+    None
+    if importlib.util.find_spec("locust") is not None
+    else "Locust is not installed (the bench extra): pip install -e '.[bench]'"
+)
+WEBSOCKETS_MISSING = (
+    None
+    if importlib.util.find_spec("websockets") is not None
+    else "the websockets package is not installed (the test extra): pip install -e '.[test]'"
+)
+
+
+# -- a real redis-server --------------------------------------------------------------------------
 
 
 def free_port() -> int:

@@ -248,4 +248,3 @@ def judge_rolling_restart(evidence: Evidence) -> list[Check]:
 
 
 Judge = Callable[[Evidence], list[Check]]
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,13 @@ import pytest
 from bunancer.client import ApiClient
 from stubs.sdk import StubManager
 from tests.conftest import StartProxy
-from tests.helpers import ROOT, wait_for
+from tests.helpers import LOCUST_MISSING, ROOT, require_tool, wait_for
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("locust") is None,
-    reason="the bench extra is not installed: pip install -e '.[bench]'",
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _locust_installed() -> None:
+    """Skipped without Locust, or failed when `CI` is set."""
+    require_tool(LOCUST_MISSING)
 
 
 def names_of_a_run(host: str, tmp_path: Path) -> dict[str, int]:

@@ -35,6 +35,7 @@ def _locust_installed() -> None:
     """Skipped without Locust, or failed when `CI` is set."""
     require_tool(LOCUST_MISSING)
 
+
 DURATION = 6  # seconds of load: room for a fault at 1/3 and a recovery after 2/3
 SMOKE = {"duration": DURATION, "users": 3, "rate": 5.0}
 

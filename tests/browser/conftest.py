@@ -1,8 +1,8 @@
 """Browser fixtures: Playwright for Python driving Debian's Chromium (no browser download),
 and a balancer whose stubs the dashboard can start (its API port is fixed up front).
 
-Tests are skipped, saying why, when /usr/bin/chromium or Playwright is missing; the
-system package is installed by scripts/install-system-deps.sh.
+Tests are skipped, saying why, when /usr/bin/chromium is missing, and fail then when `CI`
+is set; the system package is installed by scripts/install-system-deps.sh.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from stubs.sdk import StubManager
 from tests.conftest import Proxy, StartProxy
-from tests.helpers import FAST_CHECKS, ROOT, free_port, wait_for
+from tests.helpers import FAST_CHECKS, ROOT, free_port, require_tool, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -60,8 +60,7 @@ base_ejection_time = 0.5
 # running in the main thread, and every later test calling asyncio.run() would fail.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if SKIP_REASON is not None:
-        pytest.skip(SKIP_REASON)
+    require_tool(SKIP_REASON)  # skips, or fails when CI is set
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

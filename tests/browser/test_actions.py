@@ -17,11 +17,10 @@ import re
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.browser.conftest import SKIP_REASON, Lab
+from tests.browser.conftest import Lab
 from tests.helpers import wait_for
 
 expect.set_options(timeout=15_000)  # states change within a second; starting a stub takes more
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 STARTED = r"^stub (s\d+) started on 127\.0\.0\.1:\d+, joining pool default$"
 # A 503 stub fails its checks ("auto" health follows the traffic status): unhealthy at once

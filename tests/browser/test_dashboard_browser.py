@@ -11,14 +11,12 @@ import re
 import signal
 import time
 
-import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import ARTIFACTS, SKIP_REASON, Lab, Traffic
+from tests.browser.conftest import ARTIFACTS, Lab, Traffic
 from tests.helpers import wait_for
 
 expect.set_options(timeout=15_000)  # states change within a second; starting a stub takes more
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 
 def row(page: Page, key: str) -> str:
@@ -98,9 +96,11 @@ def test_killing_a_stub_turns_its_badge_dead_and_removes_its_edge_without_reload
 
     started = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
+    # Live: the badge turns within 3 s (checks every 0.2 s, fall 1), with no reload.
     page.wait_for_function(
         "() => document.querySelector('tr.server[data-key=\"default/s2\"] .badge')"
-        ".textContent !== 'healthy'"
+        ".textContent !== 'healthy'",
+        timeout=3_000,
     )
     seconds = time.monotonic() - started
     state = page.locator(badge(page, "default/s2")).text_content()
@@ -128,7 +128,6 @@ def test_killing_a_stub_turns_its_badge_dead_and_removes_its_edge_without_reload
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with (ARTIFACTS / "timings.txt").open("a") as timings:
         timings.write(line + "\n")
-    assert seconds < 3.0
 
 
 def test_adding_a_stub_from_the_page_makes_it_appear_and_turn_healthy(lab: Lab, page: Page) -> None:

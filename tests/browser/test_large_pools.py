@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import SKIP_REASON, Lab, Traffic
+from tests.browser.conftest import Lab, Traffic
 from tests.helpers import wait_for
 
 expect.set_options(timeout=15_000)
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 SMALL_POOLS = ("web", "auth", "search", "media")
 HEALTH = {  # quick to settle, without a check every 0.2 s on 100 servers

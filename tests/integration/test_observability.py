@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -152,24 +153,52 @@ def test_access_log_combined_and_json(
 
 
 def test_statsd_lines_arrive(start_proxy: StartProxy, backends: list[Backend]) -> None:
+    """Once a second, per server: `<prefix>.<pool>.<server>.requests:<n>|c` with the requests
+    of the second just closed (so the counts add up to what was sent, none counted twice),
+    its `p99_ms` gauge in that second, and `up:1|g`."""
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))
     receiver.settimeout(5)
     port = receiver.getsockname()[1]
-    proxy = start_proxy([backends[0].url], f'[stats]\nstatsd = "127.0.0.1:{port}"\n')
+    proxy = start_proxy(
+        [backends[0].url], f'[stats]\nstatsd = "127.0.0.1:{port}"\nstatsd_prefix = "lb7"\n'
+    )
+    server = f"127_0_0_1_{backends[0].port}"  # the server id 127.0.0.1:PORT, dots made safe
+    name = f"lb7.default.{server}"
+    sent = 5
     with proxy.client() as client:
-        for _ in range(5):
-            client.request("GET", "/")
-    lines: list[str] = []
+        for _ in range(sent):
+            assert client.request("GET", "/").status == 200
+    datagrams: list[list[str]] = []
+    counted: list[int] = []  # the request count of each tick that reported any
 
-    def got_requests() -> bool:
-        lines.extend(receiver.recv(65536).decode().splitlines())
-        return any(".requests:" in line for line in lines)
+    def receive() -> None:
+        lines = receiver.recv(65536).decode().splitlines()
+        datagrams.append(lines)
+        for line in lines:
+            match = re.fullmatch(rf"{re.escape(name)}\.requests:(\d+)\|c", line)
+            if match:
+                counted.append(int(match.group(1)))
 
-    wait_for(got_requests, timeout=5)
+    # Every tick sends the server's `up` gauge: after the count reached what was sent, two
+    # more ticks must not count any of those requests again.
+    wait_for(lambda: receive() or sum(counted) >= sent, timeout=5)
+    ticks_then = len(datagrams)
+    wait_for(lambda: receive() or len(datagrams) >= ticks_then + 2, timeout=5)
     receiver.close()
-    assert any(line.endswith("|c") for line in lines)
-    assert any(".up:1|g" in line for line in lines)
+    assert sum(counted) == sent, (counted, datagrams)
+    assert all(n > 0 for n in counted)
+    for lines in datagrams:
+        assert f"{name}.up:1|g" in lines, lines
+        assert all(line.startswith(f"{name}.") for line in lines), lines
+        # A p99 gauge in exactly the ticks that counted requests.
+        p99 = [line for line in lines if line.startswith(f"{name}.p99_ms:")]
+        has_requests = any(line.startswith(f"{name}.requests:") for line in lines)
+        assert len(p99) == int(has_requests), lines
+        for line in p99:
+            assert re.fullmatch(rf"{re.escape(name)}\.p99_ms:\d+\.\d{{3}}\|g", line), line
+            assert float(line.split(":")[1].removesuffix("|g")) > 0, line
+    assert not any(f"{name}.errors:" in line for lines in datagrams for line in lines)
 
 
 def test_stats_off_records_nothing(start_proxy: StartProxy, backends: list[Backend]) -> None:

@@ -164,10 +164,8 @@ def stub_503(walk: Walk, command: str) -> None:
 
 def first_status(walk: Walk, command: str) -> None:
     # "unhealthy within about 2 s": its checks fail (fall = 2) on the default schedule.
-    started = time.monotonic()
     row = s2_row(walk.status_until(lambda out: "unhealthy" in s2_row(out), 5.0))
     assert "failed checks: status 503" in row
-    assert time.monotonic() - started < 5.0
 
 
 def stub_200(walk: Walk, command: str) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import os
+import re
 import socket
+import struct
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -15,7 +19,7 @@ import pytest
 
 from bunancer.core import proxyproto
 from tests.conftest import StartProxy
-from tests.helpers import Process, free_port, spawn
+from tests.helpers import WEBSOCKETS_MISSING, Process, free_port, require_tool, spawn
 
 MiB = 1024 * 1024
 
@@ -253,38 +257,125 @@ def test_untrusted_proxy_header_refused_after_the_server_is_linked(  # type: ign
         assert read_until_closed(sock) == b"PRO"
 
 
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final client frame, masked as RFC 6455 requires of clients."""
+    mask = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        length = bytes([0x80 | size])
+    elif size < 65536:
+        length = bytes([0x80 | 126]) + struct.pack("!H", size)
+    else:
+        length = bytes([0x80 | 127]) + struct.pack("!Q", size)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode]) + length + mask + masked
+
+
+async def read_ws_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One server frame: (opcode, payload). Server frames are final here and never masked."""
+    first, second = await reader.readexactly(2)
+    assert first & 0x80, "a fragmented frame"
+    assert not second & 0x80, "a server frame must not be masked"
+    size = second & 0x7F
+    if size == 126:
+        (size,) = struct.unpack("!H", await reader.readexactly(2))
+    elif size == 127:
+        (size,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(size)
+
+
+async def raw_websocket_exchange(port: int) -> list[object]:
+    """An RFC 6455 opening handshake by hand through the balancer, one text frame each way,
+    then the closing handshake: what each step got back."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            (
+                "GET /chat HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *lines = head.decode("latin-1").removesuffix("\r\n\r\n").split("\r\n")
+        headers = {n.strip().lower(): v.strip() for n, _, v in (h.partition(":") for h in lines)}
+        if not status_line.startswith("HTTP/1.1 101 "):
+            return [status_line]  # no tunnel: say what came instead
+        expected_accept = base64.b64encode(
+            hashlib.sha1((key + WEBSOCKET_GUID).encode()).digest()
+        ).decode()
+        writer.write(ws_frame(0x1, b"raw hello"))  # text
+        echoed = await asyncio.wait_for(read_ws_frame(reader), 10)
+        writer.write(ws_frame(0x8, struct.pack("!H", 1000)))  # close, normal
+        closed = await asyncio.wait_for(read_ws_frame(reader), 10)
+        ended = await asyncio.wait_for(reader.read(), 10)  # the tunnel ends after the close
+        return [
+            status_line,
+            headers.get("upgrade", "").lower(),
+            headers.get("sec-websocket-accept") == expected_accept,
+            echoed,
+            closed[0],
+            ended,
+        ]
+    finally:
+        writer.close()
+
+
 def test_websocket_through_an_http_listener(start_proxy: StartProxy, tmp_path: Path) -> None:
-    websockets = pytest.importorskip("websockets")
+    require_tool(WEBSOCKETS_MISSING)
     from websockets.asyncio.client import connect as ws_connect
     from websockets.asyncio.server import serve as ws_serve
 
-    async def main() -> list[str]:
+    async def main() -> dict[str, object]:
         async def handler(websocket: object) -> None:
             async for message in websocket:  # type: ignore[attr-defined]
                 await websocket.send(f"echo: {message}")  # type: ignore[attr-defined]
 
+        found: dict[str, object] = {}
         async with ws_serve(handler, "127.0.0.1", 0) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             proxy = await asyncio.to_thread(start_proxy, [f"127.0.0.1:{port}"])
+            # A real client (it refuses anything but a 101 with the right accept key).
             answers = []
             async with ws_connect(f"ws://127.0.0.1:{proxy.port}/chat") as websocket:
+                found["client_status"] = websocket.response.status_code
                 for text in ("hello", "x" * 100_000, "bye"):
                     await websocket.send(text)
                     answers.append(await asyncio.wait_for(websocket.recv(), 10))
-            # the HTTP side still works beside the tunnel
-            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-            writer.write(b"GET /nowhere HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\r\n")
-            status = await reader.readline()
-            writer.close()
-            answers.append(status.decode().strip())
-            return answers
+                # The HTTP side still works beside the open tunnel: a plain GET reaches the
+                # WebSocket server, which answers it 426 itself.
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                writer.write(b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                length = re.search(rb"(?im)^content-length: *(\d+)\r$", head)
+                assert length is not None, head
+                found["plain"] = head + await reader.readexactly(int(length.group(1)))
+                writer.close()
+            found["answers"] = answers
+            found["raw"] = await raw_websocket_exchange(proxy.port)
+        return found
 
-    answers = asyncio.run(main())
-    assert answers[0] == "echo: hello"
-    assert answers[1] == "echo: " + "x" * 100_000
-    assert answers[2] == "echo: bye"
-    assert answers[3].startswith("HTTP/1.1 ")  # a plain answer from the websocket server
-    del websockets
+    found = asyncio.run(main())
+    assert found["client_status"] == 101
+    assert found["answers"] == ["echo: hello", "echo: " + "x" * 100_000, "echo: bye"]
+    # The handshake by hand: the server's 101 with its accept key, then a frame each way
+    # through the tunnel, then the closing handshake and the end of the tunnel.
+    raw = found["raw"]
+    assert isinstance(raw, list)
+    assert raw[0] == "HTTP/1.1 101 Switching Protocols", raw
+    _, upgrade, accept_ok, echoed, close_opcode, ended = raw
+    assert upgrade == "websocket"
+    assert accept_ok is True
+    assert echoed == (0x1, b"echo: raw hello")
+    assert close_opcode == 0x8
+    assert ended == b""
+    plain = found["plain"]
+    assert isinstance(plain, bytes)
+    assert plain.startswith(b"HTTP/1.1 426 Upgrade Required\r\n"), plain[:200]
+    assert b"You need a WebSocket client" in plain  # the WebSocket server's own words
 
 
 def test_proxy_shutdown_closes_tunnels(start_tcp, echoes: list[int]) -> None:  # type: ignore[no-untyped-def]

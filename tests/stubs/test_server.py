@@ -191,21 +191,21 @@ def test_failure_hang(stub: RunningStub) -> None:
 def test_failure_slow_body_arrives_slowly_but_completely(stub: RunningStub) -> None:
     stub.set(fail_rate=1, mode="slow")
     with socket.create_connection(("127.0.0.1", stub.port), timeout=5) as sock:
-        started = time.monotonic()
         sock.sendall(GET % b"/")
         received = sock.recv(65536)
-        head_at = time.monotonic() - started
+        head_at = time.monotonic()
         assert received.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"Content-Length: 3\r\n" in received
-        chunks = 1
+        # The head comes at once, alone: no body byte came with it...
+        assert received.endswith(b"\r\n\r\n"), received
+        chunks = 0
         while not received.endswith(b"\r\n\r\nt1\n"):
             received += sock.recv(65536)
             chunks += 1
-        total = time.monotonic() - started
-    # The head comes at once, the 3-byte body one byte per 0.2 s after it.
-    assert head_at < 0.5
-    assert total - head_at >= 0.4
-    assert chunks >= 3
+        body_took = time.monotonic() - head_at
+    # ...then the 3-byte body, one byte per 0.2 s after it.
+    assert chunks >= 2  # in pieces (3, unless two bytes met in one read)
+    assert body_took >= 0.4
 
 
 def test_failure_close_mid_body(stub: RunningStub) -> None:

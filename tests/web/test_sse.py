@@ -146,8 +146,9 @@ def test_heartbeat_comment_when_nothing_happens() -> None:
         await anext(stream)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        assert await anext(stream) == b": \n\n"
-        assert 0.04 <= loop.time() - started < 1.0
+        async with asyncio.timeout(1.0):  # it comes (a deadline, not a measured figure)...
+            assert await anext(stream) == b": \n\n"
+        assert loop.time() - started >= 0.04  # ...after the quiet interval, not at once
         event = bus.publish("x", {})
         assert parse([await anext(stream)])[0]["id"] == str(event.id)
         await stream.aclose()
@@ -163,11 +164,10 @@ def test_a_client_that_falls_behind_is_dropped_and_resumes() -> None:
         await anext(stream)
         first = bus.publish("x", {"n": 0})
         assert parse([await anext(stream)])[0]["id"] == str(first.id)
-        # The client stops reading (its socket is full): publishing never waits for it.
-        started = time.perf_counter()
+        # The client stops reading (its socket is full): publishing never waits for it (it
+        # is synchronous: it cannot), and what does not fit the queue is dropped.
         for n in range(1, 50):
             bus.publish("x", {"n": n})
-        assert time.perf_counter() - started < 0.05
         assert subscription.dropped == 45
         rest = [frame async for frame in stream]  # it ends instead of skipping silently
         assert rest == [sse.comment("behind: reconnect and resume")]
