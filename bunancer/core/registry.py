@@ -284,8 +284,12 @@ class Registry:
         if server in self.removing:  # it goes once drained: the caller retries
             raise Conflict(f"server {server.id!r} is being removed", "id")
         if server.state in (State.UNHEALTHY, State.DEAD, State.PENDING):
-            self.checker.check_now(server)
+            self.recheck(server)
         return server
+
+    def recheck(self, server: Server) -> None:
+        """Check `server` at once rather than on its schedule: its backend just changed."""
+        self.checker.check_now(server)
 
     def register(
         self,

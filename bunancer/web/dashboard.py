@@ -1336,6 +1336,12 @@ def build_dashboard(context: DashboardContext) -> App:
                 raise HTTPError(422, "nothing to change")
             behaviour = await dash.stubs.run(dash.stubs.manager.set, stub_id, **changes)
             dash.stubs.invalidate()
+            # Its servers are checked now, not at their next check (10 s away once dead):
+            # what the user just changed shows at once.
+            stub = await dash.stubs.run(dash.stubs.manager.get, stub_id)
+            for server in registry.all_servers():
+                if (_host_key(server.host), server.port) == (_host_key(stub.host), stub.port):
+                    registry.recheck(server)
             return f"stub {stub_id}: {behaviour.describe()}"
 
         return await act(request, action)

@@ -620,6 +620,35 @@ def test_stubs_are_added_changed_followed_and_stopped_from_the_dashboard(
     assert admin.post(f"/actions/stubs/{stub_id}/stop").status == 400  # gone
 
 
+def test_a_stub_changed_from_the_dashboard_has_its_server_checked_at_once(
+    start_proxy: StartProxy,
+) -> None:
+    # Dead servers are checked every 30 s here: only a check made at once explains a
+    # readmission within seconds of the change.
+    proxy = start_dashboard_proxy(
+        start_proxy,
+        [],
+        "[pools.default.health]\ninterval = 0.2\nfast_interval = 0.1\ndown_interval = 0.2\n"
+        "max_down_interval = 0.2\nfall = 1\nrise = 1\ndead_after = 1\ndead_interval = 30.0\n",
+    )
+    admin = Client(proxy.dashboard_port)
+    admin.login(proxy.token)
+    manager = StubManager(proxy.state_dir)
+    try:
+        page = admin.post("/actions/pools/default/stubs", {"status": "200"})
+        stub_id = re.search(r"stub (s\d+) started", page.json["message"]).group(1)  # type: ignore[union-attr]
+        wait_for(lambda: states(proxy, "default").get(stub_id) == "healthy", 10)
+        assert admin.post(f"/actions/stubs/{stub_id}/behaviour", {"status": "503"}).status == 200
+        wait_for(lambda: states(proxy, "default").get(stub_id) == "dead", 10)
+        changed = time.monotonic()
+        assert admin.post(f"/actions/stubs/{stub_id}/behaviour", {"status": "200"}).status == 200
+        wait_for(lambda: states(proxy, "default").get(stub_id) == "healthy", 10)
+        assert time.monotonic() - changed < 5.0  # not the 30 s dead interval
+    finally:
+        manager.stop_all(timeout=5)
+        proxy.process.stop()
+
+
 def test_remove_server(start_proxy: StartProxy, backends: list[Backend]) -> None:
     proxy = start_dashboard_proxy(start_proxy, [backends[0].url])
     admin = Client(proxy.dashboard_port)

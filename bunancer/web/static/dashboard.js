@@ -439,11 +439,30 @@
   // -- reloading the page's content ------------------------------------------------------------
 
   let refreshTimer = null;
-  let refreshWaiting = false;
   let refreshSeq = 0; // a later refresh wins over an earlier one that answers late
 
-  function isDirty() {
-    return $$("form[data-dirty]", main).length > 0;
+  // What was typed into a form not yet sent survives a redraw of the page or the panel:
+  // values by the form's action and the field's name, put back into the new markup.
+  function typedValues(root) {
+    const kept = [];
+    for (const form of $$("form[data-dirty]", root)) {
+      for (const field of $$("input, select, textarea", form)) {
+        if (field.type !== "hidden" && field.name) kept.push([form.getAttribute("action"), field.name, field.value]);
+      }
+    }
+    return kept;
+  }
+
+  function restoreTyped(root, kept) {
+    for (const [action, name, value] of kept) {
+      for (const form of $$(`form[action="${CSS.escape(action)}"]`, root)) {
+        const field = form.elements.namedItem(name);
+        if (field && "value" in field) {
+          field.value = value;
+          form.dataset.dirty = "1";
+        }
+      }
+    }
   }
 
   function scheduleRefresh() {
@@ -454,12 +473,6 @@
   async function refresh() {
     refreshTimer = null;
     if (!["overview", "flow", "settings", "server"].includes(page)) return;
-    if (isDirty()) {
-      refreshWaiting = true; // after the form is sent
-      banner("Pools or servers changed. Your unsaved changes are kept; save or reload to see them.");
-      return;
-    }
-    refreshWaiting = false;
     const ticket = (refreshSeq += 1);
     // The query is the page's view (filter, sort, expanded pools): the new content keeps it.
     const query = new URLSearchParams(location.search);
@@ -481,7 +494,9 @@
     const openMenus = $$("details.menu[open]", main).map((d) => d.closest("[data-key]")?.dataset.key);
     const log = $("#log", main);
     const focused = focusState();
+    const typed = typedValues(main);
     main.innerHTML = html;
+    restoreTyped(main, typed);
     restoreFocus(focused);
     if (log && $("#log", main)) {
       $("#log", main).replaceWith(log); // keeps the live log and its stream
@@ -548,7 +563,7 @@
 
   document.addEventListener("input", (event) => {
     const form = event.target.form;
-    if (form && form.classList.contains("js-action") && form.classList.contains("settings")) form.dataset.dirty = "1";
+    if (form && form.classList.contains("js-action")) form.dataset.dirty = "1";
   });
 
   document.addEventListener("submit", async (event) => {
@@ -586,7 +601,6 @@
         form.closest("details.menu")?.removeAttribute("open");
         if (form.closest("#panel")) reloadPanel();
         else if (page !== "flow") scheduleRefresh();
-        if (refreshWaiting) scheduleRefresh();
       }
     } catch (error) {
       toast(`The dashboard did not answer (${error.message}).`, "error");
@@ -983,7 +997,9 @@
       closePanel();
       return;
     }
+    const typed = typedValues(panel);
     panel.innerHTML = await response.text();
+    restoreTyped(panel, typed);
     panel.hidden = false;
     if (model.summary) applySummary(model.summary);
   }
