@@ -152,21 +152,34 @@ def test_adding_a_stub_from_the_page_makes_it_appear_and_turn_healthy(lab: Lab, 
     assert lab.states() == {}
 
 
-def test_setting_a_stub_to_503_from_the_page_shows_its_error_rate_rise(
+def test_a_stub_set_to_503_from_the_page_is_taken_out_or_shows_its_errors(
     lab: Lab, page: Page
 ) -> None:
     lab.start_stubs(2)
     lab.login(page, "/servers/default/s1")
     live(page)
     errors = page.locator('.server-head [data-field="error_rate"]')
+    badge = page.locator(".server-head .badge")
     with Traffic(lab.proxy.port) as traffic:
         expect(errors).to_have_text("0%")
         page.evaluate("window.__notReloaded = true")
+        # Traffic and /health fail alike: its active checks take it out at once.
         page.click('button[value="503"]')
         expect(page.locator(".toast.ok", has_text="stub s1: 503")).to_be_visible()
         assert page.evaluate("window.__notReloaded") is True
         assert lab.stubs.get("s1").behaviour().status == 503
-        # Over the last 10 s: at least some of s1's answers were errors.
+        expect(badge).to_have_text(re.compile(r"^(unhealthy|dead)$"))
+        expect(page.locator('.server-head [data-field="reason"]')).to_contain_text("status 503")
+        # Traffic fails while /health passes: only passive checks can see it, on real
+        # answers, so its error rate rises (retries are off here: clients see them too).
+        page.click('button[value="ok"]')  # back to normal
+        expect(badge).to_have_text("healthy")
+        form = page.locator("form.stub-form")
+        form.locator('input[name="status"]').fill("503")
+        form.locator('select[name="health"]').select_option("ok")
+        form.locator("button", has_text="Apply").click()
+        expect(page.locator(".toast.ok", has_text="503, health ok")).to_be_visible()
+        assert lab.stubs.get("s1").behaviour().health == "ok"
         page.wait_for_function(
             "() => parseFloat(document.querySelector('.server-head [data-field=\"error_rate\"]')"
             ".textContent) > 0"
