@@ -34,11 +34,14 @@ import uvloop
 
 from bunancer.core import NATIVE
 from bunancer.core.accesslog import AccessLog
+from bunancer.core.connections import ConnectionPool
+from bunancer.core.downstream import DownstreamProtocol
+from bunancer.core.listener import ListenerContext
 from bunancer.core.pool import ServerPool
-from bunancer.core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
 from bunancer.core.routing import RouteTable
 from bunancer.core.server import Server
-from bunancer.core.upstream import UpstreamPool, UpstreamProtocol, UpstreamSettings
+from bunancer.core.settings import BalancingSettings, ListenerSettings, UpstreamSettings
+from bunancer.core.upstream import UpstreamProtocol
 
 # Feature switches for cost measurements: HOTPATH_STATS=0, HOTPATH_ACCESS_LOG=1.
 STATS = os.environ.get("HOTPATH_STATS", "1") == "1"
@@ -91,9 +94,11 @@ class FakeTransport:
 def build(
     loop: asyncio.AbstractEventLoop,
 ) -> tuple[DownstreamProtocol, FakeTransport, UpstreamProtocol, FakeTransport]:
-    pool = ServerPool("default", os.environ.get("HOTPATH_ALGORITHM", "peak-ewma"))
+    algorithm = os.environ.get("HOTPATH_ALGORITHM", "peak-ewma")
+    pool = ServerPool("default", BalancingSettings(algorithm=algorithm))
     server = Server("s1", "127.0.0.1", 9001)
-    server.connections = UpstreamPool(server, UpstreamSettings(), loop)
+    connections = ConnectionPool(server.host, server.port, UpstreamSettings(), loop)
+    server.connections = connections
     pool.add(server)
     ctx = ListenerContext(loop, RouteTable([], pool), ListenerSettings(stats=STATS))
     if ACCESS_LOG:
@@ -101,11 +106,11 @@ def build(
     down = DownstreamProtocol(ctx)
     down_transport = FakeTransport(("127.0.0.1", 50000))
     down.connection_made(down_transport)  # type: ignore[arg-type]
-    up = UpstreamProtocol(server.connections)
+    up = UpstreamProtocol(connections)
     up_transport = FakeTransport(("127.0.0.1", 9001))
     up.connection_made(up_transport)  # type: ignore[arg-type]
-    server.connections.total = 1
-    server.connections.idle.append(up)
+    connections.total = 1
+    connections.idle.append(up)
     return down, down_transport, up, up_transport
 
 

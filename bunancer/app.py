@@ -19,22 +19,24 @@ from functools import partial
 from pathlib import Path
 
 from .config import Config, ListenerConfig, parse_hostport
+from .control.commands import Commands
+from .control.events import EventBus
+from .control.persistence import Persistence
+from .control.registry import PoolSettings, Registry
+from .control.store import Store, StoreError, open_store
+from .control.telemetry import Telemetry
 from .core.accesslog import AccessLog
-from .core.events import EventBus
+from .core.downstream import DownstreamProtocol
 from .core.headers import ForwardingOptions
 from .core.listen import ListenGroup, listen
-from .core.persistence import Persistence
-from .core.proxy import DownstreamProtocol, ListenerContext, ListenerSettings
-from .core.registry import PoolSettings, Registry
+from .core.listener import ListenerContext
 from .core.routing import Route, RouteTable
-from .core.store import Store, StoreError, open_store
-from .core.tcp import TcpClientEnd, TcpListenerContext, TcpSettings
-from .core.telemetry import Telemetry
-from .core.upstream import UpstreamSettings
+from .core.settings import ListenerSettings, TcpSettings, UpstreamSettings
+from .core.tcp import TcpClientEnd, TcpListenerContext
 from .web.api import build_api
+from .web.app import App
 from .web.auth import Token, TokenError, load_token
-from .web.http import App
-from .web.http import serve as web_serve
+from .web.server import serve as web_serve
 
 log = logging.getLogger("bunancer")
 
@@ -63,94 +65,69 @@ class Listener:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def upstream_settings(config: Config) -> UpstreamSettings:
+    """What the data plane's connection pools are told (plain values, no pydantic)."""
+    timeouts, limits, upstream = config.timeouts, config.limits, config.upstream
+    return UpstreamSettings(
+        connect_timeout=timeouts.connect,
+        response_timeout=timeouts.upstream_response,
+        idle_timeout=upstream.idle_timeout,
+        max_idle=upstream.max_idle,
+        max_connections=upstream.max_connections,
+        write_buffer_high=limits.write_buffer_high,
+        write_buffer_low=limits.write_buffer_low,
+    )
+
+
+def listener_settings(config: Config) -> ListenerSettings:
+    """What every HTTP listener's connections are told."""
+    timeouts, limits, headers = config.timeouts, config.limits, config.headers
+    return ListenerSettings(
+        header_timeout=timeouts.header,
+        body_idle_timeout=timeouts.body_idle,
+        keepalive_timeout=timeouts.keepalive,
+        max_request_line=limits.max_request_line,
+        max_header_bytes=limits.max_header_bytes,
+        max_headers=limits.max_headers,
+        max_body_bytes=limits.max_body_bytes,
+        max_pipelined=limits.max_pipelined,
+        tunnel_idle_timeout=timeouts.tunnel_idle,
+        write_buffer_high=limits.write_buffer_high,
+        write_buffer_low=limits.write_buffer_low,
+        stats=config.stats.enabled,
+        forwarding=ForwardingOptions(
+            forwarded=headers.forwarded, x_forwarded=headers.x_forwarded, via=headers.via
+        ),
+    )
+
+
+def tcp_settings(config: Config, listener: ListenerConfig) -> TcpSettings:
+    return TcpSettings(
+        connect_timeout=config.timeouts.connect,
+        idle_timeout=listener.idle_timeout,
+        max_connections=listener.max_connections,
+        send_proxy=listener.send_proxy_protocol,
+        accept_proxy=listener.accept_proxy_protocol,
+        trusted=tuple(
+            ipaddress.ip_network(network, strict=False) for network in listener.trusted_proxies
+        ),
+        retries=config.pools[listener.default_pool].balancing.retries,
+    )
+
+
 class Balancer:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.loop = loop
-        timeouts, limits, upstream = config.timeouts, config.limits, config.upstream
-        self.upstream_settings = UpstreamSettings(
-            connect_timeout=timeouts.connect,
-            response_timeout=timeouts.upstream_response,
-            idle_timeout=upstream.idle_timeout,
-            max_idle=upstream.max_idle,
-            max_connections=upstream.max_connections,
-            write_buffer_high=limits.write_buffer_high,
-            write_buffer_low=limits.write_buffer_low,
-        )
+        self.upstream_settings = upstream_settings(config)
         self.bus = EventBus()
         self.registry = Registry(
-            loop, self.upstream_settings, self.bus, drain_timeout=timeouts.drain
+            loop, self.upstream_settings, self.bus, drain_timeout=config.timeouts.drain
         )
-        for name, pool_config in config.pools.items():
-            self.registry.add_pool(name, PoolSettings.from_config(pool_config))
-            for server_config in pool_config.servers:
-                host, port = server_config.host_port
-                self.registry.register(
-                    name,
-                    host,
-                    port,
-                    weight=server_config.weight,
-                    server_id=server_config.id or server_config.address.split("://")[-1],
-                    health=server_config.health,
-                    source="config",
-                )
+        self._add_configured_pools()
         self.pools = self.registry.pools
-        self.registry.protected = {r.pool for r in config.routes} | {
-            listener.default_pool for listener in config.listeners
-        }
-        settings = ListenerSettings(
-            header_timeout=timeouts.header,
-            body_idle_timeout=timeouts.body_idle,
-            keepalive_timeout=timeouts.keepalive,
-            max_request_line=limits.max_request_line,
-            max_header_bytes=limits.max_header_bytes,
-            max_headers=limits.max_headers,
-            max_body_bytes=limits.max_body_bytes,
-            max_pipelined=limits.max_pipelined,
-            tunnel_idle_timeout=timeouts.tunnel_idle,
-            write_buffer_high=limits.write_buffer_high,
-            write_buffer_low=limits.write_buffer_low,
-            stats=config.stats.enabled,
-            forwarding=ForwardingOptions(
-                forwarded=config.headers.forwarded,
-                x_forwarded=config.headers.x_forwarded,
-                via=config.headers.via,
-            ),
-        )
-        routes = [
-            Route(
-                self.pools[r.pool],
-                r.host.encode() if r.host else None,
-                r.path_prefix.encode(),
-            )
-            for r in config.routes
-        ]
-        self.listeners: list[Listener] = []
-        for listener_config in config.listeners:
-            host, port = listener_config.host_port
-            pool = self.pools[listener_config.default_pool]
-            if listener_config.mode == "tcp":
-                tcp_ctx = TcpListenerContext(loop, pool, self._tcp_settings(listener_config))
-                factory: Callable[[], asyncio.BaseProtocol] = partial(TcpClientEnd, tcp_ctx)
-                self.listeners.append(
-                    Listener(
-                        listener_config.address,
-                        host,
-                        port,
-                        tcp_ctx,
-                        factory,
-                        listener_config.default_pool,
-                        "tcp",
-                    )
-                )
-                continue
-            ctx = ListenerContext(loop, RouteTable(routes, pool), settings)
-            factory = partial(DownstreamProtocol, ctx)
-            self.listeners.append(
-                Listener(
-                    listener_config.address, host, port, ctx, factory, listener_config.default_pool
-                )
-            )
+        self.commands = Commands(self.registry, self.save_state)
+        self.listeners = self._make_listeners()
         self._stopping: asyncio.Event | None = None
         statsd = config.stats.statsd
         self.telemetry = Telemetry(
@@ -171,6 +148,56 @@ class Balancer:
         self.dashboard_app: App | None = None
         self.dashboard_server: asyncio.Server | None = None
 
+    def _add_configured_pools(self) -> None:
+        config, registry = self.config, self.registry
+        for name, pool_config in config.pools.items():
+            registry.add_pool(name, PoolSettings.from_config(pool_config))
+            for server_config in pool_config.servers:
+                host, port = server_config.host_port
+                registry.register(
+                    name,
+                    host,
+                    port,
+                    weight=server_config.weight,
+                    server_id=server_config.id or server_config.address.split("://")[-1],
+                    health=server_config.health,
+                    source="config",
+                )
+        registry.protected = {r.pool for r in config.routes} | {
+            listener.default_pool for listener in config.listeners
+        }
+
+    def _make_listeners(self) -> list[Listener]:
+        config, loop, pools = self.config, self.loop, self.registry.pools
+        settings = listener_settings(config)
+        routes = [
+            Route(pools[r.pool], r.host.encode() if r.host else None, r.path_prefix.encode())
+            for r in config.routes
+        ]
+        listeners: list[Listener] = []
+        for listener_config in config.listeners:
+            host, port = listener_config.host_port
+            pool = pools[listener_config.default_pool]
+            ctx: ListenerContext | TcpListenerContext
+            if listener_config.mode == "tcp":
+                ctx = TcpListenerContext(loop, pool, tcp_settings(config, listener_config))
+                factory: Callable[[], asyncio.BaseProtocol] = partial(TcpClientEnd, ctx)
+            else:
+                ctx = ListenerContext(loop, RouteTable(routes, pool), settings)
+                factory = partial(DownstreamProtocol, ctx)
+            listeners.append(
+                Listener(
+                    listener_config.address,
+                    host,
+                    port,
+                    ctx,
+                    factory,
+                    listener_config.default_pool,
+                    listener_config.mode,
+                )
+            )
+        return listeners
+
     def listeners_view(self) -> list[dict[str, object]]:
         views: list[dict[str, object]] = []
         for listener in self.listeners:
@@ -190,19 +217,6 @@ class Balancer:
                 }
             )
         return views
-
-    def _tcp_settings(self, listener: ListenerConfig) -> TcpSettings:
-        return TcpSettings(
-            connect_timeout=self.config.timeouts.connect,
-            idle_timeout=listener.idle_timeout,
-            max_connections=listener.max_connections,
-            send_proxy=listener.send_proxy_protocol,
-            accept_proxy=listener.accept_proxy_protocol,
-            trusted=tuple(
-                ipaddress.ip_network(network, strict=False) for network in listener.trusted_proxies
-            ),
-            retries=self.config.pools[listener.default_pool].balancing.retries,
-        )
 
     @property
     def api_address(self) -> str:
@@ -226,7 +240,7 @@ class Balancer:
         # Open for traffic once every server had its first check (bounded by the longest
         # check timeout), so the first requests do not meet a pool of pending servers.
         longest = max(
-            (s.check.timeout for s in self.registry.all_servers() if s.check.enabled),
+            (r.check.timeout for r in self.registry.all_records() if r.check.enabled),
             default=0.0,
         )
         await self.registry.first_checks(longest + 0.25)
@@ -256,7 +270,7 @@ class Balancer:
             raise StartupError(str(error)) from None
         self.api_app = build_api(
             self.registry,
-            self.save_state,
+            self.commands,
             self.token.value,
             telemetry=self.telemetry,
             public_reads=api.public_reads,
@@ -281,7 +295,7 @@ class Balancer:
                 bus=self.bus,
                 token=self.token.value,
                 state_dir=self.config.state_dir,
-                save=self.save_state,
+                commands=self.commands,
                 routes=[
                     {"host": r.host, "path_prefix": r.path_prefix, "pool": r.pool}
                     for r in self.config.routes
@@ -387,9 +401,9 @@ class Balancer:
         await self.registry.close()
         if self.store is not None:
             await self.store.close()
-        for server in self.registry.all_servers():
-            if server.connections is not None:
-                server.connections.close()
+        for record in self.registry.all_records():
+            if record.server.connections is not None:
+                record.server.connections.close()
         log.info("stopped")
 
 

@@ -17,14 +17,8 @@ from rich.table import Table
 
 from . import __version__
 from .client import ApiClient, ApiError, BalancerUnreachable, find_token
-from .config import (
-    Config,
-    ConfigError,
-    apply_overrides,
-    load_config,
-    parse_backend_url,
-    parse_hostport,
-)
+from .config import Config, ConfigError, parse_backend_url, parse_hostport
+from .configfile import apply_overrides, load_config
 from .console import STATE_STYLES
 
 EXIT_USAGE = 2
@@ -182,10 +176,10 @@ def serve(
 def compile_command(force: bool, quiet: bool) -> None:
     """Compile the per-request modules with mypyc (about 40% of the instructions a request).
 
-    The same Python source runs either way; a build is used only while it matches the
-    source, so an edited module runs as Python until the next compile. Needs a C compiler
-    and mypy (pip install 'bunancer[native]'). BUNANCER_PURE_PYTHON=1 skips the build at
-    run time.
+    For a checkout (pip install -e); an installed wheel carries its build. The same Python
+    source runs either way; a build is used only while it matches the source, so an edited
+    module runs as Python until the next compile. Needs a C compiler and mypy (pip install
+    'bunancer[native]'). BUNANCER_PURE_PYTHON=1 runs the source instead of any build.
     """
     from .native import CompileError, compile_core
 

@@ -2,19 +2,17 @@
 
 Every problem becomes a `ConfigError` whose message names the file, the key and the
 problem, e.g. ``bunancer.toml: pools.web.servers[0].weight: must be >= 1``; the CLI
-prints it and exits with code 2. Flags are applied on top of the file by `apply_overrides`.
+prints it and exits with code 2. Reading a file and applying flags on top of it is
+configfile.py's.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import tomllib
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from .core.health import parse_expect
+from pydantic_core import ErrorDetails
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_API_LISTEN = "127.0.0.1:8081"
@@ -58,6 +56,21 @@ def parse_backend_url(text: str) -> tuple[str, int]:
     if port == 0:
         raise ValueError(f"a backend needs a port other than 0: {text!r}")
     return host, port
+
+
+def parse_expect(text: str) -> tuple[tuple[int, int], ...]:
+    """``"200-399"``, ``"200,204"`` or ``"200-299, 404"`` -> inclusive ranges."""
+    ranges = []
+    for part in text.split(","):
+        part = part.strip()
+        low, sep, high = part.partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(f"expected status ranges like '200-399' or '200,204', got {text!r}")
+        start, end = int(low), int(high) if sep else int(low)
+        if not 100 <= start <= end <= 599:
+            raise ValueError(f"status range {part!r} is outside 100-599 or reversed")
+        ranges.append((start, end))
+    return tuple(ranges)
 
 
 class _Section(BaseModel):
@@ -239,12 +252,8 @@ class PoolConfig(_Section):
                 try:
                     self.health.merged(server.health)
                 except ValidationError as error:
-                    first = error.errors()[0]
-                    key = field_path(tuple(first["loc"]))
-                    message = first["msg"].removeprefix("Value error, ")
-                    if first["type"] == "extra_forbidden":
-                        message = "unknown key"
-                    raise _KeyedError(f"servers[{index}].health.{key}", message) from None
+                    key, message = describe_problem(error.errors()[0])
+                    raise KeyedError(f"servers[{index}].health.{key}", message) from None
             if server.id is not None:
                 if server.id in seen_ids:
                     raise ValueError(f"duplicate server id {server.id!r}")
@@ -400,7 +409,7 @@ class Config(_Section):
             self.pools[DEFAULT_POOL] = PoolConfig()
         for index, route in enumerate(self.routes):
             if route.pool not in self.pools:
-                raise _KeyedError(f"routes[{index}].pool", f"unknown pool {route.pool!r}")
+                raise KeyedError(f"routes[{index}].pool", f"unknown pool {route.pool!r}")
         tcp_pools = {x.default_pool for x in self.listeners if x.mode == "tcp"}
         http_pools = {x.default_pool for x in self.listeners if x.mode == "http"}
         http_pools |= {r.pool for r in self.routes}
@@ -419,18 +428,18 @@ class Config(_Section):
                 self.pools[name] = pool.model_copy(update=update)
         for index, listener in enumerate(self.listeners):
             if listener.default_pool not in self.pools:
-                raise _KeyedError(
+                raise KeyedError(
                     f"listeners[{index}].default_pool", f"unknown pool {listener.default_pool!r}"
                 )
         seen: set[tuple[str, int]] = set()
         for index, listener in enumerate(self.listeners):
             if listener.host_port in seen:
-                raise _KeyedError(f"listeners[{index}].address", "listed twice")
+                raise KeyedError(f"listeners[{index}].address", "listed twice")
             seen.add(listener.host_port)
         return self
 
 
-class _KeyedError(ValueError):
+class KeyedError(ValueError):
     """A cross-field problem that knows the key it belongs to."""
 
     def __init__(self, key: str, problem: str) -> None:
@@ -450,90 +459,11 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    lines = []
-    for item in error.errors():
-        ctx_error = (item.get("ctx") or {}).get("error")
-        if isinstance(ctx_error, _KeyedError):
-            lines.append(f"{source}: {ctx_error.key}: {ctx_error.problem}")
-            continue
-        key = field_path(tuple(item["loc"])) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        lines.append(f"{source}: {key}: {message}")
-    return "\n".join(lines)
-
-
-def build_config(data: dict[str, Any], source: str = "<defaults>") -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
-
-
-def load_config(path: str | Path | None) -> Config:
-    """Read a TOML file, or return the embedded defaults when `path` is None."""
-    if path is None:
-        return build_config({})
-    source = str(path)
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: file not found") from None
-    except OSError as error:
-        raise ConfigError(f"{source}: cannot read: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: invalid TOML: {error}") from None
-    return build_config(data, source)
-
-
-def apply_overrides(
-    config: Config,
-    *,
-    listen: str | None = None,
-    mode: str | None = None,
-    backends: tuple[str, ...] = (),
-    state_dir: str | None = None,
-    api_listen: str | None = None,
-    dashboard_listen: str | None = None,
-    token_file: str | None = None,
-    store: str | None = None,
-    access_log: str | None = None,
-    access_log_format: str | None = None,
-    statsd: str | None = None,
-) -> Config:
-    """Apply command-line flags on top of a loaded config: flags win over the file."""
-    # Only what the file set (defaults are filled in again), so that derived defaults such
-    # as a TCP pool's connect checks follow the flags too.
-    data = config.model_dump(exclude_none=True, exclude_unset=True)
-    if not data.get("listeners"):
-        data["listeners"] = [{}]
-    for section in ("api", "dashboard", "access_log", "stats"):
-        data.setdefault(section, {})
-    data.setdefault("pools", {})
-    if listen is not None:
-        data["listeners"][0]["address"] = listen
-    if mode is not None:
-        data["listeners"][0]["mode"] = mode
-    if api_listen is not None:
-        data["api"]["listen"] = api_listen
-    if dashboard_listen is not None:
-        data["dashboard"]["listen"] = dashboard_listen
-    if token_file is not None:
-        data["api"]["token_file"] = token_file
-    if store is not None:
-        data["store"] = store
-    if access_log is not None:
-        data["access_log"]["path"] = access_log
-    if access_log_format is not None:
-        data["access_log"]["format"] = access_log_format
-    if statsd is not None:
-        data["stats"]["statsd"] = statsd
-    if backends:
-        pool_name = config.listeners[0].default_pool
-        data["pools"].setdefault(pool_name, {})["servers"] = [{"address": b} for b in backends]
-    if state_dir is not None:
-        data["state_dir"] = state_dir
-    return build_config(data, "command line")
+def describe_problem(item: ErrorDetails, unknown: str = "unknown key") -> tuple[str, str]:
+    """One pydantic error as people say it: (the key, what is wrong with it)."""
+    keyed = (item.get("ctx") or {}).get("error")
+    if isinstance(keyed, KeyedError):
+        return keyed.key, keyed.problem
+    if item["type"] == "extra_forbidden":
+        return field_path(tuple(item["loc"])), unknown
+    return field_path(tuple(item["loc"])), item["msg"].removeprefix("Value error, ")

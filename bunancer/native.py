@@ -1,12 +1,15 @@
 """The data plane's per-request modules compiled with mypyc: the same source, run as C.
 
-bunancer is written and read as Python. `bunancer compile` runs mypyc over the modules in
-`COMPILED` (everything a proxied request passes through) and writes the extension modules
-to ``bunancer/core/_compiled/`` beside a digest of the source they were built from.
+bunancer is written and read as Python. Building the package (a wheel, `pip install .`)
+compiles the modules in `COMPILED` (everything a proxied request passes through) beside
+their source (setup.py). In a checkout, `bunancer compile` runs mypyc over them and writes
+the extension modules to ``bunancer/core/_compiled/`` beside a digest of the source they
+were built from.
 Importing `bunancer.core` puts that directory first on the package's search path only
 while the digest still matches, so an edited module runs as Python until the next
 compile and never as a stale build. ``BUNANCER_PURE_PYTHON=1`` runs the Python source
-regardless. Compiled, a keep-alive request takes about 40% of the instructions.
+either way (a checkout's build or the package's). Compiled, a keep-alive request takes
+about 40% of the instructions.
 
 This module must not import `bunancer.core`: it decides how that package loads.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -22,7 +26,8 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -34,13 +39,19 @@ PURE_ENV = "BUNANCER_PURE_PYTHON"
 # rarely enough that compiling it would only lengthen the build.
 COMPILED = (
     "algorithms",
+    "body",
+    "connections",
     "deadline",
+    "downstream",
     "errors",
+    "exchange",
     "framing",
     "headers",
+    "listener",
+    "plan",
     "pool",
-    "proxy",
     "server",
+    "settings",
     "stats",
     "upstream",
 )
@@ -69,39 +80,76 @@ class CompileError(Exception):
 
 
 def source_digest(package: Path = PACKAGE) -> str:
-    """What a build depends on: the data plane's source, the config types it reads, and
-    the interpreter's extension ABI."""
+    """What a build depends on: the data plane's source (nothing outside `core/`, which
+    imports nothing else of bunancer's but `eventloop`) and the interpreter's extension ABI."""
     digest = hashlib.sha256(sysconfig.get_config_var("EXT_SUFFIX").encode())
-    for path in (*sorted((package / "core").glob("*.py")), package / "config.py"):
+    for path in sorted((package / "core").glob("*.py")):
         digest.update(b"\0%s\0" % path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def installed_build() -> bool:
+    """Compiled modules beside the source: a wheel built with the package (setup.py)."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    return all((CORE / f"{module}{suffix}").exists() for module in COMPILED)
 
 
 def status() -> str:
     """``compiled``, or why the Python source runs: ``pure: ...``."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return f"pure: {PURE_ENV} is set"
-    try:
-        built = (COMPILED_DIR / DIGEST_FILE).read_text().strip()
-    except FileNotFoundError:
+    if installed_build():
+        # Python imports an extension module before the source beside it: nothing to switch.
+        return "compiled (built with the package)"
+    built = _built_digest()
+    if built is None:
         return "pure: not compiled (run `bunancer compile`)"
     if built != source_digest():
         return "pure: the source changed since the last compile (run `bunancer compile`)"
     return "compiled"
 
 
+def _built_digest() -> str | None:
+    try:
+        return (COMPILED_DIR / DIGEST_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+class _SourceFinder:
+    """Finds the compiled modules' source, which the extension modules beside it (a build
+    installed with the package) would otherwise shadow."""
+
+    @staticmethod
+    def find_spec(
+        name: str, path: Sequence[str] | None = None, target: object = None
+    ) -> ModuleSpec | None:
+        package, _, module = name.rpartition(".")
+        if package != "bunancer.core" or module not in COMPILED:
+            return None
+        return importlib.util.spec_from_file_location(name, CORE / f"{module}.py")
+
+
 def activate(search_path: list[str]) -> str:
-    """Called by `bunancer.core` as it loads: put the compiled modules first when usable."""
+    """Called by `bunancer.core` as it loads: put the compiled modules first when usable,
+    or the source first when asked to run it."""
     state = status()
     if state == "compiled":
         search_path.insert(0, str(COMPILED_DIR))
+    elif state.startswith("pure") and installed_build():
+        sys.meta_path.insert(0, _SourceFinder())
     return state
 
 
 def compile_core(force: bool = False, log: Callable[[str], object] = print) -> bool:
     """Build the compiled modules unless an up-to-date build exists; True if it built."""
-    if not force and status() == "compiled":
+    if installed_build():
+        raise CompileError(
+            "this bunancer was installed with its data plane compiled (a wheel): "
+            "nothing to build here; `bunancer compile` is for a checkout"
+        )
+    if not force and _built_digest() == source_digest():
         return False
     try:
         import mypyc  # noqa: F401  (only to say what is missing)

@@ -215,9 +215,7 @@ class StubManager:
         api = api or os.environ.get("BUNANCER_API") or "http://127.0.0.1:8081"
         ensure_stubs_dir(self.state_dir)
         state_dir = self.state_dir.resolve()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if token:
-            env["BUNANCER_TOKEN"] = token  # not on the command line, where ps shows it
+        env = _stub_env(token)
         started: builtins.list[tuple[str, int, subprocess.Popen[bytes]]] = []
         with self._lock():
             taken = {s.id for s in self.list()}
@@ -226,38 +224,12 @@ class StubManager:
                     stub_id = _next_id(taken)
                     taken.add(stub_id)
                     stub_port = port + index if port else 0
-                    paths = StubPaths.of(self.state_dir, stub_id)
-                    remove_files(paths, logs=True)  # a fresh log for a reused id
-                    argv = [
-                        sys.executable,
-                        "-m",
-                        "stubs.server",
-                        "--id",
-                        stub_id,
-                        "--host",
-                        host,
-                        "--port",
-                        str(stub_port),
-                        "--state-dir",
-                        str(state_dir),
-                        *flags,
-                    ]
+                    argv = _server_argv(stub_id, host, stub_port, state_dir, flags)
                     if seed is not None:
                         argv += ["--seed", str(seed + index)]
                     if register:
                         argv += ["--register", "--pool", pool, "--api", api]
-                    out_fd = os.open(paths.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    with os.fdopen(out_fd, "wb") as out:
-                        process = subprocess.Popen(
-                            argv,
-                            stdin=subprocess.DEVNULL,
-                            stdout=out,
-                            stderr=subprocess.STDOUT,
-                            env=env,
-                            start_new_session=True,  # Ctrl-C in the terminal leaves it alone
-                        )
-                    _children[process.pid] = process
-                    started.append((stub_id, stub_port, process))
+                    started.append((stub_id, stub_port, self._spawn(stub_id, argv, env)))
                 stubs = [self._wait_ready(*entry, timeout) for entry in started]
                 if register:
                     self._wait_registered(stubs, timeout)
@@ -265,6 +237,25 @@ class StubManager:
                 self._abort(started)
                 raise
         return stubs
+
+    def _spawn(
+        self, stub_id: str, argv: builtins.list[str], env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        """Start one stub detached, its stdout and stderr in ``<id>.out``."""
+        paths = StubPaths.of(self.state_dir, stub_id)
+        remove_files(paths, logs=True)  # a fresh log for a reused id
+        out_fd = os.open(paths.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(out_fd, "wb") as out:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C in the terminal leaves it alone
+            )
+        _children[process.pid] = process
+        return process
 
     def _wait_ready(
         self, stub_id: str, port: int, process: subprocess.Popen[bytes], timeout: float
@@ -421,6 +412,24 @@ class StubManager:
                     os.kill(stub.pid, signal.SIGKILL)
                 _wait_gone(stub.pid, 5.0)
             remove_files(stub.paths)
+
+
+def _stub_env(token: str | None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if token:
+        env["BUNANCER_TOKEN"] = token  # not on the command line, where ps shows it
+    return env
+
+
+def _server_argv(
+    stub_id: str, host: str, port: int, state_dir: Path, flags: list[str]
+) -> list[str]:
+    """The command line of one stub; `stubs.server` and ``--id`` are how its pid file is
+    recognised (stubs/state.py)."""
+    return [
+        sys.executable, "-m", "stubs.server", "--id", stub_id, "--host", host,
+        "--port", str(port), "--state-dir", str(state_dir), *flags,
+    ]  # fmt: skip
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -4,13 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bunancer.config import (
-    ConfigError,
-    apply_overrides,
-    load_config,
-    parse_backend_url,
-    parse_hostport,
-)
+from bunancer.config import ConfigError, parse_backend_url, parse_hostport
+from bunancer.configfile import apply_overrides, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -1,8 +1,10 @@
-"""The data plane (proxy, upstream pools, framing, routing, selection) and the control
-plane (states, health, registry, store, events, stats).
+"""The data plane: everything a proxied request or tunnel passes through, and nothing else.
 
-The per-request modules load compiled when `bunancer compile` built them from this very
-source (see bunancer.native); `NATIVE` says which way they loaded.
+Listeners, client and upstream connections, the request plan, exchanges, connection
+pools, server pools and their selectors, framing, headers, routing, tunnels, TCP mode,
+counters and the access log. It reads plain settings and an immutable set of routable
+servers per pool; it imports nothing of bunancer outside `core/` but `eventloop`, and is
+the unit `bunancer compile` (mypyc) builds; `NATIVE` says which way it loaded.
 """
 
 from .. import native

@@ -14,6 +14,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import IO
 
 import orjson
@@ -151,3 +152,16 @@ def _quote(value: bytes | None) -> bytes:
     if 34 not in value and 92 not in value:  # '"' and '\\'
         return value
     return value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+
+
+def referer_and_agent(
+    headers: Sequence[tuple[bytes, bytes]],
+) -> tuple[bytes | None, bytes | None]:
+    """The request's Referer and User-Agent, for the combined format."""
+    referer = user_agent = None
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"user-agent":
+            user_agent = value
+        elif len(name) == 7 and name.lower() == b"referer":
+            referer = value
+    return referer, user_agent

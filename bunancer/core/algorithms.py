@@ -11,8 +11,8 @@ time come in from outside (an `rng`, a `clock`), so tests run them with a seed.
   servers of different sizes.
 - least-connections: fewest requests in flight per unit of weight; for varied request costs.
 - random: uniformly (weighted) at random; when many balancers share the servers.
-- p2c: the less loaded of two random servers; the default: cheap, steers away from slow ones.
-- peak-ewma: the lower latency x load of two random servers; when latency matters most.
+- p2c: the less loaded of two random servers; cheap, steers away from slow ones.
+- peak-ewma: the lower latency x load of two random servers; the default: latency matters most.
 - hash: by a key (client IP, header, cookie, path) through a Maglev table; caches, affinity.
 - sticky: the server named in a cookie the balancer sets, else a fallback; in-memory sessions.
 """
@@ -362,6 +362,14 @@ class MaglevHash(Selector):
 def sticky_token(server: Server) -> str:
     """The cookie value naming a server: opaque, stable across restarts and instances."""
     return hashlib.blake2b(f"{server.pool_name}/{server.id}".encode(), digest_size=6).hexdigest()
+
+
+def sticky_cookie(name: str, server: Server) -> bytes:
+    """The Set-Cookie line that sends a client back to `server` (algorithm "sticky")."""
+    return b"Set-Cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (
+        name.encode(),
+        sticky_token(server).encode(),
+    )
 
 
 class Sticky(Selector):

@@ -80,3 +80,7 @@ def _status_lines() -> tuple[bytes, ...]:
 # Responses go out with the standard reason phrase for their status: clients ignore the
 # phrase (RFC 9112 4), and not asking httptools for the backend's saves a callback each.
 STATUS_LINES: Final = _status_lines()
+
+
+class Overloaded(Exception):
+    """No upstream connection free and the pool's queue of waiting requests is full."""

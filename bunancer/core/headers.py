@@ -46,16 +46,14 @@ class NameKinds:
 
     A name of a length no special name has is ordinary without hashing it: most response
     headers (Date, Server, ETag, Content-Type, Cache-Control...) and some request ones.
-    The table of lengths is bytes because that costs the compiled build least
-    (bench.hotpath: 37,900 instructions a keep-alive request, against 38,100 with an int
-    bit mask and 38,700 with a set of lengths; as Python the set would be 1.6% cheaper).
-    Other names are remembered per spelling, so lower() and the set lookup run once per
-    spelling (compiled, bytes.lower() is a call by name, a dict get is not); the memory is
-    bounded like framing.CHECKED_HOSTS: full, it starts over.
+    The table of lengths is bytes because that costs the compiled build least (an int bit
+    mask and a set of lengths were measured too: bench/README.md). Other names are
+    remembered per spelling, so lower() and the set lookup run once per spelling
+    (compiled, bytes.lower() is a call by name, a dict get is not); the memory is bounded
+    like framing.CHECKED_HOSTS: full, it starts over.
 
     One object per side, so requests and responses share this code: compiled, `of` is a
-    direct C call (no cost measured); as Python the call per header costs about 4% of a
-    keep-alive request (100,400 -> 104,300 instructions).
+    direct C call; as Python the call per header costs a few per cent of a request.
     """
 
     __slots__ = ("lengths", "memory", "special")
@@ -296,3 +294,51 @@ def scan_response_headers(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     if named:
         head.lines = _without(lines, named)
     return head
+
+
+def client_response_head(
+    head: ResponseHead,
+    status_line: bytes,
+    chunked: bool,
+    length: bool,
+    keep_alive: bool,
+    http11: bool,
+    cookie: bytes,
+) -> list[bytes]:
+    """The response head for the client, in pieces joined once with the body that follows:
+    our status line, the forwarded lines, the framing we chose (`chunked`, or the upstream's
+    `length` kept), the connection's fate, and a cookie line (or b"")."""
+    parts = head.lines
+    parts[0] = status_line
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif length and head.content_length is not None:
+        parts.append(b"Content-Length: ")
+        parts.append(head.content_length)
+        parts.append(b"\r\n")
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    if cookie:
+        parts.append(cookie)
+    parts.append(b"\r\n")
+    return parts
+
+
+def interim_head(status_line: bytes, head: ResponseHead) -> bytes:
+    """A 1xx head (100 Continue, 103 Early Hints) to relay as it is."""
+    lines = head.lines
+    lines[0] = status_line
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def switching_head(status_line: bytes, head: ResponseHead, upgrade: bytes) -> bytes:
+    """The 101 head: Connection and Upgrade go back in (they are what it is about)."""
+    lines = head.lines
+    lines[0] = status_line
+    lines.append(b"Connection: Upgrade\r\nUpgrade: ")
+    lines.append(upgrade)
+    lines.append(b"\r\n\r\n")
+    return b"".join(lines)

@@ -4,19 +4,22 @@ The data plane reads `routable`, an immutable tuple rebuilt whenever a server is
 removed or changes state, so a selection never sees a half-changed set. The pool also
 holds what the request path needs of its settings: the selector, how to take a request's
 key (hash, sticky), the retry rules and budget, the cap on waiting requests, panic mode.
+
+It is the one owner of selection accounting: every use of a server (a request, each
+attempt of it, a TCP or upgraded tunnel) begins with `begin` and ends with one `end`, which
+keep its count in flight, its peak, and the selector's own books (least-connections' load,
+peak-ewma's latency) in step.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from ..config import DEFAULT_ALGORITHM, BalancingConfig
 from .algorithms import Selector, make_selector
-from .server import Server
-from .states import State
+from .server import OUT_OF_ROTATION, Server
+from .settings import BalancingSettings
 from .stats import ServerStats
 
-_OUT_OF_ROTATION: Final = (State.DISABLED, State.DRAINING)
 # Retries allowed in a burst beyond the budget's share: enough for every request in flight
 # on a server that dies at once (a few dozen at 20k req/s), small against a pool that fails
 # for good (then the share, retry_budget per request, is the limit).
@@ -42,12 +45,7 @@ class ServerPool:
         "sticky",
     )
 
-    def __init__(
-        self,
-        name: str,
-        algorithm: str = DEFAULT_ALGORITHM,
-        balancing: BalancingConfig | None = None,
-    ) -> None:
+    def __init__(self, name: str, balancing: BalancingSettings | None = None) -> None:
         self.name = name
         self.servers: dict[str, Server] = {}
         self.routable: tuple[Server, ...] = ()
@@ -56,16 +54,17 @@ class ServerPool:
         self.pending = 0  # requests waiting for an upstream connection (max_pending)
         self.retry_tokens = RETRY_RESERVE
         self.selector: Selector  # set by configure
-        self.configure(algorithm, balancing or BalancingConfig())
+        self.configure(balancing or BalancingSettings())
 
-    def configure(self, algorithm: str, balancing: BalancingConfig) -> None:
+    def configure(self, balancing: BalancingSettings) -> None:
         """Apply settings (live: the next request uses them)."""
+        algorithm = balancing.algorithm
         options: dict[str, Any] = {}
         if algorithm == "sticky":
             options["fallback"] = balancing.sticky_fallback
         self.selector = make_selector(algorithm, **options)
         self.balancing = balancing
-        self.retry_on = frozenset(balancing.retry_on)
+        self.retry_on = balancing.retry_on
         self.retry_ratio = balancing.retry_budget
         self.max_pending = balancing.max_pending
         # Only the sticky algorithm sets a cookie (hash on a cookie only reads the client's).
@@ -100,7 +99,7 @@ class ServerPool:
         if threshold:
             # Envoy's panic mode: with too few healthy servers, spreading load over all of
             # them beats crushing the few healthy ones.
-            candidates = tuple(s for s in self.servers.values() if s.state not in _OUT_OF_ROTATION)
+            candidates = tuple(s for s in self.servers.values() if s.state not in OUT_OF_ROTATION)
             panic = bool(candidates) and len(healthy) < threshold * len(candidates)
             if panic:
                 healthy = candidates
@@ -121,6 +120,34 @@ class ServerPool:
             if server is avoid:
                 server = next(s for s in routable if s is not avoid)
         return server
+
+    def begin(self, key: bytes | None = None, avoid: Server | None = None) -> Server | None:
+        """A server for one use, counted in flight until its `end`: a routable one (another
+        than `avoid` when there is one), else `avoid` itself (a retry with nowhere else to
+        go), else None."""
+        server = self.pick(key, avoid)
+        if server is None:
+            server = avoid
+            if server is None:
+                return None
+        in_flight = server.in_flight + 1
+        server.in_flight = in_flight
+        if in_flight > server.max_in_flight:
+            server.max_in_flight = in_flight
+        selector = self.selector
+        if selector.tracks_load:
+            selector.started(server)
+        return server
+
+    def end(self, server: Server, us: int = -1) -> None:
+        """A use of `server` ended; `us` is how long its answer took, or -1 when it gave
+        none worth learning from (a failed attempt, a client that left, a tunnel)."""
+        server.in_flight -= 1
+        selector = self.selector
+        if us >= 0 and selector.tracks_latency:
+            selector.observe(server, us)
+        if selector.tracks_load:
+            selector.finished(server)
 
     def request_key(
         self, client_ip: str, target: bytes, headers: list[tuple[bytes, bytes]]
@@ -146,6 +173,32 @@ class ServerPool:
                             return cookie_value
             return None
         return None
+
+    def earn_retry(self) -> None:
+        """A new request adds `retry_budget` to the budget (up to the reserve)."""
+        tokens = self.retry_tokens + self.retry_ratio
+        if tokens <= RETRY_RESERVE:
+            self.retry_tokens = tokens
+
+    def may_retry(self, tries: int) -> bool:
+        """Whether a request tried `tries` times may go again: tries and budget left."""
+        return tries <= self.balancing.retries and self.retry_tokens >= 1.0
+
+    def retry(
+        self, failed: Server, tries: int, key: bytes | None, status: int, error: int, count: bool
+    ) -> Server | None:
+        """The next server for a request whose use of `failed` just failed (its use ends
+        here), or None when no try or budget is left. The failed attempt (`status` 0 when
+        nothing was answered) counts against `failed` when `count`, unless `error` is -1 (it
+        never reached the server)."""
+        if not self.may_retry(tries):
+            return None
+        self.take_retry()
+        self.end(failed)
+        other = self.begin(key, avoid=failed)  # `failed` itself when no other is left
+        if error >= 0 and count:
+            failed.stats.record_retried(status, error, other is not failed)
+        return other
 
     def take_retry(self) -> bool:
         """Spend one retry from the budget: `retry_budget` per request, plus a reserve of

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import proxyproto
+from .settings import TcpSettings
 from .stats import CONNECT, TIMEOUT, ServerStats
 from .tunnel import Tunnel, TunnelEnd
 
@@ -24,19 +24,6 @@ if TYPE_CHECKING:
     from .server import Server
 
 log = logging.getLogger("bunancer.tcp")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class TcpSettings:
-    connect_timeout: float = 3.0
-    idle_timeout: float = 300.0
-    max_connections: int = 0  # 0: no limit
-    send_proxy: str | None = None  # "v1" or "v2"
-    accept_proxy: bool = False
-    trusted: tuple[Network, ...] = field(default_factory=tuple)
-    retries: int = 1
 
 
 class TcpListenerContext:
@@ -164,16 +151,14 @@ class TcpClientEnd(TunnelEnd):
     def _connect(self, avoid: Server | None = None) -> None:
         pool = self.ctx.pool
         key = self.client_address[0].encode() if pool.key_kind else None
-        server = pool.pick(key, avoid=avoid)
+        # Counted in flight until the tunnel ends: least-connections sees open tunnels.
+        server = pool.begin(key, avoid=avoid)
         if server is None:
             self.ctx.rejected.record(0, 0, 0, 0, -1)
             self.close(abort=True)
             return
         self.server = server
         self.tries += 1
-        server.in_flight += 1
-        if server.in_flight > server.max_in_flight:
-            server.max_in_flight = server.in_flight
         self.ctx.loop.create_task(self._open(server))
 
     async def _open(self, server: Server) -> None:
@@ -182,7 +167,7 @@ class TcpClientEnd(TunnelEnd):
             async with asyncio.timeout(self.ctx.settings.connect_timeout):
                 await loop.create_connection(lambda: self.tunnel.server, server.host, server.port)
         except (OSError, TimeoutError) as error:
-            server.in_flight -= 1
+            self.ctx.pool.end(server)
             timeout = isinstance(error, TimeoutError)
             server.passive_failure("connect timeouts" if timeout else "connect failures")
             error_class = TIMEOUT if timeout else CONNECT
@@ -220,7 +205,7 @@ class TcpClientEnd(TunnelEnd):
         ctx.tunnels.discard(tunnel)
         server = self.server
         if server is not None:
-            server.in_flight -= 1
+            ctx.pool.end(server)
             self.server = None
             us = int((ctx.loop.time() - self.started) * 1_000_000)
             server.stats.record(0, us, tunnel.bytes_in, tunnel.bytes_out, -1)

@@ -1,33 +1,28 @@
 """The registry/admin API: pools and servers over JSON, on its own listener.
 
-Every change is saved before it is acknowledged: a 2xx answer means the change survives a
-crash of the balancer. Bodies are typed (pydantic) and unknown keys are refused, so a
-typo is a 422 naming the field rather than a silent no-op.
+Every change goes through control/commands.py and is saved before it is acknowledged: a
+2xx answer means the change survives a crash of the balancer. Bodies are typed (pydantic)
+and unknown keys are refused, so a typo is a 422 naming the field rather than a silent
+no-op; a refused change is answered by one mapping (`refusal_as_http`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import (
-    DEFAULT_ALGORITHM,
-    Algorithm,
-    BalancingConfig,
-    HealthConfig,
-    OutlierConfig,
-    field_path,
-)
-from ..core.registry import PoolSettings, Registry, RegistryError, in_order
-from ..core.telemetry import Telemetry
+from ..config import DEFAULT_ALGORITHM, Algorithm
+from ..control.commands import Commands
+from ..control.records import RegistryError
+from ..control.registry import Registry
+from ..control.telemetry import Telemetry
+from .app import App, HTTPError, Request, Response, json_response
 from .auth import require_token
-from .http import App, HTTPError, Request, Response, json_response
 from .router import Router
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-Saver = Callable[[], Awaitable[None]]
 
 
 class _Body(BaseModel):
@@ -70,26 +65,23 @@ class ServerUpdate(_Body):
     admin: Literal["enabled", "disabled", "draining"] | None = None
 
 
-def _registry_error(error: RegistryError) -> HTTPError:
-    extra = {"field": error.field} if error.field else {}
+def refusal_as_http(error: RegistryError) -> HTTPError:
+    """The one mapping from a refused change to an HTTP answer (status, field, why)."""
+    extra: dict[str, Any] = {"field": error.field} if error.field else {}
+    detail = getattr(error, "detail", None)
+    if detail:
+        extra["detail"] = detail
     return HTTPError(error.status, error.message, **extra)
 
 
-def _merged(
-    base: HealthConfig | OutlierConfig | BalancingConfig, patch: dict[str, Any], key: str
-) -> Any:
-    try:
-        return type(base).model_validate({**base.model_dump(), **patch})
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = field_path(tuple(first["loc"]))
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise HTTPError(422, "validation failed", field=f"{key}.{field}", detail=message) from None
+def refused(error: Exception) -> HTTPError | None:
+    """For `App`: a change the registry refused is an answer, anything else a bug."""
+    return refusal_as_http(error) if isinstance(error, RegistryError) else None
 
 
 def build_api(
     registry: Registry,
-    save: Saver,
+    commands: Commands,
     token: str,
     *,
     telemetry: Telemetry | None = None,
@@ -98,155 +90,100 @@ def build_api(
 ) -> App:
     router: Router[Any] = Router()
 
-    if telemetry is not None:
-
-        @router.get("/api/stats")
-        async def stats(request: Request) -> Response:
-            return json_response(telemetry.snapshot())
-
-        @router.get("/metrics")
-        async def metrics(request: Request) -> Response:
-            return Response(
-                200,
-                telemetry.prometheus(),
-                content_type="text/plain; version=0.0.4; charset=utf-8",
-            )
-
-    def pool_detail(name: str) -> dict[str, Any]:
-        pool = registry.pool(name)
-        view = registry.pool_view(pool)
-        view["servers"] = [registry.server_view(s) for s in in_order(pool)]
-        return view
-
     @router.get("/healthz")
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
+    if telemetry is not None:
+        _stats_routes(router, telemetry)
+    _pool_routes(router, registry, commands)
+    _server_routes(router, registry, commands)
+    if extra_routes is not None:
+        extra_routes(router)
+    return App(router, [require_token(token, public_reads)], refused)
+
+
+def _stats_routes(router: Router[Any], telemetry: Telemetry) -> None:
+    @router.get("/api/stats")
+    async def stats(request: Request) -> Response:
+        return json_response(telemetry.snapshot())
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(
+            200, telemetry.prometheus(), content_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+
+def _pool_routes(router: Router[Any], registry: Registry, commands: Commands) -> None:
     @router.get("/api/pools")
     async def list_pools(request: Request) -> Response:
-        return json_response([pool_detail(name) for name in registry.pools])
+        return json_response([commands.pool_detail(name) for name in registry.pools])
 
     @router.post("/api/pools", body=PoolCreate)
     async def create_pool(request: Request) -> Response:
         body: PoolCreate = request.data
-        settings = PoolSettings(
-            body.algorithm,
-            _merged(HealthConfig(), body.health, "health"),
-            _merged(OutlierConfig(), body.outlier, "outlier"),
-            source="api",
-            balancing=_merged(BalancingConfig(), body.balancing, "balancing"),
+        detail = await commands.create_pool(
+            body.name, body.algorithm, body.health, body.outlier, body.balancing
         )
-        try:
-            registry.add_pool(body.name, settings)
-        except RegistryError as error:
-            raise _registry_error(error) from None
-        await save()
-        return json_response(pool_detail(body.name), 201)
+        return json_response(detail, 201)
 
     @router.get("/api/pools/{pool}")
     async def get_pool(request: Request) -> Response:
-        try:
-            return json_response(pool_detail(str(request.params["pool"])))
-        except RegistryError as error:
-            raise _registry_error(error) from None
+        return json_response(commands.pool_detail(str(request.params["pool"])))
 
     @router.patch("/api/pools/{pool}", body=PoolUpdate)
     async def update_pool(request: Request) -> Response:
         name = str(request.params["pool"])
         body: PoolUpdate = request.data
-        try:
-            registry.pool(name)
-            old = registry.settings[name]
-            settings = PoolSettings(
-                body.algorithm or old.algorithm,
-                old.health if body.health is None else _merged(old.health, body.health, "health"),
-                old.outlier
-                if body.outlier is None
-                else _merged(old.outlier, body.outlier, "outlier"),
-                old.source,
-                old.balancing
-                if body.balancing is None
-                else _merged(old.balancing, body.balancing, "balancing"),
-            )
-            registry.update_pool(name, settings)
-        except RegistryError as error:
-            raise _registry_error(error) from None
-        await save()
-        return json_response(pool_detail(name))
+        await commands.update_pool(
+            name,
+            algorithm=body.algorithm,
+            health=body.health,
+            outlier=body.outlier,
+            balancing=body.balancing,
+        )
+        return json_response(commands.pool_detail(name))
 
     @router.delete("/api/pools/{pool}")
     async def delete_pool(request: Request) -> Response:
         name = str(request.params["pool"])
-        try:
-            await registry.remove_pool(name)
-        except RegistryError as error:
-            raise _registry_error(error) from None
-        await save()
+        await commands.delete_pool(name)
         return json_response({"removed": name})
 
+
+def _server_routes(router: Router[Any], registry: Registry, commands: Commands) -> None:
     @router.post("/api/pools/{pool}/servers", body=ServerCreate)
     async def register(request: Request) -> Response:
-        pool = str(request.params["pool"])
         body: ServerCreate = request.data
-        try:
-            settings = registry.settings.get(pool)
-            if settings is not None and body.health:
-                _merged(settings.health, body.health, "health")
-            # The same id and address again (a backend that restarted): 200 with the server
-            # as it is, checked at once if it is down. PATCH changes its settings.
-            existing = registry.registered_again(pool, body.host, body.port, body.id)
-            if existing is not None:
-                return json_response(registry.server_view(existing))
-            server = registry.register(
-                pool,
-                body.host,
-                body.port,
-                weight=body.weight,
-                server_id=body.id,
-                health=body.health,
-            )
-        except RegistryError as error:
-            raise _registry_error(error) from None
-        await save()
-        return json_response(registry.server_view(server), 201)
+        created, view = await commands.register(
+            str(request.params["pool"]),
+            body.host,
+            body.port,
+            server_id=body.id,
+            weight=body.weight,
+            health=body.health,
+        )
+        return json_response(view, 201 if created else 200)
 
     @router.get("/api/pools/{pool}/servers/{id}")
     async def get_server(request: Request) -> Response:
-        try:
-            server = registry.server(str(request.params["pool"]), str(request.params["id"]))
-        except RegistryError as error:
-            raise _registry_error(error) from None
-        return json_response(registry.server_view(server))
+        record = registry.record(str(request.params["pool"]), str(request.params["id"]))
+        return json_response(registry.server_view(record))
 
     @router.patch("/api/pools/{pool}/servers/{id}", body=ServerUpdate)
     async def update_server(request: Request) -> Response:
-        pool, server_id = str(request.params["pool"]), str(request.params["id"])
         body: ServerUpdate = request.data
-        try:
-            server = registry.server(pool, server_id)
-            if body.weight is not None:
-                registry.set_weight(pool, server_id, body.weight)
-            if body.admin == "enabled":
-                registry.enable(pool, server_id)
-            elif body.admin == "disabled":
-                registry.disable(pool, server_id)
-            elif body.admin == "draining":
-                registry.drain(pool, server_id)
-        except RegistryError as error:
-            raise _registry_error(error) from None
-        await save()
-        return json_response(registry.server_view(server))
+        record = await commands.update_server(
+            str(request.params["pool"]),
+            str(request.params["id"]),
+            weight=body.weight,
+            admin=body.admin,
+        )
+        return json_response(registry.server_view(record))
 
     @router.delete("/api/pools/{pool}/servers/{id}")
     async def deregister(request: Request) -> Response:
         pool, server_id = str(request.params["pool"]), str(request.params["id"])
-        try:
-            await registry.deregister(pool, server_id)
-        except RegistryError as error:
-            raise _registry_error(error) from None
-        await save()
+        await commands.deregister(pool, server_id)
         return json_response({"removed": server_id, "pool": pool})
-
-    if extra_routes is not None:
-        extra_routes(router)
-    return App(router, [require_token(token, public_reads)])

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .http import CallNext, HTTPError, Middleware, Request, Response, StreamResponse
+from .app import CallNext, HTTPError, Middleware, Request, Response, StreamResponse
 
 TOKEN_FILE = "token"
 READ_METHODS = frozenset({"GET", "HEAD"})

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from ..core.events import Event, EventBus, Subscription
+from ..control.events import Event, EventBus, Subscription
 
 HEARTBEAT = 15.0  # seconds without a write before a comment line goes out
 RETRY_MS = 1000  # how long a browser waits before reconnecting

@@ -21,9 +21,7 @@ from bunancer.core.algorithms import (
     make_selector,
     sticky_token,
 )
-from bunancer.core.pool import ServerPool
 from bunancer.core.server import Server
-from bunancer.core.states import Event
 
 
 def servers(count: int, weights: list[int] | None = None) -> tuple[Server, ...]:
@@ -192,21 +190,3 @@ def test_every_algorithm_builds_and_picks() -> None:
         assert selector.pick(pool, b"k") in pool
     with pytest.raises(ValueError, match="unknown algorithm"):
         make_selector("nope")
-
-
-def test_pool_snapshot_and_avoid() -> None:
-    pool = ServerPool("p")
-    a, b = Server("a", "127.0.0.1", 1), Server("b", "127.0.0.1", 2)
-    pool.add(a)
-    pool.add(b)
-    assert pool.routable == (a, b)
-    for _ in range(4):
-        assert pool.pick(avoid=a) is b
-    b.health.apply(Event.DISABLE, 1.0, "test")
-    pool.rebuild()
-    assert pool.routable == (a,)
-    assert pool.pick(avoid=a) is a  # nothing else to take
-    pool.remove("a")
-    assert pool.pick() is None
-    with pytest.raises(ValueError, match="already"):
-        pool.add(b)

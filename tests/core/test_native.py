@@ -17,7 +17,7 @@ import pytest
 from bunancer import native
 
 SHOW = (
-    "import bunancer.core as core, bunancer.core.proxy as proxy, bunancer.core.tunnel as tunnel;"
+    "import bunancer.core as core, bunancer.core.exchange as proxy, bunancer.core.tunnel as tunnel;"
     "print(core.NATIVE); print(proxy.__file__); print(tunnel.__file__)"
 )
 
@@ -48,20 +48,19 @@ def load(root: Path, **env: str) -> list[str]:
     return result.stdout.splitlines()
 
 
-def test_digest_covers_the_data_plane_and_config_types(tmp_path: Path) -> None:
+def test_digest_covers_the_data_plane_only(tmp_path: Path) -> None:
     package = copy_package(tmp_path)
     before = native.source_digest(package)
     assert native.source_digest(package) == before
-    with (package / "core" / "proxy.py").open("a") as f:
+    with (package / "core" / "exchange.py").open("a") as f:
         f.write("# edited\n")
     edited = native.source_digest(package)
     assert edited != before
-    with (package / "config.py").open("a") as f:
-        f.write("# edited\n")
-    both = native.source_digest(package)
-    assert both != edited
-    (package / "cli.py").write_text("# not read by the compiled modules\n")
-    assert native.source_digest(package) == both
+    # Editing the control plane, the config or the CLI never throws the build away.
+    for outside in ("config.py", "cli.py", "control/registry.py"):
+        with (package / outside).open("a") as f:
+            f.write("# not read by the compiled modules\n")
+        assert native.source_digest(package) == edited, outside
 
 
 def test_the_suite_runs_the_compiled_data_plane() -> None:
@@ -81,7 +80,7 @@ def test_pure_python_on_request(tmp_path: Path) -> None:
     state, proxy, _ = load(native.PACKAGE.parent, **{native.PURE_ENV: "1"})
     assert state.startswith("pure:")
     assert native.PURE_ENV in state
-    assert proxy.endswith("proxy.py")
+    assert proxy.endswith("exchange.py")
 
 
 def test_an_edited_module_runs_as_python_until_the_next_compile(tmp_path: Path) -> None:
@@ -95,7 +94,7 @@ def test_an_edited_module_runs_as_python_until_the_next_compile(tmp_path: Path) 
         f.write("EDITED = True\n")
     state, proxy, _ = load(tmp_path)
     assert state.startswith("pure: the source changed")
-    assert proxy == str(package / "core" / "proxy.py")
+    assert proxy == str(package / "core" / "exchange.py")
 
 
 def test_without_a_build_the_source_runs(tmp_path: Path) -> None:
@@ -103,4 +102,35 @@ def test_without_a_build_the_source_runs(tmp_path: Path) -> None:
     shutil.rmtree(package / "core" / "_compiled", ignore_errors=True)
     state, proxy, _ = load(tmp_path)
     assert state.startswith("pure: not compiled")
-    assert proxy == str(package / "core" / "proxy.py")
+    assert proxy == str(package / "core" / "exchange.py")
+
+
+def test_a_build_installed_with_the_package_runs_unless_the_source_is_asked_for(
+    tmp_path: Path,
+) -> None:
+    """A wheel puts the extension modules beside their source, where Python prefers them."""
+    if not (native.COMPILED_DIR / native.DIGEST_FILE).exists():
+        pytest.skip("no build to install (bunancer compile has not run)")
+    package = copy_package(tmp_path)
+    for built in (package / "core" / "_compiled").glob("*.so"):
+        built.rename(package / "core" / built.name)
+    shutil.rmtree(package / "core" / "_compiled")
+    state, proxy, _ = load(tmp_path)
+    assert state == "compiled (built with the package)"
+    assert proxy.startswith(str(package / "core" / "exchange."))
+    assert proxy.endswith(".so")
+    state, proxy, _ = load(tmp_path, **{native.PURE_ENV: "1"})
+    assert native.PURE_ENV in state
+    assert proxy == str(package / "core" / "exchange.py")
+    # `bunancer compile` has nothing to build there, and says so.
+    compile_there = subprocess.run(
+        [sys.executable, "-m", "bunancer", "compile"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert compile_there.returncode == 1
+    assert "installed with its data plane compiled" in compile_there.stderr

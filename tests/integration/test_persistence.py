@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bunancer.client import ApiClient, ApiError
-from bunancer.core.store import State
+from bunancer.control.store import SavedState
 from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import ROOT, RedisServer, free_port, wait_for
 
@@ -93,7 +93,7 @@ def test_sigkill_during_registrations_loses_nothing_acknowledged(
     stop.set()
     worker.join(10)
     saved = proxy.state_dir / "state.json"
-    state = State.from_json(saved.read_bytes())  # parses: never half-written
+    state = SavedState.from_json(saved.read_bytes())  # parses: never half-written
     ids = {s.id for s in state.pools["default"].servers}
     assert set(acknowledged) <= ids, set(acknowledged) - ids
     again = start_proxy([], state_dir=proxy.state_dir)

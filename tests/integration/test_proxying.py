@@ -6,6 +6,8 @@ import hashlib
 import json
 import socket
 
+import pytest
+
 from tests.backend import pattern_bytes
 from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import RawClient
@@ -248,13 +250,22 @@ def test_interim_and_final_heads_in_one_read_keep_their_order(proxy: Proxy) -> N
     assert data.count(b"HTTP/1.1 ") == 2
 
 
-def test_absolute_form_target(proxy: Proxy) -> None:
+@pytest.mark.parametrize(
+    ("target", "line", "host"),
+    [
+        (b"http://other.test:81/echo-headers?q=1", "GET /echo-headers?q=1", "other.test:81"),
+        (b"http://other.test/echo-headers?q=1", "GET /echo-headers?q=1", "other.test"),
+        (b"http://other.test:81/echo-headers", "GET /echo-headers", "other.test:81"),
+    ],
+)
+def test_absolute_form_target(proxy: Proxy, target: bytes, line: str, host: str) -> None:
+    """Without a port or a query too (httptools' type stub says neither can be missing)."""
     with proxy.client() as client:
-        client.send(b"GET http://other.test:81/echo-headers?q=1 HTTP/1.1\r\nHost: ignored\r\n\r\n")
+        client.send(b"GET %s HTTP/1.1\r\nHost: ignored\r\n\r\n" % target)
         payload = json.loads(client.read_response().body)
     headers = {k.lower(): v for k, v in payload["headers"]}
-    assert payload["request_line"] == "GET /echo-headers?q=1"
-    assert headers["host"] == "other.test:81"
+    assert payload["request_line"] == line
+    assert headers["host"] == host
 
 
 def test_connection_close_request_closes(proxy: Proxy) -> None:

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from bunancer.core import store as store_module
-from bunancer.core.store import (
-    PoolRecord,
+from bunancer.control.store import (
     RedisStore,
-    ServerRecord,
-    State,
+    SavedPool,
+    SavedServer,
+    SavedState,
     StoreConflict,
     StoreCorrupt,
     StoreUnavailable,
     open_store,
 )
+from bunancer.control.store import redis_store as store_module
 from tests.helpers import RedisServer, free_port
 
 # Without redis-server on PATH the `redis_server` fixture skips (or, with `CI` set, fails)
@@ -37,13 +37,13 @@ def prefix() -> str:
     return f"test-{secrets.token_hex(4)}"
 
 
-def state_with(marker: str, revision: int = 0) -> State:
-    return State(
+def state_with(marker: str, revision: int = 0) -> SavedState:
+    return SavedState(
         pools={
-            "web": PoolRecord(
+            "web": SavedPool(
                 "web",
                 health={"marker": marker},
-                servers=[ServerRecord("a", "127.0.0.1", 9001, weight=2, source="config")],
+                servers=[SavedServer("a", "127.0.0.1", 9001, weight=2, source="config")],
             )
         },
         revision=revision,
@@ -51,9 +51,9 @@ def state_with(marker: str, revision: int = 0) -> State:
 
 
 @asynccontextmanager
-async def watching(store: RedisStore) -> AsyncIterator[asyncio.Queue[State]]:
+async def watching(store: RedisStore) -> AsyncIterator[asyncio.Queue[SavedState]]:
     """Follow `store.watch()` in a task; the queue receives every state it yields."""
-    queue: asyncio.Queue[State] = asyncio.Queue()
+    queue: asyncio.Queue[SavedState] = asyncio.Queue()
 
     async def follow() -> None:
         async for state in store.watch():
@@ -68,7 +68,7 @@ async def watching(store: RedisStore) -> AsyncIterator[asyncio.Queue[State]]:
             await task
 
 
-async def next_state(queue: asyncio.Queue[State], within: float) -> State:
+async def next_state(queue: asyncio.Queue[SavedState], within: float) -> SavedState:
     async with asyncio.timeout(within):
         return await queue.get()
 

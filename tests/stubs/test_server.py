@@ -15,7 +15,7 @@ import pytest
 
 from stubs.behaviour import Behaviour
 from stubs.control import ControlError, call
-from stubs.server import AccessLog
+from stubs.log import StubLog
 from stubs.state import StubPaths, read_record
 from tests.helpers import Process, RawClient, free_port, spawn, wait_for
 
@@ -285,7 +285,7 @@ def test_access_log_has_a_line_per_request(stub: RunningStub) -> None:
 
 
 def test_access_log_is_rotated_at_its_cap(tmp_path: Path) -> None:
-    log = AccessLog(tmp_path / "s1.log", cap=1000)
+    log = StubLog(tmp_path / "s1.log", cap=1000)
     for round_ in range(5):
         for _ in range(10):
             log.add(b"GET", b"/round-%d" % round_, 200, 0.001)

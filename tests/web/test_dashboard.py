@@ -24,13 +24,14 @@ from urllib.parse import urlencode
 import pytest
 import uvloop
 
-from bunancer.core.events import EventBus
-from bunancer.core.registry import PoolSettings, Registry
-from bunancer.core.telemetry import Telemetry
-from bunancer.core.upstream import UpstreamSettings
+from bunancer.control.commands import Commands
+from bunancer.control.events import EventBus
+from bunancer.control.registry import PoolSettings, Registry
+from bunancer.control.telemetry import Telemetry
+from bunancer.core.settings import UpstreamSettings
 from bunancer.web.api import build_api
 from bunancer.web.dashboard import DashboardContext, build_dashboard, fmt_ms
-from bunancer.web.http import serve
+from bunancer.web.server import serve
 from stubs.sdk import StubManager
 from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import FAST_CHECKS, free_port, wait_for
@@ -686,7 +687,8 @@ def test_no_pools_then_a_stub_registers_through_the_given_api_url(tmp_path: Path
         async def save() -> None:
             saves.append(1)
 
-        api_server = await serve(build_api(registry, save, token), "127.0.0.1", 0)
+        commands = Commands(registry, save)
+        api_server = await serve(build_api(registry, commands, token), "127.0.0.1", 0)
         api_port = api_server.sockets[0].getsockname()[1]
         context = DashboardContext(
             registry,
@@ -694,7 +696,7 @@ def test_no_pools_then_a_stub_registers_through_the_given_api_url(tmp_path: Path
             bus,
             token,
             str(tmp_path),
-            save,
+            commands,
             api_url=f"http://127.0.0.1:{api_port}",
         )
         app = build_dashboard(context)

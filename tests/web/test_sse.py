@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from bunancer.core.events import STATS_TICK, Event, EventBus
+from bunancer.control.events import STATS_TICK, Event, EventBus
 from bunancer.web import sse
 from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import wait_until

@@ -15,7 +15,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const SERIES_MAX = 300; // seconds kept per server while a page is open
   const SPARK = 60; // seconds a sparkline shows
-  const FEED_MAX = 30; // as FEED in dashboard.py
+  const FEED_MAX = 30; // as FEED in dashboard/views.py
   const $ = (selector, root = document) => root.querySelector(selector);
   const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
 
@@ -24,7 +24,7 @@
   const main = $("#main");
   const panel = $("#panel");
 
-  // -- formatting: the same rules as dashboard.py's filters ---------------------------------
+  // -- formatting: the same rules as dashboard/format.py ---------------------------------
 
   function fmtRps(value) {
     if (value === null || value === undefined) return "—";

@@ -1,9 +1,6 @@
-"""A small HTTP/1.1 server for the web apps (registry/admin API, dashboard) on the proxy's loop.
-
-Owns what handlers see (`Request`, `Response`, `StreamResponse`, `HTTPError`), `App` (routing
-through `router.Router`, body validation, middlewares, errors mapped to JSON responses) and
-`serve()`: one `asyncio.Protocol` per connection, parsing with httptools.
-
+"""The HTTP/1.1 side of the web apps (registry/admin API, dashboard), on the proxy's loop:
+`serve()` and the Protocol per connection (parsing with httptools, framing and size
+checks, pipelining, timeouts, writing responses and streams); handlers see app.py's types.
 This is not the data plane, so simplicity wins over speed: request bodies are buffered (at
 most `max_body` bytes) and each busy connection has one responder task that runs handlers
 and answers pipelined requests in order. A `StreamResponse` goes out chunk by chunk as its
@@ -15,352 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs
 
 import httptools
-import orjson
-from pydantic import BaseModel, ValidationError
 
-from ..config import field_path
-from .router import Match, MethodNotAllowed, NotFound, ParamValue, Router
+from ..core.framing import LAST_CHUNK, encode_chunk  # chunks framed as the proxy frames them
+from .app import AnyResponse, App, HTTPError, Request, Response, StreamResponse, error_response
+from .wire import (
+    CONTINUE,
+    INTERNAL_ERROR,
+    NO_BODY_STATUSES,
+    connection_header,
+    join_headers,
+    response_head,
+    split_target,
+    stream_head,
+)
 
 log = logging.getLogger("bunancer.web")
-
-M = TypeVar("M", bound=BaseModel)
-HeadersArg = Mapping[str, str] | Iterable[tuple[str, str]] | None
-
-TEXT = "text/plain; charset=utf-8"
-HTML = "text/html; charset=utf-8"
-JSON = "application/json"
 
 _MAX_PIPELINED = 16  # requests queued on one connection before reading pauses
 _MAX_HEAD = 64 * 1024  # request line and headers; beyond it: 431
 _LINGER = 2.0  # after an error response, how long to discard what the client still sends
-_NO_BODY_STATUSES = frozenset((204, 304))
-_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection"))
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_LAST_CHUNK = b"0\r\n\r\n"
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_INTERNAL_ERROR = (
-    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
-    b'Content-Length: 26\r\nConnection: close\r\n\r\n{"error":"internal error"}'
-)
-
-
-def _status_lines() -> dict[int, bytes]:
-    return {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
-
-
-_STATUS_LINES = _status_lines()  # built once; responses never carry a custom phrase
-
-
-# -- what handlers see -------------------------------------------------------------------------
-
-
-class HTTPError(Exception):
-    """Raise from a handler or middleware to answer `{"error": message, **extra}`."""
-
-    def __init__(
-        self, status: int, message: str, *, headers: HeadersArg = None, **extra: Any
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-        self.extra = extra
-
-    def response(self) -> Response:
-        response = error_response(self.status, self.message, **self.extra)
-        response.headers.extend(_header_list(self.headers))
-        return response
-
-
-class Request:
-    """One parsed request. `path` is as sent (still percent-encoded, no query); `params`
-    holds the decoded, typed path parameters; `data` the validated body model, if any."""
-
-    __slots__ = (
-        "_cookies",
-        "_match",
-        "body",
-        "client_ip",
-        "data",
-        "headers",
-        "http_version",
-        "method",
-        "params",
-        "path",
-        "query",
-        "route",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: dict[str, list[str]] | None = None,
-        headers: dict[str, str] | None = None,
-        body: bytes = b"",
-        client_ip: str = "",
-        http_version: str = "1.1",
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query if query is not None else {}
-        self.headers = headers if headers is not None else {}  # lower-case names
-        self.body = body
-        self.client_ip = client_ip
-        self.http_version = http_version
-        self.params: dict[str, ParamValue] = {}
-        self.route: str | None = None  # the matched pattern, set before middlewares run
-        self.data: Any = None
-        self._cookies: dict[str, str] | None = None
-        self._match: Match[Handler] | NotFound | MethodNotAllowed | None = None
-
-    def __repr__(self) -> str:
-        return f"<Request {self.method} {self.path} from {self.client_ip or '?'}>"
-
-    @property
-    def cookies(self) -> dict[str, str]:
-        if self._cookies is None:
-            self._cookies = _parse_cookies(self.headers.get("cookie", ""))
-        return self._cookies
-
-    def json(self) -> Any:
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError as error:
-            raise HTTPError(400, "invalid JSON", detail=str(error)) from None
-
-    def parse(self, model: type[M]) -> M:
-        """The body validated as `model`: 400 when it is not JSON, 422 naming the field."""
-        try:
-            # JSON-mode validation: the rules pydantic applies to JSON input (strict
-            # models still take ISO datetimes and UUIDs as strings).
-            return model.model_validate_json(self.body)
-        except ValidationError as error:
-            raise _validation_error(error) from None
-
-
-def _parse_cookies(header: str) -> dict[str, str]:
-    cookies: dict[str, str] = {}
-    for part in header.split(";"):
-        name, eq, value = part.partition("=")
-        name = name.strip()
-        if not eq or not name:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        cookies.setdefault(name, value)  # browsers send the most specific path first
-    return cookies
-
-
-def _field(loc: tuple[int | str, ...]) -> str | None:
-    """A pydantic location as `servers[0].port`, the form config errors use; None for the
-    body as a whole."""
-    return field_path(loc) or None
-
-
-def _validation_error(error: ValidationError) -> HTTPError:
-    items = error.errors(include_url=False)
-    if items and items[0]["type"] == "json_invalid":
-        return HTTPError(400, "invalid JSON", detail=items[0]["msg"])
-    errors = []
-    for item in items:
-        detail = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            detail = "unknown field"
-        errors.append({"field": _field(tuple(item["loc"])), "detail": detail})
-    first = errors[0]
-    if len(errors) == 1:
-        return HTTPError(422, "validation failed", field=first["field"], detail=first["detail"])
-    return HTTPError(
-        422, "validation failed", field=first["field"], detail=first["detail"], errors=errors
-    )
-
-
-def _header_list(headers: HeadersArg) -> list[tuple[str, str]]:
-    if headers is None:
-        return []
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)
-
-
-def _check_status(status: int) -> None:
-    # 1xx are interim responses the server sends itself; a handler answers with a final one.
-    if not 200 <= status <= 599:
-        raise ValueError(f"response status must be 200-599, got {status}")
-
-
-class Response:
-    """A complete response; `headers` is a list of pairs so Set-Cookie can repeat.
-    Content-Length, Transfer-Encoding and Connection are the server's to set."""
-
-    __slots__ = ("body", "content_type", "headers", "status")
-
-    def __init__(
-        self,
-        status: int = 200,
-        body: bytes | str = b"",
-        headers: HeadersArg = None,
-        content_type: str = TEXT,
-    ) -> None:
-        _check_status(status)
-        self.status = status
-        self.body = body.encode() if isinstance(body, str) else body
-        self.headers = _header_list(headers)
-        self.content_type = content_type
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {len(self.body)} bytes>"
-
-
-class StreamResponse:
-    """A response whose body is sent as `chunks` yields it, chunked (close-delimited to
-    HTTP/1.0 clients). When the client disconnects, the iterator is cancelled and closed,
-    so an async generator's `finally` runs."""
-
-    __slots__ = ("chunks", "content_type", "headers", "status")
-
-    def __init__(
-        self,
-        chunks: AsyncIterable[bytes | str],
-        status: int = 200,
-        headers: HeadersArg = None,
-        content_type: str = TEXT,
-    ) -> None:
-        _check_status(status)
-        self.chunks = chunks
-        self.status = status
-        self.headers = _header_list(headers)
-        self.content_type = content_type
-
-
-AnyResponse = Response | StreamResponse
-Handler = Callable[[Request], Awaitable[AnyResponse]]
-CallNext = Callable[[Request], Awaitable[AnyResponse]]
-Middleware = Callable[[Request, CallNext], Awaitable[AnyResponse]]
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def json_response(data: Any, status: int = 200, headers: HeadersArg = None) -> Response:
-    """`data` as JSON (orjson: dataclasses, datetimes, enums; pydantic models too)."""
-    return Response(status, orjson.dumps(data, default=_json_default), headers, JSON)
-
-
-def text_response(text: str, status: int = 200, headers: HeadersArg = None) -> Response:
-    return Response(status, text, headers, TEXT)
-
-
-def html_response(html: str, status: int = 200, headers: HeadersArg = None) -> Response:
-    return Response(status, html, headers, HTML)
-
-
-def error_response(status: int, message: str, **extra: Any) -> Response:
-    return json_response({"error": message, **extra}, status)
-
-
-# -- the application ---------------------------------------------------------------------------
-
-
-class App:
-    """A router and middlewares. Routing happens first (so `request.params` and
-    `request.route` are set when middlewares run), then the middlewares in order around
-    the endpoint: 404/405, body validation, the handler."""
-
-    __slots__ = ("_connections", "middlewares", "router")
-
-    def __init__(
-        self, router: Router[Handler] | None = None, middlewares: Iterable[Middleware] = ()
-    ) -> None:
-        self.router: Router[Handler] = router if router is not None else Router()
-        self.middlewares: list[Middleware] = list(middlewares)
-        self._connections: set[_Connection] = set()
-
-    def middleware(self, middleware: Middleware) -> Middleware:
-        """Decorator form of `middlewares.append`; the first added runs outermost."""
-        self.middlewares.append(middleware)
-        return middleware
-
-    async def handle(self, request: Request) -> AnyResponse:
-        """The response to `request`; never raises (except cancellation)."""
-        try:
-            found = self.router.match(request.method, request.path)
-        except (NotFound, MethodNotAllowed) as error:
-            request._match = error
-        else:
-            request._match = found
-            request.params = found.params
-            request.route = found.pattern
-        call: CallNext = self._endpoint
-        for middleware in reversed(self.middlewares):
-            call = _bind(middleware, call)
-        try:
-            response = await call(request)
-            if not isinstance(response, Response | StreamResponse):
-                raise TypeError(f"a middleware returned {type(response).__name__}, not a Response")
-            return response
-        except HTTPError as error:
-            return error.response()
-        except Exception:
-            log.exception("unhandled error in middleware for %s %s", request.method, request.path)
-            return error_response(500, "internal error")
-
-    async def _endpoint(self, request: Request) -> AnyResponse:
-        # Errors become responses here too, so middlewares see the status of every request.
-        found = request._match
-        try:
-            if isinstance(found, MethodNotAllowed):
-                allow = ", ".join(found.allowed)
-                raise HTTPError(
-                    405, "method not allowed", headers={"Allow": allow}, allowed=found.allowed
-                )
-            if found is None or isinstance(found, NotFound):
-                raise HTTPError(404, "not found")
-            if found.body_model is not None:
-                request.data = request.parse(found.body_model)
-            response = await found.handler(request)
-            if not isinstance(response, Response | StreamResponse):
-                raise TypeError(
-                    f"handler for {found.pattern!r} returned {type(response).__name__}, "
-                    "not a Response"
-                )
-            return response
-        except HTTPError as error:
-            return error.response()
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
-            return error_response(500, "internal error")
-
-    def close_connections(self) -> None:
-        """For shutdown (after `server.close()`): idle connections close now, streams end
-        (their iterators are cancelled), busy connections close after their response."""
-        for connection in list(self._connections):
-            connection.shut_down()
-
-
-def _bind(middleware: Middleware, call_next: CallNext) -> CallNext:
-    async def call(request: Request) -> AnyResponse:
-        return await middleware(request, call_next)
-
-    return call
-
-
-# -- the server --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,30 +75,6 @@ async def serve(
     loop = asyncio.get_running_loop()
     settings = _Settings(max_body, header_timeout, keepalive_timeout)
     return await loop.create_server(lambda: _Connection(app, settings, loop), host, port)
-
-
-def _serialise_head(
-    status: int, content_type: str | None, headers: list[tuple[str, str]], extra: bytes
-) -> bytes:
-    """Status line and headers; raises ValueError for a header that could split the head."""
-    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
-    if content_type is not None and not any(n.lower() == "content-type" for n, _ in headers):
-        headers = [("Content-Type", content_type), *headers]
-    for name, value in headers:
-        if name.lower() in _FRAMING_HEADERS:
-            continue  # framing and connection management are ours
-        if not _TOKEN.fullmatch(name) or "\r" in value or "\n" in value or "\0" in value:
-            raise ValueError(f"invalid response header {name!r}: {value!r}")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-    lines.append(extra)
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def _connection_header(keep_alive: bool, http11: bool) -> bytes:
-    if not keep_alive:
-        return b"Connection: close\r\n"
-    return b"" if http11 else b"Connection: keep-alive\r\n"
 
 
 async def _close_iterator(iterator: object) -> None:
@@ -514,7 +166,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
-        self.app._connections.add(self)
+        self.app.add_connection(self)
         # A silent new connection gets as long as a request head would, not a keep-alive.
         self._arm(self.settings.header_timeout)
 
@@ -559,7 +211,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._disarm()
-        self.app._connections.discard(self)
+        self.app.discard_connection(self)
         self.queue.clear()
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
@@ -639,30 +291,20 @@ class _Connection(asyncio.Protocol):
         parser = self.parser
         self.method = parser.get_method().decode("ascii")
         self.http11 = parser.get_http_version() == "1.1"
-        self.target = _split_target(self.url)
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in self.raw_headers:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            if name in headers:
-                headers[name] += ("; " if name == "cookie" else ", ") + value
-            else:
-                headers[name] = value
-        self.headers = headers
+        self.target = split_target(self.url)
+        self.headers = headers = join_headers(self.raw_headers)
         self.raw_headers = []
         length = headers.get("content-length")
         if length is not None and int(length) > self.settings.max_body:
             raise HTTPError(413, "request body too large", limit=self.settings.max_body)
         expect = headers.get("expect")
-        if (
-            expect is not None
-            and expect.lower() == "100-continue"
-            and self.http11
-            and self.responder is None
-            and not self.queue
-        ):
-            # Only when nothing else is being written: a 100 must not land inside a response.
-            self._write(_CONTINUE)
+        if expect is not None and expect.lower() == "100-continue" and self.http11:
+            self._write_continue()
+
+    def _write_continue(self) -> None:
+        # Only when nothing else is being written: a 100 must not land inside a response.
+        if self.responder is None and not self.queue:
+            self._write(CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -748,47 +390,42 @@ class _Connection(asyncio.Protocol):
 
     async def _send(self, response: AnyResponse, pending: _Pending, keep_alive: bool) -> bool:
         """Write one response; whether the connection may stay open after it."""
-        connection = _connection_header(keep_alive, pending.http11)
-        status = response.status
-        body = b""
+        if isinstance(response, StreamResponse):
+            return await self._send_stream(response, pending, keep_alive)
         try:
-            if isinstance(response, StreamResponse):
-                chunked = pending.http11  # HTTP/1.0 knows no chunks: the body ends at close
-                keep_alive = keep_alive and chunked
-                connection = _connection_header(keep_alive, pending.http11)
-                no_body = pending.head or status in _NO_BODY_STATUSES
-                framing = b"Transfer-Encoding: chunked\r\n" if chunked and not no_body else b""
-                head = _serialise_head(
-                    status,
-                    None if status in _NO_BODY_STATUSES else response.content_type,
-                    response.headers,
-                    framing + connection,
-                )
-            elif status in _NO_BODY_STATUSES:
-                head = _serialise_head(status, None, response.headers, connection)
-            else:
-                body = response.body
-                length = b"Content-Length: %d\r\n" % len(body)
-                head = _serialise_head(
-                    status, response.content_type, response.headers, length + connection
-                )
+            head = response_head(response, connection_header(keep_alive, pending.http11))
         except ValueError:
             log.exception("invalid response to %r", pending.request)
-            if isinstance(response, StreamResponse):
-                await _close_iterator(response.chunks)
-            self._write(_INTERNAL_ERROR)
+            self._write(INTERNAL_ERROR)
             return False
-        if isinstance(response, StreamResponse):
-            self._write(head)  # at once: event-stream clients wait for the head
-            if no_body:
-                await _close_iterator(response.chunks)
-                return keep_alive
-            return await self._stream(response, chunked) and keep_alive
-        if pending.head or not body:
+        body = b"" if pending.head or response.status in NO_BODY_STATUSES else response.body
+        if not body:
             self._write(head)
         elif not self.closed and self.transport is not None:
             self.transport.writelines((head, body))  # one send, without copying the body
         return keep_alive
+
+    async def _send_stream(
+        self, response: StreamResponse, pending: _Pending, keep_alive: bool
+    ) -> bool:
+        """Write the head of a StreamResponse at once (event-stream clients wait for it),
+        then its body; whether the connection may stay open after it."""
+        chunked = pending.http11  # HTTP/1.0 knows no chunks: the body ends at close
+        keep_alive = keep_alive and chunked
+        no_body = pending.head or response.status in NO_BODY_STATUSES
+        connection = connection_header(keep_alive, pending.http11)
+        try:
+            head = stream_head(response, chunked and not no_body, connection)
+        except ValueError:
+            log.exception("invalid response to %r", pending.request)
+            await _close_iterator(response.chunks)
+            self._write(INTERNAL_ERROR)
+            return False
+        self._write(head)
+        if no_body:
+            await _close_iterator(response.chunks)
+            return keep_alive
+        return await self._stream(response, chunked) and keep_alive
 
     async def _stream(self, response: StreamResponse, chunked: bool) -> bool:
         """Send the body of a StreamResponse; whether it ended cleanly."""
@@ -801,17 +438,17 @@ class _Connection(asyncio.Protocol):
                 data = chunk.encode() if isinstance(chunk, str) else chunk
                 if not data:
                     continue  # a zero-size chunk would end the body
-                self._write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+                self._write(encode_chunk(data) if chunked else data)
                 if self.write_paused:
                     await self._drain()
             if self.closed:
                 return False
             if chunked:
-                self._write(_LAST_CHUNK)
+                self._write(LAST_CHUNK)
             return True
         except asyncio.CancelledError:
             if self.shutting_down and chunked and not self.closed:
-                self._write(_LAST_CHUNK)  # a clean end on shutdown; the caller closes
+                self._write(LAST_CHUNK)  # a clean end on shutdown; the caller closes
             raise
         except Exception:
             # The head is out: close without the last chunk so the client sees the cut.
@@ -878,16 +515,3 @@ class _Connection(asyncio.Protocol):
         transport.write_eof()
         self._resume_reading()
         self._arm(_LINGER)
-
-
-def _split_target(target: bytes) -> tuple[str, str]:
-    """(path, query) of an origin-form or absolute-form target; anything else is a 400."""
-    if not target.startswith(b"/") and b"://" not in target:
-        raise HTTPError(400, "unsupported request target")
-    try:
-        url = httptools.parse_url(target)
-    except httptools.HttpParserInvalidURLError:
-        raise HTTPError(400, "malformed request target") from None
-    path = (url.path or b"/").decode("utf-8", "replace")
-    query = (url.query or b"").decode("utf-8", "replace")
-    return path, query

@@ -6,14 +6,14 @@ import random
 
 import pytest
 
-from bunancer.core.states import (
+from bunancer.control.states import (
     TRANSITIONS,
     CheckResult,
-    Event,
     HealthPolicy,
     IllegalTransition,
     ServerHealth,
     State,
+    Trigger,
 )
 
 POLICY = HealthPolicy(
@@ -68,10 +68,10 @@ def test_pending_is_admitted_by_its_first_passing_check() -> None:
     assert health.record_check(bad(clock)) is None  # one failure is not yet a fall
     transition = health.record_check(ok(clock))
     assert transition is not None
-    assert (transition.old, transition.new, transition.event) == (
+    assert (transition.old, transition.new, transition.trigger) == (
         State.PENDING,
         State.HEALTHY,
-        Event.RISE,
+        Trigger.RISE,
     )
     assert transition.reason == "first check passed"
     assert transition.at == clock.now
@@ -174,7 +174,7 @@ def test_downtime_adds_up_the_spells_spent_unhealthy_or_dead() -> None:
     assert health.state is State.HEALTHY
     clock.tick(100)
     assert health.down_for(clock.now) == pytest.approx(14.0)  # 12 + the 2 checks' ticks
-    health.apply(Event.DISABLE, clock.now, "admin")
+    health.apply(Trigger.DISABLE, clock.now, "admin")
     clock.tick(50)
     assert health.down_for(clock.now) == pytest.approx(14.0)  # disabled is not down
 
@@ -194,30 +194,30 @@ def test_long_healthy_spell_forgives_ejections() -> None:
 def test_admin_states() -> None:
     clock = Clock()
     health = healthy(clock)
-    assert health.apply(Event.DISABLE, clock.now, "admin").new is State.DISABLED
+    assert health.apply(Trigger.DISABLE, clock.now, "admin").new is State.DISABLED
     # checked but never moved by results while disabled
     assert feed(health, [bad(clock) for _ in range(10)]) == []
     assert len(health.history) == 10
     assert not health.routable
-    assert health.apply(Event.ENABLE, clock.now, "admin").new is State.PENDING
+    assert health.apply(Trigger.ENABLE, clock.now, "admin").new is State.PENDING
     assert feed(health, [ok(clock)]) == [State.HEALTHY]
-    assert health.apply(Event.DRAIN, clock.now, "deregistered").new is State.DRAINING
+    assert health.apply(Trigger.DRAIN, clock.now, "deregistered").new is State.DRAINING
     assert feed(health, [ok(clock), ok(clock)]) == []
-    assert health.apply(Event.ENABLE, clock.now, "drain cancelled").new is State.PENDING
+    assert health.apply(Trigger.ENABLE, clock.now, "drain cancelled").new is State.PENDING
 
 
 @pytest.mark.parametrize(
     ("state", "event"),
     [
-        (State.HEALTHY, Event.RISE),
-        (State.PENDING, Event.EJECT),
-        (State.DEAD, Event.FALL),
-        (State.UNHEALTHY, Event.EJECT),
-        (State.DRAINING, Event.DRAIN),
-        (State.HEALTHY, Event.ENABLE),
+        (State.HEALTHY, Trigger.RISE),
+        (State.PENDING, Trigger.EJECT),
+        (State.DEAD, Trigger.FALL),
+        (State.UNHEALTHY, Trigger.EJECT),
+        (State.DRAINING, Trigger.DRAIN),
+        (State.HEALTHY, Trigger.ENABLE),
     ],
 )
-def test_illegal_transitions_raise(state: State, event: Event) -> None:
+def test_illegal_transitions_raise(state: State, event: Trigger) -> None:
     health = ServerHealth(POLICY, 0.0, state)
     with pytest.raises(IllegalTransition):
         health.apply(event, 1.0, "x")
@@ -228,8 +228,8 @@ def test_table_covers_the_design() -> None:
     # Every state can be drained and disabled; only routable state is healthy.
     for state in State:
         if state is not State.DRAINING:
-            assert TRANSITIONS[(state, Event.DRAIN)] is State.DRAINING
+            assert TRANSITIONS[(state, Trigger.DRAIN)] is State.DRAINING
         if state is not State.DISABLED:
-            assert TRANSITIONS[(state, Event.DISABLE)] is State.DISABLED
+            assert TRANSITIONS[(state, Trigger.DISABLE)] is State.DISABLED
     assert set(TRANSITIONS.values()) == set(State)
     assert all(len(row) == 2 for row in TRANSITIONS)

@@ -17,7 +17,7 @@ import pytest
 import uvloop
 from pydantic import BaseModel
 
-from bunancer.web.http import (
+from bunancer.web.app import (
     App,
     CallNext,
     HTTPError,
@@ -27,9 +27,9 @@ from bunancer.web.http import (
     error_response,
     html_response,
     json_response,
-    serve,
     text_response,
 )
+from bunancer.web.server import serve
 
 FRAMING = ("content-length", "transfer-encoding", "connection", "content-type")
 DEADLINE = 10.0  # no scenario should come near this; it only turns a hang into a failure

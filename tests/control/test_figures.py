@@ -1,13 +1,20 @@
-"""Windows and summaries read from counters: one error-rate definition, client views."""
+"""Figures read from counters: one error-rate definition, a server's view and its pool's."""
 
 from __future__ import annotations
 
 import pytest
 
+from bunancer.control.figures import Window, error_rate, pool_figures, server_figures, summary
+from bunancer.control.records import ServerRecord
+from bunancer.control.states import HealthPolicy, ServerHealth
 from bunancer.core.pool import ServerPool
-from bunancer.core.server import Server
+from bunancer.core.server import Server, State
+from bunancer.core.settings import BalancingSettings
 from bunancer.core.stats import CONNECT, UPSTREAM_5XX, ServerStats
-from bunancer.core.telemetry import Window, error_rate, pool_figures, server_figures, summary
+
+
+def record_of(server: Server) -> ServerRecord:
+    return ServerRecord(server, ServerHealth(HealthPolicy(), 0.0, State.HEALTHY), "config", {})
 
 
 def test_error_rate_has_one_definition() -> None:
@@ -39,7 +46,7 @@ def test_window_falls_to_zero_after_traffic_stops() -> None:
 
 
 def test_a_failing_server_shows_its_errors_while_its_pool_shows_what_clients_saw() -> None:
-    pool = ServerPool("web", "round-robin")
+    pool = ServerPool("web", BalancingSettings(algorithm="round-robin"))
     bad, good = Server("bad", "127.0.0.1", 1), Server("good", "127.0.0.1", 2)
     pool.add(bad)
     pool.add(good)
@@ -52,11 +59,12 @@ def test_a_failing_server_shows_its_errors_while_its_pool_shows_what_clients_saw
     good.stats.rotate()
     pool.rejected.rotate()
 
-    bad_figures, _ = server_figures(bad, 0.0)
+    records = [record_of(bad), record_of(good)]
+    bad_figures, _ = server_figures(records[0], 0.0)
     assert bad_figures["error_rate"] == 1.0
     assert bad_figures["retried"] == 10
     assert bad_figures["rps"] == 10
-    figures, _ = pool_figures(pool, 0.0)
+    figures, _ = pool_figures(pool, records, 0.0)
     assert figures["rps"] == 20  # client requests, not attempts
     assert figures["errors"] == 0
     assert figures["error_rate"] == 0.0

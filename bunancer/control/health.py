@@ -7,7 +7,7 @@ to the next check (interval, fast interval, backoff, dead interval). Probes run 
 tasks on the balancer's loop: a few per second per server, never on the request path.
 
 Passive checks (outlier ejection from real traffic) are counted by the data plane on the
-`Server` object and decided by the registry; see `registry.py`.
+`Server` object and decided by outlier.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
 from .states import CheckResult
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..core.server import Server
+    from .states import ServerHealth
+
 
 log = logging.getLogger("bunancer.health")
 
@@ -45,19 +47,12 @@ class CheckSpec:
         return any(low <= status <= high for low, high in self.expect)
 
 
-def parse_expect(text: str) -> tuple[tuple[int, int], ...]:
-    """``"200-399"``, ``"200,204"`` or ``"200-299, 404"`` -> inclusive ranges."""
-    ranges = []
-    for part in text.split(","):
-        part = part.strip()
-        low, sep, high = part.partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
-            raise ValueError(f"expected status ranges like '200-399' or '200,204', got {text!r}")
-        start, end = int(low), int(high) if sep else int(low)
-        if not 100 <= start <= end <= 599:
-            raise ValueError(f"status range {part!r} is outside 100-599 or reversed")
-        ranges.append((start, end))
-    return tuple(ranges)
+class Checked(Protocol):
+    """What the checker needs of a server's record (records.ServerRecord)."""
+
+    server: Server
+    health: ServerHealth
+    check: CheckSpec
 
 
 class _Probe(asyncio.Protocol):
@@ -142,11 +137,11 @@ async def probe_connect(host: str, port: int, timeout: float) -> CheckResult:
     return CheckResult(loop.time(), True, f"connected in {latency * 1000:.1f} ms", latency)
 
 
-ResultCallback = Callable[["Server", CheckResult], None]
+ResultCallback = Callable[["Checked", CheckResult], None]
 
 
 class HealthChecker:
-    """Schedules checks for every watched server; results go to `on_result`."""
+    """Schedules checks for every watched record; results go to `on_result`."""
 
     def __init__(
         self,
@@ -157,57 +152,62 @@ class HealthChecker:
         self.loop = loop
         self.on_result = on_result
         self.rng = rng or random.Random()
-        self._timers: dict[Server, asyncio.TimerHandle] = {}
-        self._running: dict[Server, asyncio.Task[None]] = {}
+        self._timers: dict[Checked, asyncio.TimerHandle] = {}
+        self._running: dict[Checked, asyncio.Task[None]] = {}
+        self._watched: set[Checked] = set()  # a record leaves it when unwatched (removed)
         self.closed = False
 
-    def watch(self, server: Server, delay: float = 0.0) -> None:
-        """Check `server` after `delay` seconds (at once by default), then on its schedule."""
-        self.unwatch(server)
-        self._timers[server] = self.loop.call_later(delay, self._start, server)
+    def watch(self, record: Checked, delay: float = 0.0) -> None:
+        """Check the server after `delay` seconds (at once by default), then on its schedule."""
+        self.unwatch(record)
+        self._watched.add(record)
+        self._timers[record] = self.loop.call_later(delay, self._start, record)
 
-    def next_check_at(self, server: Server) -> float | None:
-        """When the server's next check starts (loop time); None while one runs."""
-        handle = self._timers.get(server)
+    def next_check_at(self, record: Checked) -> float | None:
+        """When the record's next check starts (loop time); None while one runs."""
+        handle = self._timers.get(record)
         return handle.when() if handle is not None else None
 
-    def check_now(self, server: Server) -> None:
-        if server in self._timers and server not in self._running:
-            self.watch(server, 0.0)
+    def check_now(self, record: Checked) -> None:
+        if record in self._timers and record not in self._running:
+            self.watch(record, 0.0)
 
-    def unwatch(self, server: Server) -> None:
-        handle = self._timers.pop(server, None)
+    def unwatch(self, record: Checked) -> None:
+        self._watched.discard(record)
+        handle = self._timers.pop(record, None)
         if handle is not None:
             handle.cancel()
-        task = self._running.pop(server, None)
+        task = self._running.pop(record, None)
         if task is not None:
             task.cancel()
 
-    def _start(self, server: Server) -> None:
-        self._timers.pop(server, None)
+    def _start(self, record: Checked) -> None:
+        self._timers.pop(record, None)
         if self.closed:
             return
-        self._running[server] = self.loop.create_task(self._check(server))
+        self._running[record] = self.loop.create_task(self._check(record))
 
-    async def _check(self, server: Server) -> None:
-        spec = server.check
+    async def _check(self, record: Checked) -> None:
+        spec = record.check
+        server = record.server
         if spec.enabled:
             result = await probe(server.host, server.port, spec)
         else:
             result = CheckResult(self.loop.time(), True, "checks off", 0.0)
-        if self._running.get(server) is not asyncio.current_task():
+        if self._running.get(record) is not asyncio.current_task():
             return  # unwatched while the probe ran
-        del self._running[server]
+        del self._running[record]
         try:
-            self.on_result(server, result)
+            self.on_result(record, result)
         except Exception:
             log.exception("health result handler failed for %s", server.address)
-        if server.watched and not self.closed:
-            delay = server.health.next_check_in(self.rng)
+        # The result handler may have removed the server (remove_dead_after): no next check.
+        if record in self._watched and not self.closed:
+            delay = record.health.next_check_in(self.rng)
             if not spec.enabled:
                 # Nothing to probe: wake only when an ejection ends, or now and then.
-                delay = max(server.health.ejected_until - self.loop.time(), 0.0) or 5.0
-            self._timers[server] = self.loop.call_later(delay, self._start, server)
+                delay = max(record.health.ejected_until - self.loop.time(), 0.0) or 5.0
+            self._timers[record] = self.loop.call_later(delay, self._start, record)
 
     async def close(self) -> None:
         self.closed = True

@@ -19,18 +19,18 @@ import logging
 from pydantic import ValidationError
 
 from ..config import BalancingConfig, HealthConfig, OutlierConfig
+from ..core.server import State
+from .records import ServerRecord
 from .registry import PoolSettings, Registry, RegistryError
-from .server import Server
-from .states import State as ServerState
-from .store import PoolRecord, ServerRecord, State, Store, StoreConflict
+from .store import SavedPool, SavedServer, SavedState, Store, StoreConflict
 
 log = logging.getLogger("bunancer.persistence")
 
-_ADMIN = {ServerState.DISABLED: "disabled", ServerState.DRAINING: "draining"}
+_ADMIN = {State.DISABLED: "disabled", State.DRAINING: "draining"}
 
 
-def admin_of(server: Server) -> str:
-    return _ADMIN.get(server.state, "enabled")
+def admin_of(record: ServerRecord) -> str:
+    return _ADMIN.get(record.state, "enabled")
 
 
 class Persistence:
@@ -38,7 +38,7 @@ class Persistence:
         self.registry = registry
         self.store = store
         self.revision = 0
-        self._known = State()  # the last state loaded, saved or received
+        self._known = SavedState()  # the last state loaded, saved or received
         self._lock = asyncio.Lock()
         self._requested = 0  # save requests made
         self._covered = 0  # requests covered by a completed save
@@ -46,32 +46,32 @@ class Persistence:
 
     # -- the registry as records ---------------------------------------------------------------
 
-    def snapshot(self) -> State:
+    def snapshot(self) -> SavedState:
         registry = self.registry
-        pools: dict[str, PoolRecord] = {}
-        for name, pool in registry.pools.items():
+        pools: dict[str, SavedPool] = {}
+        for name in registry.pools:
             settings = registry.settings[name]
-            pools[name] = PoolRecord(
+            pools[name] = SavedPool(
                 name=name,
                 algorithm=settings.algorithm,
                 health=settings.health.model_dump(mode="json"),
                 outlier=settings.outlier.model_dump(mode="json"),
                 balancing=settings.balancing.model_dump(mode="json"),
                 servers=[
-                    ServerRecord(
-                        id=server.id,
-                        host=server.host,
-                        port=server.port,
-                        weight=server.weight,
-                        admin=admin_of(server),
-                        source=server.source,
-                        health=registry.overrides.get(server, {}),
+                    SavedServer(
+                        id=record.server.id,
+                        host=record.server.host,
+                        port=record.server.port,
+                        weight=record.server.weight,
+                        admin=admin_of(record),
+                        source=record.source,
+                        health=record.overrides,
                     )
-                    for server in pool.servers.values()
-                    if server not in registry.removing
+                    for record in registry.in_order(name)
+                    if not record.removing
                 ],
             )
-        return State(pools=pools, revision=self.revision)
+        return SavedState(pools=pools, revision=self.revision)
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -81,7 +81,7 @@ class Persistence:
         if state is None:
             return 0
         self.revision = state.revision
-        taken = self._apply(state, State(), startup=True)
+        taken = self._apply(state, SavedState(), startup=True)
         self._known = state
         return taken
 
@@ -123,7 +123,7 @@ class Persistence:
 
     # -- other instances ------------------------------------------------------------------------
 
-    def merge(self, remote: State) -> None:
+    def merge(self, remote: SavedState) -> None:
         """Take what another instance changed since the state this one last knew."""
         if remote.revision <= self._known.revision and self._known.revision:
             return
@@ -140,7 +140,7 @@ class Persistence:
 
     # -- applying records ------------------------------------------------------------------------
 
-    def _apply(self, remote: State, known: State, *, startup: bool) -> int:
+    def _apply(self, remote: SavedState, known: SavedState, *, startup: bool) -> int:
         registry = self.registry
         taken = 0
         self._applying = True
@@ -161,9 +161,11 @@ class Persistence:
             self._applying = False
         return taken
 
-    def _apply_server(self, pool: str, record: ServerRecord, known: State, *, startup: bool) -> int:
+    def _apply_server(
+        self, pool: str, record: SavedServer, known: SavedState, *, startup: bool
+    ) -> int:
         registry = self.registry
-        local = registry.pools[pool].servers.get(record.id)
+        local = registry.records.get((pool, record.id))
         before = _find(known, pool, record.id)
         if local is None:
             if before is not None:
@@ -186,7 +188,8 @@ class Persistence:
                 return 0
             return 1
         # Present here: take each field the other side changed (at start: every field).
-        if (before is None or before.weight != record.weight) and local.weight != record.weight:
+        weight = local.server.weight
+        if (before is None or before.weight != record.weight) and weight != record.weight:
             registry.set_weight(pool, record.id, record.weight)
         if (before is None or before.admin != record.admin) and admin_of(local) != record.admin:
             if record.admin == "disabled":
@@ -197,7 +200,7 @@ class Persistence:
                 registry.enable(pool, record.id)
         return 1
 
-    def _apply_removals(self, remote: State, known: State) -> None:
+    def _apply_removals(self, remote: SavedState, known: SavedState) -> None:
         registry = self.registry
         for name, record in known.pools.items():
             remote_pool = remote.pools.get(name)
@@ -213,14 +216,14 @@ class Persistence:
                     registry.spawn(registry.deregister(name, server.id, "removed elsewhere"))
 
 
-def _find(state: State, pool: str, server_id: str) -> ServerRecord | None:
+def _find(state: SavedState, pool: str, server_id: str) -> SavedServer | None:
     record = state.pools.get(pool)
     if record is None:
         return None
     return next((s for s in record.servers if s.id == server_id), None)
 
 
-def _pool_settings(record: PoolRecord) -> PoolSettings | None:
+def _pool_settings(record: SavedPool) -> PoolSettings | None:
     try:
         return PoolSettings(
             record.algorithm,

@@ -17,9 +17,10 @@ import pytest
 import uvloop
 
 from bunancer.app import Balancer
-from bunancer.config import build_config
-from bunancer.core.proxy import DownstreamProtocol
-from bunancer.core.upstream import UpstreamPool, UpstreamProtocol
+from bunancer.configfile import build_config
+from bunancer.core.connections import ConnectionPool
+from bunancer.core.downstream import DownstreamProtocol
+from bunancer.core.upstream import UpstreamProtocol
 from tests.helpers import wait_until
 
 
@@ -77,9 +78,9 @@ class Setup:
     port: int
 
     @property
-    def pool(self) -> UpstreamPool:
+    def pool(self) -> ConnectionPool:
         server = next(iter(self.balancer.pools["default"].servers.values()))
-        assert server.connections is not None
+        assert isinstance(server.connections, ConnectionPool)
         return server.connections
 
     async def get(self, path: str = "/") -> bytes:

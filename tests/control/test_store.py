@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from bunancer.core.store import (
+from bunancer.control.store import (
     FileStore,
-    PoolRecord,
-    ServerRecord,
-    State,
+    SavedPool,
+    SavedServer,
+    SavedState,
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
@@ -38,18 +38,18 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
-def sample(marker: int = 0) -> State:
-    return State(
+def sample(marker: int = 0) -> SavedState:
+    return SavedState(
         pools={
-            "default": PoolRecord("default"),
-            "api": PoolRecord(
+            "default": SavedPool("default"),
+            "api": SavedPool(
                 "api",
                 algorithm="least-connections",
                 health={"path": "/healthz", "interval": 2.5, "marker": marker},
                 outlier={"consecutive_failures": 5},
                 servers=[
-                    ServerRecord("a", "127.0.0.1", 9001, source="config"),
-                    ServerRecord(
+                    SavedServer("a", "127.0.0.1", 9001, source="config"),
+                    SavedServer(
                         "b",
                         "10.0.0.2",
                         80,
@@ -63,11 +63,11 @@ def sample(marker: int = 0) -> State:
     )
 
 
-def save(store: FileStore, state: State) -> None:
+def save(store: FileStore, state: SavedState) -> None:
     run(store.save(state))
 
 
-def load(path: Path) -> State | None:
+def load(path: Path) -> SavedState | None:
     return run(FileStore(path).load())
 
 
@@ -77,7 +77,7 @@ def load(path: Path) -> State | None:
 def test_json_round_trip_keeps_every_field() -> None:
     state = sample(7)
     state.revision = 12
-    assert State.from_json(state.to_json()) == state
+    assert SavedState.from_json(state.to_json()) == state
     doc = orjson.loads(state.to_json())
     assert doc["format"] == 1
     assert [p["name"] for p in doc["pools"]] == ["default", "api"]  # order kept
@@ -86,8 +86,8 @@ def test_json_round_trip_keeps_every_field() -> None:
 def test_missing_optional_fields_take_defaults() -> None:
     data = b'{"format": 1, "revision": 0, "pools": [{"name": "p", "servers": '
     data += b'[{"id": "s", "host": "h", "port": 1}]}]}'
-    state = State.from_json(data)
-    assert state.pools["p"] == PoolRecord("p", servers=[ServerRecord("s", "h", 1)])
+    state = SavedState.from_json(data)
+    assert state.pools["p"] == SavedPool("p", servers=[SavedServer("s", "h", 1)])
 
 
 @pytest.mark.parametrize(
@@ -146,14 +146,14 @@ def test_missing_optional_fields_take_defaults() -> None:
 )
 def test_malformed_state_is_rejected_with_its_location(doc: Any, message: str) -> None:
     with pytest.raises(StoreCorrupt) as info:
-        State.from_json(orjson.dumps(doc))
+        SavedState.from_json(orjson.dumps(doc))
     assert message in str(info.value)
 
 
 def test_truncated_json_is_corrupt() -> None:
     data = sample().to_json()
     with pytest.raises(StoreCorrupt, match="not valid JSON"):
-        State.from_json(data[: len(data) // 2])
+        SavedState.from_json(data[: len(data) // 2])
 
 
 # -- FileStore ----------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_previous_good_file_is_kept_as_bak(tmp_path: Path) -> None:
     save(store, sample(1))
     assert not (tmp_path / "state.json.bak").exists()
     save(store, sample(2))
-    backup = State.from_json((tmp_path / "state.json.bak").read_bytes())
+    backup = SavedState.from_json((tmp_path / "state.json.bak").read_bytes())
     assert backup.revision == 1
     assert backup.pools["api"].health["marker"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.bak"]
@@ -242,8 +242,8 @@ def test_save_after_fallback_keeps_the_good_bak(tmp_path: Path) -> None:
     assert loaded is not None
     assert loaded.revision == 1
     save(store, sample(3))  # the corrupt file must not replace the good .bak
-    assert State.from_json((tmp_path / "state.json.bak").read_bytes()).revision == 1
-    assert State.from_json(path.read_bytes()).revision == 2
+    assert SavedState.from_json((tmp_path / "state.json.bak").read_bytes()).revision == 1
+    assert SavedState.from_json(path.read_bytes()).revision == 2
 
 
 def test_missing_state_uses_bak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -336,8 +336,8 @@ def test_concurrent_saves_are_serialised_and_the_last_wins(tmp_path: Path) -> No
 def test_watch_never_yields_and_ends_at_close(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "state.json")
 
-    async def main() -> list[State]:
-        seen: list[State] = []
+    async def main() -> list[SavedState]:
+        seen: list[SavedState] = []
 
         async def follow() -> None:
             async for state in store.watch():
@@ -355,16 +355,16 @@ def test_watch_never_yields_and_ends_at_close(tmp_path: Path) -> None:
 
 CRASHING_WRITER = """
 import asyncio, os, sys
-from bunancer.core.store import FileStore, PoolRecord, ServerRecord, State
+from bunancer.control.store import FileStore, SavedPool, SavedServer, SavedState
 
 async def main() -> None:
     store = FileStore(sys.argv[1])
-    state = await store.load() or State()
+    state = await store.load() or SavedState()
     while True:
         n = state.revision + 1  # the revision this save will get: one writer
-        servers = [ServerRecord(f"s{i}", "127.0.0.1", 9000 + i, health={"n": n})
+        servers = [SavedServer(f"s{i}", "127.0.0.1", 9000 + i, health={"n": n})
                    for i in range(n % 40)]
-        state.pools = {"p": PoolRecord("p", health={"n": n}, servers=servers)}
+        state.pools = {"p": SavedPool("p", health={"n": n}, servers=servers)}
         await store.save(state)
         os.write(1, f"ACK {state.revision}\\n".encode())  # one write: never half a line
 
@@ -372,7 +372,7 @@ asyncio.run(main())
 """
 
 
-def check_consistent(state: State) -> None:
+def check_consistent(state: SavedState) -> None:
     pool = state.pools["p"]
     assert pool.health["n"] == state.revision
     assert len(pool.servers) == state.revision % 40
@@ -410,7 +410,7 @@ def test_sigkill_during_saves_never_loses_an_acknowledged_state(
         assert state.revision in (acknowledged, acknowledged + 1)
         check_consistent(state)
         if state.revision > 1:
-            backup = State.from_json((tmp_path / "state.json.bak").read_bytes())
+            backup = SavedState.from_json((tmp_path / "state.json.bak").read_bytes())
             assert backup.revision in (state.revision - 1, state.revision)
             check_consistent(backup)
 
@@ -430,7 +430,7 @@ def test_crash_between_the_two_renames(tmp_path: Path) -> None:
     state = sample(2)
     save(store, state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.bak"]
-    assert State.from_json((tmp_path / "state.json.bak").read_bytes()).revision == 1
+    assert SavedState.from_json((tmp_path / "state.json.bak").read_bytes()).revision == 1
     assert load(path) == state
 
 

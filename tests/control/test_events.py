@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from bunancer.core.events import (
+from bunancer.control.events import (
     FEED_KINDS,
     POOL_UPDATED,
     SERVER_ADDED,

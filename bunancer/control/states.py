@@ -23,17 +23,10 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
-
-class State(StrEnum):
-    PENDING = "pending"
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-    DEAD = "dead"
-    DRAINING = "draining"
-    DISABLED = "disabled"
+from ..core.server import State
 
 
-class Event(StrEnum):
+class Trigger(StrEnum):
     RISE = "rise"  # `rise` consecutive passing checks
     FALL = "fall"  # `fall` consecutive failing checks
     DIE = "die"  # `dead_after` consecutive failing checks
@@ -45,33 +38,33 @@ class Event(StrEnum):
 
 _ANY = tuple(State)
 _DOWN = (State.UNHEALTHY, State.DEAD)
-TRANSITIONS: dict[tuple[State, Event], State] = {
-    (State.PENDING, Event.RISE): State.HEALTHY,
-    (State.PENDING, Event.FALL): State.UNHEALTHY,
-    (State.HEALTHY, Event.FALL): State.UNHEALTHY,
-    (State.HEALTHY, Event.EJECT): State.UNHEALTHY,
-    (State.UNHEALTHY, Event.RISE): State.HEALTHY,
-    (State.UNHEALTHY, Event.DIE): State.DEAD,
-    (State.DEAD, Event.RISE): State.HEALTHY,
-    (State.DISABLED, Event.ENABLE): State.PENDING,
-    (State.DRAINING, Event.ENABLE): State.PENDING,  # a drain called off
-    **{(state, Event.DRAIN): State.DRAINING for state in _ANY if state is not State.DRAINING},
-    **{(state, Event.DISABLE): State.DISABLED for state in _ANY if state is not State.DISABLED},
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (State.PENDING, Trigger.RISE): State.HEALTHY,
+    (State.PENDING, Trigger.FALL): State.UNHEALTHY,
+    (State.HEALTHY, Trigger.FALL): State.UNHEALTHY,
+    (State.HEALTHY, Trigger.EJECT): State.UNHEALTHY,
+    (State.UNHEALTHY, Trigger.RISE): State.HEALTHY,
+    (State.UNHEALTHY, Trigger.DIE): State.DEAD,
+    (State.DEAD, Trigger.RISE): State.HEALTHY,
+    (State.DISABLED, Trigger.ENABLE): State.PENDING,
+    (State.DRAINING, Trigger.ENABLE): State.PENDING,  # a drain called off
+    **{(state, Trigger.DRAIN): State.DRAINING for state in _ANY if state is not State.DRAINING},
+    **{(state, Trigger.DISABLE): State.DISABLED for state in _ANY if state is not State.DISABLED},
 }
 
 
 class IllegalTransition(Exception):
-    def __init__(self, state: State, event: Event) -> None:
-        super().__init__(f"no transition from {state} on {event}")
+    def __init__(self, state: State, trigger: Trigger) -> None:
+        super().__init__(f"no transition from {state} on {trigger}")
         self.state = state
-        self.event = event
+        self.trigger = trigger
 
 
 @dataclass(frozen=True, slots=True)
 class Transition:
     old: State
     new: State
-    event: Event
+    trigger: Trigger
     reason: str
     at: float  # the clock's time (monotonic in the balancer)
 
@@ -155,18 +148,18 @@ class ServerHealth:
         current = now - self.since if self.state in _DOWN else 0.0
         return self.downtime + current
 
-    def apply(self, event: Event, now: float, reason: str) -> Transition:
+    def apply(self, trigger: Trigger, now: float, reason: str) -> Transition:
         """Move along one row of the table, or raise IllegalTransition."""
-        new = TRANSITIONS.get((self.state, event))
+        new = TRANSITIONS.get((self.state, trigger))
         if new is None:
-            raise IllegalTransition(self.state, event)
-        transition = Transition(self.state, new, event, reason, now)
+            raise IllegalTransition(self.state, trigger)
+        transition = Transition(self.state, new, trigger, reason, now)
         if self.state in _DOWN:
             self.downtime += now - self.since
         self.state = new
         self.reason = reason
         self.since = now
-        if event in (Event.RISE, Event.FALL, Event.DIE, Event.ENABLE):
+        if trigger in (Trigger.RISE, Trigger.FALL, Trigger.DIE, Trigger.ENABLE):
             self.ok_streak = self.fail_streak = 0
         return transition
 
@@ -190,7 +183,7 @@ class ServerHealth:
             # A new (or just restarted) server has no flapping to damp: its first passing
             # check admits it. Hysteresis applies from then on.
             if result.ok:
-                return self.apply(Event.RISE, now, "first check passed")
+                return self.apply(Trigger.RISE, now, "first check passed")
             if self.fail_streak >= policy.fall:
                 return self._fall(now, result)
         elif state is State.HEALTHY:
@@ -205,18 +198,18 @@ class ServerHealth:
                 reason = f"{policy.rise} passing checks"
                 if self.ok_streak > policy.rise:
                     reason += ", ejection over"
-                return self.apply(Event.RISE, now, reason)
+                return self.apply(Trigger.RISE, now, reason)
             if self.fail_streak >= policy.dead_after:
                 return self.apply(
-                    Event.DIE, now, f"{self.fail_streak} failed checks: {result.detail}"
+                    Trigger.DIE, now, f"{self.fail_streak} failed checks: {result.detail}"
                 )
         elif state is State.DEAD and self.ok_streak >= policy.rise:
-            return self.apply(Event.RISE, now, f"back: {self.ok_streak} passing checks")
+            return self.apply(Trigger.RISE, now, f"back: {self.ok_streak} passing checks")
         # Disabled and draining servers are checked for information only.
         return None
 
     def _fall(self, now: float, result: CheckResult) -> Transition:
-        return self.apply(Event.FALL, now, f"{self.fail_streak} failed checks: {result.detail}")
+        return self.apply(Trigger.FALL, now, f"{self.fail_streak} failed checks: {result.detail}")
 
     def next_check_in(self, rng: random.Random) -> float:
         """Seconds until the next active check, with jitter."""
@@ -248,7 +241,7 @@ class ServerHealth:
         self.ejections_total += 1
         out_for = min(self.policy.eject_base * self.ejections, self.policy.eject_max)
         self.ejected_until = now + out_for
-        return self.apply(Event.EJECT, now, f"ejected for {out_for:g}s: {reason}")
+        return self.apply(Trigger.EJECT, now, f"ejected for {out_for:g}s: {reason}")
 
     def __repr__(self) -> str:
         streaks = f"ok={self.ok_streak} fail={self.fail_streak}"
