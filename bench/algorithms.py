@@ -22,7 +22,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench.failover import free_port, start, stop
+from bench.harness import Supervisor, free_port, start_python
 
 ALGORITHMS = ["round-robin", "least-connections", "p2c", "peak-ewma", "weighted-round-robin"]
 
@@ -75,16 +75,22 @@ async def drive(port: int, prefix: str, seconds: float, connections: int) -> dic
 
 
 async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, object]]:
+    supervisor = Supervisor(workdir)
+    try:
+        return await per_algorithm(args, supervisor)
+    finally:
+        supervisor.stop_all()
+
+
+async def per_algorithm(
+    args: argparse.Namespace, supervisor: Supervisor
+) -> dict[str, dict[str, object]]:
+    workdir = supervisor.workdir
     ports = [free_port() for _ in range(3)]
     specs = [("fast1", args.fast), ("fast2", args.fast), ("slow", args.slow)]
-    processes = [
-        start(
-            ["-m", "stubs.server", "--port", str(port), "--id", name, "--latency", latency],
-            "PORT",
-            workdir / f"{name}.log",
-        )
-        for port, (name, latency) in zip(ports, specs, strict=True)
-    ]
+    for port, (name, latency) in zip(ports, specs, strict=True):
+        argv = ["-m", "stubs.server", "--port", str(port), "--id", name, "--latency", latency]
+        start_python(supervisor, name, argv, "PORT")
     proxy_port, api_port = free_port(), free_port()
     servers = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in ports)
     pools = "".join(
@@ -97,21 +103,13 @@ async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, dict[st
         f'[[listeners]]\naddress = "127.0.0.1:{proxy_port}"\n'
         f'[api]\nlisten = "127.0.0.1:{api_port}"\n[dashboard]\nlisten = "127.0.0.1:0"\n{pools}'
     )
-    proxy = start(
-        ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / "s")],
-        "ready: proxy listening",
-        workdir / "proxy.log",
-    )
-    processes.append(proxy)
-    try:
-        results = {}
-        for name in args.algorithms:
-            await drive(proxy_port, name, 0.5, args.connections)  # warm up connections
-            results[name] = await drive(proxy_port, name, args.seconds, args.connections)
-        return results
-    finally:
-        for process in processes:
-            stop(process)
+    serve = ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / "s")]
+    start_python(supervisor, "proxy", serve, "ready: proxy listening")
+    results = {}
+    for name in args.algorithms:
+        await drive(proxy_port, name, 0.5, args.connections)  # warm up connections
+        results[name] = await drive(proxy_port, name, args.seconds, args.connections)
+    return results
 
 
 def pick_costs() -> dict[str, dict[int, float]]:

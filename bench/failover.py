@@ -15,11 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,34 +22,7 @@ from pathlib import Path
 
 import uvloop
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(args: list[str], ready: str, log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, *args], stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    deadline = time.monotonic() + 15
-    while ready not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{args} did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.02)
-    return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+from bench.harness import Child, Supervisor, free_port, kill, start_python
 
 
 @dataclass
@@ -130,15 +98,23 @@ def summarise(
 
 
 async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    supervisor = Supervisor(workdir)
+    try:
+        return await kill_and_restart(args, supervisor)
+    finally:
+        supervisor.stop_all()
+
+
+def start_stub(supervisor: Supervisor, name: str, port: int, stub_id: str) -> Child:
+    argv = ["-m", "stubs.server", "--port", str(port), "--id", stub_id]
+    return start_python(supervisor, name, argv, "PORT")
+
+
+async def kill_and_restart(args: argparse.Namespace, supervisor: Supervisor) -> dict[str, object]:
+    workdir = supervisor.workdir
     ports = [free_port() for _ in range(3)]
-    stubs = [
-        start(
-            ["-m", "stubs.server", "--port", str(p), "--id", f"s{i + 1}"],
-            "PORT",
-            workdir / f"s{i}.log",
-        )
-        for i, p in enumerate(ports)
-    ]
+    stubs = [start_stub(supervisor, f"s{i + 1}", port, f"s{i + 1}") for i, port in enumerate(ports)]
+    victim = stubs[1]
     proxy_port, api_port = free_port(), free_port()
     config = workdir / "bunancer.toml"
     servers = ", ".join(
@@ -149,37 +125,30 @@ async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, object]
         f'[api]\nlisten = "127.0.0.1:{api_port}"\n[dashboard]\nlisten = "127.0.0.1:0"\n'
         f"[pools.default]\nservers = [{servers}]\n"
     )
-    proxy = start(
-        ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / "state")],
-        "ready: proxy listening",
-        workdir / "proxy.log",
-    )
-    processes = [*stubs, proxy]
+    serve = [
+        "-m",
+        "bunancer",
+        "serve",
+        "--config",
+        str(config),
+        "--state-dir",
+        str(workdir / "state"),
+    ]
+    start_python(supervisor, "proxy", serve, "ready: proxy listening")
     load = Load(proxy_port, args.connections)
-    try:
-        workers = [asyncio.create_task(load.worker()) for _ in range(args.connections)]
-        begin = time.monotonic()
-        await asyncio.sleep(args.before)
-        victim = stubs[1]
-        kill_at = time.monotonic()
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait()
-        await asyncio.sleep(args.down)
-        restart_at = time.monotonic()
-        stubs[1] = start(
-            ["-m", "stubs.server", "--port", str(ports[1]), "--id", "s2"],
-            "PORT",
-            workdir / "s1b.log",
-        )
-        processes.append(stubs[1])
-        await asyncio.sleep(args.after)
-        load.running = False
-        await asyncio.gather(*workers, return_exceptions=True)
-        end = time.monotonic()
-        return summarise(load.records, "s2", kill_at, restart_at, end, begin)
-    finally:
-        for process in processes:
-            stop(process)
+    workers = [asyncio.create_task(load.worker()) for _ in range(args.connections)]
+    begin = time.monotonic()
+    await asyncio.sleep(args.before)
+    kill_at = time.monotonic()
+    kill(victim)
+    await asyncio.sleep(args.down)
+    restart_at = time.monotonic()
+    start_stub(supervisor, "s2-restarted", ports[1], "s2")
+    await asyncio.sleep(args.after)
+    load.running = False
+    await asyncio.gather(*workers, return_exceptions=True)
+    end = time.monotonic()
+    return summarise(load.records, "s2", kill_at, restart_at, end, begin)
 
 
 def main() -> None:

@@ -97,6 +97,19 @@ class Supervisor:
         return [pid for child in self.children for pid in group_pids(child.pid)]
 
 
+def start_python(supervisor: Supervisor, name: str, args: list[str], ready: str) -> Child:
+    """``python ARGS`` (a module of this checkout) started, once its log shows `ready`."""
+    child = supervisor.start(name, [sys.executable, *args])
+    wait_log_line(child, re.escape(ready))
+    return child
+
+
+def kill(child: Child) -> None:
+    """SIGKILL `child`'s process group (a crash, not a stop) and reap it."""
+    signal_group(child.pid, signal.SIGKILL)
+    child.popen.wait(5.0)
+
+
 def pin(child: Child, cpus: set[int]) -> None:
     """Keep every thread of every process of `child`'s group on `cpus` (its own core for the
     front under test, the others for the load and the backends). Threads made later take
@@ -217,6 +230,19 @@ def wait_http_ok(child: Child, port: int, timeout: float = READY_TIMEOUT) -> Non
     status = wait_until(f"HTTP answer on port {port}", child, lambda: http_status(port), timeout)
     if status != 200:
         raise RuntimeError(f"{child.name} on port {port} answered {status}:\n{child.log_tail()}")
+
+
+def wait_listening(child: Child, port: int, timeout: float = READY_TIMEOUT) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
+
+    wait_until(f"a listener on port {port}", child, accepts, timeout)
 
 
 def free_port() -> int:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import uvloop
 
-from bench.failover import free_port, start, stop
+from bench.harness import Supervisor, free_port, start_python, wait_listening
 
 
-def start_haproxy(workdir: Path, port: int, backend: int) -> subprocess.Popen[bytes]:
-    config = workdir / "haproxy.cfg"
+def start_haproxy(supervisor: Supervisor, name: str, port: int, backend: int) -> None:
+    config = supervisor.workdir / f"{name}.cfg"
     config.write_text(
         "global\n    nbthread 1\n    maxconn 4096\n"
         "defaults\n    mode tcp\n    timeout connect 3s\n    timeout client 60s\n"
@@ -37,41 +37,19 @@ def start_haproxy(workdir: Path, port: int, backend: int) -> subprocess.Popen[by
         f"frontend f\n    bind 127.0.0.1:{port}\n    default_backend b\n"
         f"backend b\n    server s1 127.0.0.1:{backend}\n"
     )
-    process = subprocess.Popen(
-        ["haproxy", "-db", "-f", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    wait_port(port)
-    return process
+    wait_listening(supervisor.start(name, ["haproxy", "-db", "-f", str(config)]), port)
 
 
-def start_bunancer(workdir: Path, name: str, port: int, backend: int) -> subprocess.Popen[bytes]:
+def start_bunancer(supervisor: Supervisor, name: str, port: int, backend: int) -> None:
+    workdir = supervisor.workdir
     config = workdir / f"{name}.toml"
     config.write_text(
         '[api]\nlisten = "127.0.0.1:0"\n[dashboard]\nenabled = false\n'
         f'[[listeners]]\naddress = "127.0.0.1:{port}"\nmode = "tcp"\n'
         f'[pools.default]\nservers = [{{ address = "tcp://127.0.0.1:{backend}" }}]\n'
     )
-    return start(
-        ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / name)],
-        "ready: proxy listening",
-        workdir / f"{name}.log",
-    )
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+    serve = ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / name)]
+    start_python(supervisor, name, serve, "ready: proxy listening")
 
 
 def iperf(port: int, seconds: float, reverse: bool) -> float:
@@ -105,6 +83,36 @@ async def connections_per_second(port: int, seconds: float, concurrency: int = 3
     return done / (time.monotonic() - started)
 
 
+def measure_fronts(
+    args: argparse.Namespace, supervisor: Supervisor, results: dict[str, dict[str, list[float]]]
+) -> None:
+    iperf_port, echo_port = free_port(), free_port()
+    iperf_server = supervisor.start("iperf3", ["iperf3", "-s", "-p", str(iperf_port)])
+    start_python(supervisor, "echo", ["-m", "tests.echo_backend", str(echo_port)], "PORT")
+    wait_listening(iperf_server, iperf_port)
+    fronts: dict[str, tuple[int, int]] = {"direct": (iperf_port, echo_port)}
+    bunancer_bulk, bunancer_echo = free_port(), free_port()
+    start_bunancer(supervisor, "bulk", bunancer_bulk, iperf_port)
+    start_bunancer(supervisor, "echo-front", bunancer_echo, echo_port)
+    fronts["bunancer"] = (bunancer_bulk, bunancer_echo)
+    if shutil.which("haproxy"):
+        haproxy_bulk, haproxy_echo = free_port(), free_port()
+        start_haproxy(supervisor, "haproxy-bulk", haproxy_bulk, iperf_port)
+        start_haproxy(supervisor, "haproxy-echo", haproxy_echo, echo_port)
+        fronts["haproxy"] = (haproxy_bulk, haproxy_echo)
+    for run in range(args.runs):
+        for name, (bulk, echo) in fronts.items():
+            row = results.setdefault(name, {"up": [], "down": [], "conn/s": []})
+            row["up"].append(iperf(bulk, args.seconds, reverse=False))
+            row["down"].append(iperf(bulk, args.seconds, reverse=True))
+            row["conn/s"].append(uvloop.run(connections_per_second(echo, args.seconds)))
+            print(
+                f"run {run + 1}/{args.runs} {name:9} up {row['up'][-1]:8.0f} MiB/s  "
+                f"down {row['down'][-1]:8.0f} MiB/s  {row['conn/s'][-1]:8.0f} conn/s",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -115,47 +123,11 @@ def main() -> None:
         sys.exit("bench.tcp needs iperf3: apt-get install iperf3")
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bunancer-tcp-") as tmp:
-        workdir = Path(tmp)
-        iperf_port, echo_port = free_port(), free_port()
-        processes: list[subprocess.Popen[bytes]] = []
+        supervisor = Supervisor(Path(tmp))
         try:
-            processes.append(
-                subprocess.Popen(
-                    ["iperf3", "-s", "-p", str(iperf_port)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-            processes.append(
-                start(["-m", "tests.echo_backend", str(echo_port)], "PORT", workdir / "echo.log")
-            )
-            wait_port(iperf_port)
-            fronts: dict[str, tuple[int, int]] = {"direct": (iperf_port, echo_port)}
-            bunancer_bulk, bunancer_echo = free_port(), free_port()
-            processes.append(start_bunancer(workdir, "bulk", bunancer_bulk, iperf_port))
-            processes.append(start_bunancer(workdir, "echo", bunancer_echo, echo_port))
-            fronts["bunancer"] = (bunancer_bulk, bunancer_echo)
-            if shutil.which("haproxy"):
-                haproxy_bulk, haproxy_echo = free_port(), free_port()
-                processes.append(start_haproxy(workdir, haproxy_bulk, iperf_port))
-                (workdir / "h2").mkdir()
-                processes.append(start_haproxy(workdir / "h2", haproxy_echo, echo_port))
-                fronts["haproxy"] = (haproxy_bulk, haproxy_echo)
-            for run in range(args.runs):
-                for name, (bulk, echo) in fronts.items():
-                    row = results.setdefault(name, {"up": [], "down": [], "conn/s": []})
-                    row["up"].append(iperf(bulk, args.seconds, reverse=False))
-                    row["down"].append(iperf(bulk, args.seconds, reverse=True))
-                    row["conn/s"].append(uvloop.run(connections_per_second(echo, args.seconds)))
-                    print(
-                        f"run {run + 1}/{args.runs} {name:9} up {row['up'][-1]:8.0f} MiB/s  "
-                        f"down {row['down'][-1]:8.0f} MiB/s  {row['conn/s'][-1]:8.0f} conn/s",
-                        flush=True,
-                    )
+            measure_fronts(args, supervisor, results)
         finally:
-            for process in processes:
-                stop(process)
+            supervisor.stop_all()
     medians = {
         name: {key: statistics.median(values) for key, values in row.items()}
         for name, row in results.items()
