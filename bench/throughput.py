@@ -99,11 +99,16 @@ VARIANTS = {
     "bunancer-accesslog": '[access_log]\npath = "{workdir}/access.log"\n',
     "bunancer-ewma": "",  # the default algorithm (peak-ewma) instead of round-robin
     "bunancer-pure": "",  # the Python source, not the mypyc build (BUNANCER_PURE_PYTHON)
+    "bunancer-ref": "",  # another checkout's bunancer (--reference DIR): before vs after a change
 }
 # nginx and HAProxy balance round-robin here, so bunancer does too; `bunancer-ewma` shows
 # what the default algorithm (peak-ewma: a clock read and two random draws per request) adds.
-ALGORITHM = {"bunancer": "round-robin", "bunancer-pure": "round-robin"}
-ENVIRONMENT = {"bunancer-pure": {PURE_ENV: "1"}}
+ALGORITHM = {
+    "bunancer": "round-robin",
+    "bunancer-pure": "round-robin",
+    "bunancer-ref": "round-robin",
+}
+ENVIRONMENT: dict[str, dict[str, str]] = {"bunancer-pure": {PURE_ENV: "1"}}
 # Not run by default either: the floor for a Python proxy (bench/bare_relay.py).
 BARE = "bare"
 ALL_FRONTS = (*FRONTS, BARE, *VARIANTS)
@@ -598,6 +603,7 @@ def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
             ("bunancer", "haproxy"),
             ("bunancer", BARE),
             (BARE, "haproxy"),
+            ("bunancer", "bunancer-ref"),
         ):
             mine, theirs = by_key.get((mode, front)), by_key.get((mode, peer))
             if mine and theirs and mine.cpu_us_per_request and theirs.cpu_us_per_request:
@@ -722,9 +728,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=float, default=1, help="unrecorded seconds per front first (0: none)"
     )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        metavar="DIR",
+        help="a checkout of another commit (its data plane compiled there): adds the front "
+        "bunancer-ref, that checkout's bunancer, to compare a change before and after",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.duration <= 0 or args.connections < 1 or args.size < 0:
         parser.error("--runs, --duration and --connections must be positive, --size >= 0")
+    if args.reference is not None:
+        if not (args.reference / "bunancer" / "__init__.py").is_file():
+            parser.error(f"--reference {args.reference}: no bunancer package in it")
+        # Found before this checkout's editable install: PYTHONPATH comes first on sys.path.
+        ENVIRONMENT["bunancer-ref"] = {"PYTHONPATH": str(args.reference.resolve())}
+        if "bunancer-ref" not in args.fronts.split(","):
+            args.fronts += ",bunancer-ref"
+    elif "bunancer-ref" in args.fronts.split(","):
+        parser.error("the front bunancer-ref needs --reference DIR")
     return args
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+import bench.throughput as throughput
 from bench.harness import Supervisor
-from bench.throughput import Sample, nginx_buffers, nginx_warnings, ratios, summarise
+from bench.throughput import Sample, nginx_buffers, nginx_warnings, parse_args, ratios, summarise
 
 
 def sample(front: str, rps: float, cpu: float, errors: int = 0, run: int = 1) -> Sample:
@@ -73,3 +76,20 @@ def test_nginx_warnings_are_counted_by_message(tmp_path: Path) -> None:
     ((message, count),) = counts.items()
     assert message.startswith("warn: an upstream response is buffered to a temporary file")
     assert count == 2
+
+
+def test_reference_adds_the_other_checkout_as_a_front(tmp_path: Path) -> None:
+    (tmp_path / "bunancer").mkdir()
+    (tmp_path / "bunancer" / "__init__.py").write_text("")
+    args = parse_args(["--reference", str(tmp_path), "--fronts", "bunancer"])
+    assert args.fronts.split(",") == ["bunancer", "bunancer-ref"]
+    assert throughput.ENVIRONMENT["bunancer-ref"] == {"PYTHONPATH": str(tmp_path.resolve())}
+
+
+@pytest.mark.parametrize(
+    "argv", [["--reference", "/nonexistent-checkout"], ["--fronts", "bunancer,bunancer-ref"]]
+)
+def test_a_reference_that_cannot_run_is_refused(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
