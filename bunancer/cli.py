@@ -174,7 +174,7 @@ def serve(
 @click.option("--force", is_flag=True, help="Rebuild even when the build matches the source.")
 @click.option("-q", "--quiet", is_flag=True, help="Say nothing when there is nothing to do.")
 def compile_command(force: bool, quiet: bool) -> None:
-    """Compile the per-request modules with mypyc (about 40% of the instructions a request).
+    """Compile the per-request modules with mypyc (35-40% of the instructions a request).
 
     For a checkout (pip install -e); an installed wheel carries its build. The same Python
     source runs either way; a build is used only while it matches the source, so an edited

@@ -9,7 +9,7 @@ Importing `bunancer.core` puts that directory first on the package's search path
 while the digest still matches, so an edited module runs as Python until the next
 compile and never as a stale build. ``BUNANCER_PURE_PYTHON=1`` runs the Python source
 either way (a checkout's build or the package's). Compiled, a keep-alive request takes
-about 40% of the instructions.
+35-40% of the instructions.
 
 This module must not import `bunancer.core`: it decides how that package loads.
 """

@@ -10,8 +10,6 @@ flow-large.png, flow-large-expanded.png and overview-filtered.png.
 
 from __future__ import annotations
 
-import http.client
-import json
 import re
 import socket
 from typing import Any
@@ -21,6 +19,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import Lab, Traffic
 from tests.helpers import wait_for
+from tests.web.test_dashboard import api
 
 expect.set_options(timeout=15_000)
 
@@ -39,22 +38,6 @@ DEFAULT_COUNTS = {"healthy": 52, "dead": 4, "disabled": 2, "draining": 2}
 NOT_HEALTHY = 4 + 2 + 2 + 2
 
 
-def api(lab: Lab, method: str, path: str, body: Any = None) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", lab.proxy.api_port, timeout=10)
-    try:
-        headers = {"Authorization": f"Bearer {lab.proxy.token}"}
-        data = None if body is None else json.dumps(body).encode()
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        payload = response.read()
-        assert response.status < 300, (response.status, payload)
-        return json.loads(payload)
-    finally:
-        conn.close()
-
-
 def closed_ports(n: int) -> list[int]:
     probes = [socket.socket() for _ in range(n)]
     try:
@@ -70,22 +53,22 @@ def crowd(lab: Lab) -> None:
     """Registers the 100 servers and waits until their states settle."""
     (stub,) = lab.stubs.start(1, host="0.0.0.0")  # answers on 127.0.0.N for every N
     dead = iter(closed_ports(6))
-    api(lab, "PATCH", "/api/pools/default", {"health": HEALTH})
+    api(lab.proxy, "PATCH", "/api/pools/default", {"health": HEALTH})
     for number in range(1, 61):
         server: dict[str, Any] = {"id": f"d{number:02d}", "host": f"127.0.0.{number}"}
         server["port"] = stub.port
         if number in (13, 27, 41, 55):
             server.update(host="127.0.0.1", port=next(dead))
-        api(lab, "POST", "/api/pools/default/servers", server)
+        api(lab.proxy, "POST", "/api/pools/default/servers", server)
     for number, admin in ((20, "disabled"), (33, "disabled"), (8, "draining"), (46, "draining")):
-        api(lab, "PATCH", f"/api/pools/default/servers/d{number:02d}", {"admin": admin})
+        api(lab.proxy, "PATCH", f"/api/pools/default/servers/d{number:02d}", {"admin": admin})
     for pool in SMALL_POOLS:
-        api(lab, "POST", "/api/pools", {"name": pool, "health": HEALTH})
+        api(lab.proxy, "POST", "/api/pools", {"name": pool, "health": HEALTH})
         for number in range(1, 11):
             server = {"id": f"{pool}-{number:02d}", "host": f"127.0.0.{number}", "port": stub.port}
             if pool == "search" and number in (4, 9):
                 server.update(host="127.0.0.1", port=next(dead))
-            api(lab, "POST", f"/api/pools/{pool}/servers", server)
+            api(lab.proxy, "POST", f"/api/pools/{pool}/servers", server)
 
     def settled() -> bool:
         counts: dict[str, int] = {}

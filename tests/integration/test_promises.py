@@ -22,6 +22,7 @@ import pytest
 from tests.backend import stream_pattern
 from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import FAST_CHECKS, RawClient, free_port, wait_for
+from tests.integration.test_streaming import RssWatcher
 
 MiB = 1024 * 1024
 
@@ -569,34 +570,6 @@ def test_pipelined_large_heads_read_in_pieces_are_not_431(
 
 
 # -- 12. upload backpressure ---------------------------------------------------------------------
-
-
-class RssWatcher:
-    """Samples a process's RSS every 50 ms from a thread of its own."""
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.samples: list[int] = []
-        self.baseline = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.samples.append(self.proxy.process.rss_kib())
-
-    def __enter__(self) -> RssWatcher:
-        self.baseline = self.proxy.process.rss_kib()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mib(self) -> float:
-        return (max(self.samples, default=self.baseline) - self.baseline) / 1024
 
 
 @pytest.fixture
