@@ -25,6 +25,7 @@ from .wire import (
     CONTINUE,
     INTERNAL_ERROR,
     NO_BODY_STATUSES,
+    check_framing,
     connection_header,
     join_headers,
     response_head,
@@ -295,6 +296,7 @@ class _Connection(asyncio.Protocol):
         self.headers = headers = join_headers(self.raw_headers)
         self.raw_headers = []
         length = headers.get("content-length")
+        check_framing(headers, self.http11, parser.should_upgrade())
         if length is not None and int(length) > self.settings.max_body:
             raise HTTPError(413, "request body too large", limit=self.settings.max_body)
         expect = headers.get("expect")

@@ -12,7 +12,8 @@ import re
 
 import httptools
 
-from ..core.errors import STATUS_LINES
+from ..core.errors import STATUS_LINES, ProxyError
+from ..core.framing import check_request_framing
 from .app import HTTPError, Response, StreamResponse
 
 NO_BODY_STATUSES = frozenset((204, 304))
@@ -70,6 +71,24 @@ def stream_head(response: StreamResponse, chunked: bool, connection: bytes) -> b
 
 
 # -- requests ----------------------------------------------------------------------------------
+
+
+def check_framing(headers: dict[str, str], http11: bool, upgrade: bool) -> None:
+    """The data plane's framing rules (core.framing), as a 400: a body behind an Upgrade,
+    which llhttp ends at its head, would otherwise be parsed as a second request."""
+    length = headers.get("content-length")
+    coding = headers.get("transfer-encoding")
+    if coding is None and not upgrade:
+        return
+    try:
+        check_request_framing(
+            http11,
+            None if length is None else length.encode("latin-1"),
+            None if coding is None else coding.encode("latin-1"),
+            upgrade,
+        )
+    except ProxyError as error:
+        raise HTTPError(400, "malformed request", detail=error.detail) from None
 
 
 def join_headers(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

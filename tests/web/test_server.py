@@ -585,6 +585,52 @@ def test_malformed_request_is_400_and_closes() -> None:
     scenario(body)
 
 
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Connection: Upgrade\r\nUpgrade: foo\r\nContent-Length: %d\r\n",
+        b"Connection: Upgrade\r\nUpgrade: foo\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_a_body_behind_an_upgrade_is_never_read_as_a_second_request(framing: bytes) -> None:
+    """llhttp ends an Upgrade request at its head: its body must not become a request."""
+
+    async def body(port: int, probe: Probe) -> None:
+        smuggled = b"GET /items/7 HTTP/1.1\r\nHost: t\r\n\r\n"
+        payload = (
+            smuggled
+            if b"%d" in framing
+            else b"%x\r\n%s\r\n0\r\n\r\n"
+            % (
+                len(smuggled),
+                smuggled,
+            )
+        )
+        head = b"POST /items HTTP/1.1\r\nHost: t\r\n" + (
+            framing % len(payload) if b"%d" in framing else framing
+        )
+        client = await Client.connect(port)
+        await client.send(head + b"\r\n" + payload)
+        reply = await client.reply()
+        assert reply.status == 400, reply.body
+        assert await client.closed_by_server()  # no second answer, for /items/7
+
+    scenario(body)
+
+
+def test_transfer_encoding_on_http10_is_400() -> None:
+    async def body(port: int, probe: Probe) -> None:
+        client = await Client.connect(port)
+        await client.send(
+            b"POST /items HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        assert (await client.reply()).status == 400
+        assert await client.closed_by_server()
+
+    scenario(body)
+
+
 def test_oversized_head_is_431_and_closes() -> None:
     async def body(port: int, probe: Probe) -> None:
         client = await Client.connect(port)
