@@ -70,14 +70,17 @@ class AccessLog:
         http11: bool,
         status: int,
         bytes_out: int,
-        referer: bytes | None,
-        user_agent: bytes | None,
+        headers: Sequence[tuple[bytes, bytes]],
         upstream: bytes,
-        upstream_time: float,
-        total_time: float,
+        up_started: float,
+        started: float,
     ) -> None:
-        """One request (positional arguments, bytes: this runs once per request).
-        `upstream_time` is negative when no upstream answered."""
+        """One request (positional arguments, bytes: this runs once per request). The times
+        are `perf_counter` values: the request began and went upstream (0: never did)."""
+        ended = time.perf_counter()
+        upstream_time = ended - up_started if up_started else -1.0
+        total_time = ended - started
+        referer, user_agent = referer_and_agent(headers)
         now = time.time()
         if int(now) != self._stamp_second:
             self._timestamp(now)

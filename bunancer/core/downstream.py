@@ -3,9 +3,10 @@
 It parses requests with httptools callbacks (no task or coroutine per request), turns each
 head into an `Exchange` (bunancer.core.plan decides what to send upstream), and answers
 pipelined requests in order: the first is active, the next ones wait in a queue with their
-bodies buffered up to a bound (reading pauses beyond it). One lazily re-armed deadline
-serves every timeout of the connection; a first head is watched by the listener's sweep.
-Response bytes produced while one upstream read is parsed are written once.
+bodies buffered up to a bound (reading pauses beyond it). A request's bytes go upstream
+only once the read that carried them parsed cleanly (or ended it before an error). One
+lazily re-armed deadline serves every timeout; a first head is watched by the listener's
+sweep. Response bytes produced while one upstream read is parsed are written once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import httptools
 from .deadline import Deadline
 from .errors import ProxyError
 from .exchange import Exchange
-from .framing import check_target, check_version, sniff_version
+from .framing import check_target
 from .headers import RequestHead, build_request_head, scan_request_headers
 from .listener import (
     PAUSE_DONE,
@@ -34,7 +35,7 @@ from .listener import (
     T_SEND,
     ListenerContext,
 )
-from .plan import absolute_form, check_head_size, framing_lines, has_body
+from .plan import absolute_form, check_head_size, framing_lines, has_body, is_http11
 from .tunnel import Tunnel
 
 log = logging.getLogger("bunancer.proxy")
@@ -64,6 +65,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "parser",
         "parsing",
         "queue",
+        "starting",
         "timeout_kind",
         "transport",
         "upgrading",
@@ -89,6 +91,8 @@ class DownstreamProtocol(asyncio.Protocol):
         self.active: Exchange | None = None  # the exchange whose response is being sent
         self.queue: deque[Exchange] = deque()  # pipelined exchanges waiting their turn
         self.parsing: Exchange | None = None  # the exchange whose request body is being read
+        # An exchange due to start once the read that carried its head has parsed cleanly.
+        self.starting: Exchange | None = None
         self.upgrading: Exchange | None = None  # an Upgrade request waiting for its answer
         # the request head being read
         self.in_head = False
@@ -128,19 +132,21 @@ class DownstreamProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            self._forward_read()  # what came before the upgrade's end parsed cleanly
             self._after_upgrade(data[upgrade.args[0] :])
             return
         except httptools.HttpParserCallbackError as error:
             cause = error.__context__
             if isinstance(cause, ProxyError):
-                self._reject(cause.status)
+                self._reject_read(cause.status)
             else:
                 log.exception("internal error while handling a request", exc_info=cause)
-                self._reject(500)
+                self._reject_read(500)
             return
         except httptools.HttpParserError:
-            self._reject(400)
+            self._reject_read(400)
             return
+        self._forward_read()
         if self.in_head:
             # A head still incomplete after this read. Its clock starts now: a head that
             # arrives whole in one read (the usual case) never arms a timer at all. (The
@@ -158,11 +164,19 @@ class DownstreamProtocol(asyncio.Protocol):
                 if self.head_raw > self.ctx.settings.max_header_bytes:
                     self._reject(431)
 
+    def _forward_read(self) -> None:
+        """The whole read parsed cleanly: now what it carried goes upstream."""
+        starting = self.starting
+        if starting is not None:
+            self.starting = None
+            starting.start()
+        active = self.active
+        if active is not None and active is not starting:
+            active.forward_read()
+
     def eof_received(self) -> bool:
-        # A client that closes while its request is in flight has given up on it (nginx's
-        # 499): the upstream request is dropped and counted as a client abort. Clients
-        # that half-close and still wait for an answer are too rare to keep a backend
-        # busy for every client that left.
+        # A client that closes mid-request has given up on it (nginx's 499): dropped, counted
+        # as a client abort (half-closed clients still waiting are too rare to wait for).
         self.client_eof = True
         return False
 
@@ -177,12 +191,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self._release()
 
     def _release(self) -> None:
-        """Break this object's reference cycles once its connection is over.
-
-        The parser and the deadline call back into this object, and so refer to it: left
-        in place, every closed connection would wait for a pass of the cyclic GC, which
-        walks every object still waiting. Nothing parses after this.
-        """
+        """Break this object's reference cycles once its connection is over: the parser and
+        the deadline refer to it, so every closed connection would otherwise wait for the
+        cyclic GC, which walks every object still waiting. Nothing parses after this."""
         if self.deadline is not None:
             self.deadline.close()
         del self.parser
@@ -373,7 +384,7 @@ class DownstreamProtocol(asyncio.Protocol):
             check_target(method, target)  # the usual origin-form passes without a call
         head = scan_request_headers(self.headers)
         keep_alive = parser.should_keep_alive()
-        http11 = self._is_http11(method, keep_alive, head)
+        http11 = is_http11(parser, method, self.url, keep_alive, head, self.line_read)
         if target[:1] != b"/" and target != b"*":
             target, self.headers = absolute_form(target, self.headers)
             head = scan_request_headers(self.headers)
@@ -398,20 +409,6 @@ class DownstreamProtocol(asyncio.Protocol):
             exchange.target = target
             exchange.request_headers = self.headers
         self._queue(exchange, has_body(head))
-
-    def _is_http11(self, method: bytes, keep_alive: bool, head: RequestHead) -> bool:
-        if keep_alive and not head.connection_header:
-            # llhttp accepts HTTP/0.9, 1.0, 1.1 and 2.0 only, and without a Connection or
-            # Proxy-Connection header keeps only 1.1 alive (tests/core/test_llhttp.py pins
-            # both): this is 1.1, known without get_http_version(), which formats a str.
-            return True
-        line_read = self.line_read
-        if line_read is not None:
-            sniffed = sniff_version(line_read, len(method) + 1 + len(self.url))
-            if sniffed is not None:
-                return sniffed
-        version = self.parser.get_http_version()
-        return version == "1.1" or check_version(version)
 
     def _forwarding_of(self, head: RequestHead) -> bytes:
         """The forwarding lines for this request: the connection's own while its Host stays
@@ -439,8 +436,7 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             self._set_deadline(T_NONE, 0)
         if self.active is None:
-            self.active = exchange
-            exchange.start()
+            self.active = self.starting = exchange  # started once the read parses cleanly
         else:
             self.queue.append(exchange)
             if len(self.queue) >= settings.max_pipelined:
@@ -481,6 +477,24 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         exchange.early_data += rest
         self.set_paused(PAUSE_UPGRADE, True)
+
+    def _reject_read(self, status: int) -> None:
+        """The current read failed to parse. A request it completed cleanly before the
+        error still goes; the one the error is in sends nothing of this read upstream."""
+        starting = self.starting
+        self.starting = None
+        if starting is not None and not starting.req_complete:
+            # The error is in it: it answers `status` and sends nothing upstream.
+            self.set_paused(PAUSE_DONE, True)
+            self.in_head = False
+            self.parsing = None
+            starting.local_status = status
+            starting.keep_alive = False
+            starting.start()
+            return
+        if starting is not None:
+            starting.start()  # it was complete before the error: it goes
+        self._reject(status)
 
     def _reject(self, status: int) -> None:
         """A request we cannot parse or accept: answer `status` in turn, then close."""

@@ -12,7 +12,6 @@ import logging
 from time import perf_counter  # request timing: uvloop's loop.time() counts milliseconds
 from typing import TYPE_CHECKING
 
-from .accesslog import AccessLog, referer_and_agent
 from .algorithms import sticky_cookie
 from .body import RequestBody
 from .connections import ConnectionPool
@@ -62,6 +61,7 @@ class Exchange:
         "done",
         "down",
         "early_data",
+        "end_sent",
         "head",
         "head_request",
         "http11",
@@ -112,6 +112,7 @@ class Exchange:
         self.up: UpstreamProtocol | None = None
         self.req_complete = False
         self.req_body_sent = False
+        self.end_sent = False  # the upstream knows the whole request is out
         self.resp_started = False
         self.done = False
         self.wants_connection = True
@@ -199,7 +200,8 @@ class Exchange:
             conn.transport.write(self.head)  # type: ignore[union-attr]  # connected
         elif self.req_body_sent:
             # A retry of a request whose body went to the failed server: replay it (only
-            # a request whose body is kept is retried).
+            # a request whose body is kept is retried). What was held is in it too.
+            body.take_held()
             conn.write(b"".join((self.head, *(body.kept or ()))))
         elif body.held is not None:
             conn.write(b"".join((self.head, *body.take_held())))
@@ -207,6 +209,7 @@ class Exchange:
             self.down.set_paused(PAUSE_PENDING, False)
         else:
             conn.transport.write(self.head)  # type: ignore[union-attr]
+        self.end_sent = self.req_complete  # (begin armed the response clock then)
         if self.down.write_paused:
             conn.pause_reading(True)
 
@@ -237,26 +240,35 @@ class Exchange:
             body = self.body = RequestBody(self.method in IDEMPOTENT_METHODS, limit)
         framed = encode_chunk(data) if self.chunked_request else data
         body.read(data, framed)
-        up = self.up
-        if up is not None:
-            up.write(framed)
-            self.req_body_sent = True
-        elif not self.done and body.hold(framed) > self.down.ctx.settings.write_buffer_high:
+        if self.done:
+            return
+        # Held until the read that carried it has parsed cleanly (`forward_read`), or a
+        # connection is attached.
+        held = body.hold(framed)
+        if self.up is None and held > self.down.ctx.settings.write_buffer_high:
             self.down.set_paused(PAUSE_PENDING, True)
 
     def request_complete(self) -> None:
         self.req_complete = True
-        up = self.up
-        body = self.body
         if self.chunked_request:
+            body = self.body
             if body is None:  # an empty chunked body: its last chunk is all of it
                 body = self.body = RequestBody(self.method in IDEMPOTENT_METHODS, 0)
             body.ended(LAST_CHUNK)
-            if up is not None:
-                up.write(LAST_CHUNK)
-            elif not self.done:
+            if not self.done:
                 body.hold(LAST_CHUNK)
-        if up is not None:
+
+    def forward_read(self) -> None:
+        """A client read that carried more of this request parsed cleanly: send it on."""
+        up = self.up
+        if up is None or self.done:
+            return  # held until a connection is attached
+        body = self.body
+        if body is not None and body.held is not None:
+            up.write(b"".join(body.take_held()))
+            self.req_body_sent = True
+        if self.req_complete and not self.end_sent:
+            self.end_sent = True
             up.request_sent()
 
     def upstream_paused(self, paused: bool) -> None:
@@ -535,25 +547,19 @@ class Exchange:
                 bytes_in += self.body.size
             stats.record(self.status, us, bytes_in, self.bytes_out, error)
         if ctx.access_log is not None:
-            self._log_access(ctx.access_log)
-
-    def _log_access(self, access_log: AccessLog) -> None:
-        now = perf_counter()
-        referer, user_agent = referer_and_agent(self.request_headers)
-        server = self.server
-        access_log.add(
-            self.down.client_ip.encode(),
-            self.method,
-            self.target,
-            self.http11,
-            self.status,
-            self.bytes_out,
-            referer,
-            user_agent,
-            server.label if server is not None else b"",
-            now - self.up_started if self.up_started else -1.0,
-            now - self.started,
-        )
+            server = self.server
+            ctx.access_log.add(
+                self.down.client_ip.encode(),
+                self.method,
+                self.target,
+                self.http11,
+                self.status,
+                self.bytes_out,
+                self.request_headers,
+                server.label if server is not None else b"",
+                self.up_started,
+                self.started,
+            )
 
     def client_lost(self) -> None:
         if not self.done:
