@@ -178,7 +178,7 @@ Algorithm = Literal[
     "hash",
     "sticky",
 ]
-# peak-ewma, not p2c: with one backend 10x slower, p2c still sends it ~1/21 of requests (in
+# peak-ewma, not p2c: with one backend 10x slower, p2c still sends it ~7% of requests (in
 # flight counts equalise) and p99 stays at its latency; peak-ewma does not (bench/algorithms.py).
 DEFAULT_ALGORITHM = "peak-ewma"
 

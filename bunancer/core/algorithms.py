@@ -28,7 +28,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from .server import Server
 
@@ -233,14 +233,22 @@ class PowerOfTwoChoices(Selector):
         return a if self._cost(a) <= self._cost(b) else b
 
 
+# Peak EWMA's defaults, measured by bench/spread.py and bench/algorithms.py (bench/README).
+TIE: Final = 1.25  # costs closer than this factor count as equal...
+SLACK: Final = 1000.0  # ...and so do costs a millisecond apart (one hiccup of a fast server)
+DECAY: Final = 2.0  # seconds: an estimate nothing refreshes falls to a third in two
+
+
 class PeakEwma(PowerOfTwoChoices):
     """Power of two choices on latency x load (Finagle's peak EWMA).
 
     Each server keeps a moving average of its response times that jumps up at once on a
     slow response (the "peak"), moves a fifth of the way toward each faster one, and decays
     with time constant `decay` while no answer comes: a server that was slow is tried again
-    once its estimate has decayed, rather than shunned for ever. Cost = estimate x (in
-    flight + 1).
+    once its estimate has decayed, within seconds, rather than shunned while it is not
+    asked. Cost = estimate x (in flight + 1); two costs within `TIE` of each other do not
+    really differ (sampling noise), and the pick between them is random, so identical
+    servers share the load evenly.
     """
 
     name: ClassVar[str] = "peak-ewma"
@@ -251,7 +259,7 @@ class PeakEwma(PowerOfTwoChoices):
         self,
         rng: random.Random | None = None,
         clock: Clock = time.monotonic,
-        decay: float = 10.0,
+        decay: float = DECAY,
         **_: Any,
     ) -> None:
         super().__init__(rng)
@@ -290,7 +298,8 @@ class PeakEwma(PowerOfTwoChoices):
         # A server with no estimate yet costs as little as possible: it gets tried.
         cost_a = (self._decayed(a, now) or 1.0) * (a.in_flight + 1) / a.effective_weight
         cost_b = (self._decayed(b, now) or 1.0) * (b.in_flight + 1) / b.effective_weight
-        return a if cost_a <= cost_b else b
+        # Within TIE and SLACK, `a`: itself a uniformly random server, so ties spread evenly.
+        return b if cost_b * TIE + SLACK < cost_a else a
 
 
 def _stable_hash(data: bytes) -> int:

@@ -9,6 +9,8 @@ byte: most requests have none and never pay for it.
 
 from __future__ import annotations
 
+from .framing import IDEMPOTENT_METHODS
+
 
 class RequestBody:
     __slots__ = ("held", "held_size", "kept", "limit", "size")
@@ -55,3 +57,11 @@ class RequestBody:
     @property
     def replayable(self) -> bool:
         return self.kept is not None
+
+
+def replayable(method: bytes, complete: bool, body_sent: bool, body: RequestBody | None) -> bool:
+    """Can a request go to another server after one saw it? Idempotent, fully received, and
+    its body (if any was sent) kept."""
+    if method not in IDEMPOTENT_METHODS or not complete:
+        return False
+    return not body_sent or (body is not None and body.replayable)

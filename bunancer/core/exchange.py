@@ -13,7 +13,7 @@ from time import perf_counter  # request timing: uvloop's loop.time() counts mil
 from typing import TYPE_CHECKING
 
 from .algorithms import sticky_cookie
-from .body import RequestBody
+from .body import RequestBody, replayable
 from .connections import ConnectionPool
 from .errors import STATUS_LINES, Overloaded, error_response
 from .framing import (
@@ -55,6 +55,7 @@ class Exchange:
     """One request and its response, from selection to the last byte."""
 
     __slots__ = (
+        "acquiring",
         "body",
         "bytes_out",
         "chunked_request",
@@ -116,6 +117,7 @@ class Exchange:
         self.resp_started = False
         self.done = False
         self.wants_connection = True
+        self.acquiring = False  # inside the pool's `acquire`
         self.tries = 0  # servers tried
         self.key: bytes | None = None  # for hash and sticky selection
         self.set_sticky = False
@@ -162,7 +164,9 @@ class Exchange:
         self.tries += 1
         connections = server.connections
         assert isinstance(connections, ConnectionPool)  # (compiled: then a direct call)
+        self.acquiring = True
         connections.acquire(self)
+        self.acquiring = False
 
     def _release_server(self, us: int = -1) -> None:
         """This use of the server is over; `us`: how long its answer took, if it gave one."""
@@ -192,8 +196,8 @@ class Exchange:
             conn.connections.release(conn, True)
             return
         self.up = conn
-        if self.down.ctx.access_log is not None:
-            self.up_started = perf_counter()
+        # A first try given an idle connection at once went upstream as it started.
+        self.up_started = self.started if self.acquiring and self.tries == 1 else perf_counter()
         conn.begin(self)
         body = self.body
         if body is None:
@@ -368,14 +372,7 @@ class Exchange:
         self._release_server()
 
     def replayable(self) -> bool:
-        """Can the request go to another server after this one saw it? Idempotent, fully
-        received, and its body (if any was sent) kept."""
-        body = self.body
-        return (
-            self.method in IDEMPOTENT_METHODS
-            and self.req_complete
-            and (not self.req_body_sent or (body is not None and body.replayable))
-        )
+        return replayable(self.method, self.req_complete, self.req_body_sent, self.body)
 
     def _retry_after_answer(self, server: Server, status: int, error: int) -> bool:
         """Drop the current upstream (its answer is not wanted) and retry elsewhere."""
@@ -439,10 +436,8 @@ class Exchange:
             )
             and self._retry(server, 0, UPSTREAM_5XX)
         ):
-            # The connection closed before any answer (a kept-alive connection the backend
-            # closed as we reused it, or a backend that just died): the request goes again,
-            # to another server when there is one (its other pooled connections are likely
-            # dead too).
+            # Closed before any answer (a kept-alive connection closed as we reused it, or a
+            # dead backend): again, to another server if any (its other connections too).
             return
         if self.server is not None:
             self.server.passive_failure("closed connections")
@@ -523,9 +518,12 @@ class Exchange:
         self.wants_connection = False
         if error < 0:
             error = error_class(self.status)
-        us = self._elapsed_us()
+        now = perf_counter()
+        us = int((now - self.started) * 1_000_000)
         self._record(error, us)
-        self._release_server(us)
+        # The selector learns the server's own time: a wait for a connection says nothing.
+        up_started = self.up_started
+        self._release_server(int((now - up_started) * 1_000_000) if up_started else us)
         self.down.exchange_done(self)
 
     def _elapsed_us(self) -> int:

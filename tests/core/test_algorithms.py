@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -135,6 +136,58 @@ def test_peak_ewma_shuns_slow_server_then_retries_it() -> None:
             selector.observe(server, 1000)
     picks = Counter(selector.pick(pool) for _ in range(3000))
     assert picks[slow] > 0
+
+
+def sequential_shares(
+    selector: PeakEwma, pool: tuple[Server, ...], now: list[float], answer: Callable[..., int]
+) -> Counter[Server]:
+    """300 requests one after another, 10 ms apart (a `curl` loop): who answered each."""
+    picks: Counter[Server] = Counter()
+    for n in range(300):
+        now[0] += 0.01
+        server = selector.pick(pool)
+        assert server is not None
+        picks[server] += 1
+        selector.observe(server, answer(server, n))
+    return picks
+
+
+def test_peak_ewma_spreads_identical_servers_after_one_slow_first_answer() -> None:
+    """A first answer that took twice as long (a connect, a cold cache) must not leave a
+    server without traffic while the others answer alike: its estimate decays within
+    about a second, and costs within TIE of each other are a random pick."""
+    now = [0.0]
+    pool = servers(3)
+    rng = random.Random(5)
+    selector = PeakEwma(rng=random.Random(2), clock=lambda: now[0])
+
+    def answer(server: Server, n: int) -> int:
+        if server is pool[0] and n == 0:
+            return 1000
+        return int(500 * rng.uniform(0.9, 1.1))
+
+    selector.observe(pool[0], 1000)  # its first answer, before the loop
+    picks = sequential_shares(selector, pool, now, answer)
+    assert all(picks[server] >= 60 for server in pool), picks  # a fifth at least each
+
+
+def test_peak_ewma_tries_a_healthy_server_again_within_seconds_of_one_spike() -> None:
+    now = [0.0]
+    pool = servers(10)
+    rng = random.Random(7)
+    selector = PeakEwma(rng=random.Random(3), clock=lambda: now[0])
+    for server in pool:
+        selector.observe(server, 500)
+    selector.observe(pool[0], 6000)  # one slow answer (12x)
+    spiked_at = now[0]
+    while True:  # 30 requests a second, each answered in ~500 µs
+        now[0] += 1 / 30
+        server = selector.pick(pool)
+        assert server is not None
+        if server is pool[0]:
+            break
+        selector.observe(server, int(500 * rng.uniform(0.9, 1.1)))
+        assert now[0] - spiked_at < 6.0, "a healthy server shunned for 6 s after one spike"
 
 
 def test_maglev_moves_about_one_nth_of_keys() -> None:

@@ -1,8 +1,9 @@
 """What the proxy relies on from llhttp (through httptools) beyond plain parsing.
 
 The request path infers HTTP/1.1 from llhttp's keep-alive answer when the request has no
-Connection or Proxy-Connection header, instead of calling get_http_version() (plan.is_http11). That holds only while llhttp accepts no other versions than these
-and keeps none of them but 1.1 alive by default: an httptools upgrade that changes either
+Connection or Proxy-Connection header, instead of calling get_http_version()
+(plan.is_http11). That holds only while llhttp accepts no other versions than these and
+keeps none of them but 1.1 alive by default: an httptools upgrade that changes either
 fails here.
 """
 
