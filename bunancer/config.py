@@ -25,6 +25,21 @@ class ConfigError(Exception):
     """A configuration problem, already phrased for the user (file: key: problem)."""
 
 
+# The rules every way in holds names, hosts and weights to (config file, API, saved state).
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # pool names and chosen server ids
+WEIGHT_MAX = 10000
+_NOT_IN_HOST = frozenset("/@?#[]")
+
+
+def check_host(host: str) -> str:
+    """A bare host name or IP address: no whitespace, control characters or URL parts."""
+    if not host or len(host) > 255:
+        raise ValueError("a host name or IP address of 1 to 255 characters")
+    if any(c.isspace() or c in _NOT_IN_HOST or ord(c) < 32 or ord(c) == 127 for c in host):
+        raise ValueError("a bare host name or IP address")
+    return host
+
+
 def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[v6]:PORT`` or ``:PORT`` too) and check the port."""
     host, sep, port_text = text.rpartition(":")
@@ -37,8 +52,10 @@ def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, 
         host = host[1:-1]
     if not host:
         host = default_host
-    if any(c.isspace() or c in "/@?#" for c in host):
-        raise ValueError(f"invalid host {host!r}")
+    try:
+        check_host(host)
+    except ValueError:
+        raise ValueError(f"invalid host {host!r}") from None
     return host, port
 
 
@@ -221,8 +238,8 @@ class BalancingConfig(_Section):
 
 class ServerConfig(_Section):
     address: str
-    id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    weight: int = Field(default=1, ge=1, le=10000)
+    id: str | None = Field(default=None, pattern=NAME_PATTERN)
+    weight: int = Field(default=1, ge=1, le=WEIGHT_MAX)
     health: dict[str, Any] = Field(default_factory=dict)  # overrides of the pool's [health]
 
     @field_validator("address")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import DEFAULT_ALGORITHM, Algorithm
+from ..config import DEFAULT_ALGORITHM, NAME_PATTERN, WEIGHT_MAX, Algorithm, check_host
 from ..control.commands import Commands
 from ..control.records import RegistryError
 from ..control.registry import Registry
@@ -21,8 +21,6 @@ from ..control.telemetry import Telemetry
 from .app import App, HTTPError, Request, Response, json_response
 from .auth import require_token
 from .router import Router
-
-NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 class _Body(BaseModel):
@@ -47,21 +45,19 @@ class PoolUpdate(_Body):
 
 class ServerCreate(_Body):
     id: str | None = Field(default=None, pattern=NAME_PATTERN)
-    host: str = Field(min_length=1, max_length=255)
+    host: str
     port: int = Field(ge=1, le=65535)
-    weight: int = Field(default=1, ge=1, le=10000)
+    weight: int = Field(default=1, ge=1, le=WEIGHT_MAX)
     health: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
-        if any(c.isspace() or c in "/@?#[]" for c in value):
-            raise ValueError("a bare host name or IP address")
-        return value
+        return check_host(value)
 
 
 class ServerUpdate(_Body):
-    weight: int | None = Field(default=None, ge=1, le=10000)
+    weight: int | None = Field(default=None, ge=1, le=WEIGHT_MAX)
     admin: Literal["enabled", "disabled", "draining"] | None = None
 
 

@@ -45,7 +45,7 @@ def sample(marker: int = 0) -> SavedState:
             "api": SavedPool(
                 "api",
                 algorithm="least-connections",
-                health={"path": "/healthz", "interval": 2.5, "marker": marker},
+                health={"path": f"/healthz/{marker}", "interval": 2.5},
                 outlier={"consecutive_failures": 5},
                 servers=[
                     SavedServer("a", "127.0.0.1", 9001, source="config"),
@@ -150,6 +150,48 @@ def test_malformed_state_is_rejected_with_its_location(doc: Any, message: str) -
     assert message in str(info.value)
 
 
+def state_doc(pool: dict[str, Any] | None = None, server: dict[str, Any] | None = None) -> Any:
+    """A saved document with one pool holding one server, with `pool` and `server` changes."""
+    one = {"id": "s", "host": "127.0.0.1", "port": 9001, **(server or {})}
+    return {
+        "format": 1,
+        "revision": 1,
+        "pools": [{"name": "p", "algorithm": "round-robin", "servers": [one], **(pool or {})}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (state_doc(server={"weight": 0}), "pools[0].servers[0].weight: expected an integer from"),
+        (state_doc(server={"weight": 10001}), "pools[0].servers[0].weight: expected an integer"),
+        (state_doc({"algorithm": "fastest"}), "pools[0].algorithm: expected one of round-robin"),
+        (state_doc({"name": "a b"}), "pools[0].name: expected letters, digits"),
+        (state_doc(server={"id": "x\u0000"}), "pools[0].servers[0].id: expected a name or"),
+        (state_doc(server={"host": "a\u0000b"}), "pools[0].servers[0].host: a bare host name"),
+        (state_doc(server={"host": "a\u0007"}), "pools[0].servers[0].host: a bare host name"),
+        (state_doc(server={"host": "a b"}), "pools[0].servers[0].host: a bare host name"),
+        (state_doc({"health": {"interval": -1}}), "pools[0].health.interval:"),
+        (state_doc({"health": {"colour": "red"}}), "pools[0].health.colour: unknown key"),
+        (state_doc({"outlier": {"consecutive_failures": 0}}), "pools[0].outlier.consecutive"),
+        (state_doc({"balancing": {"retries": -1}}), "pools[0].balancing.retries:"),
+        (state_doc(server={"health": {"rise": 0}}), "pools[0].servers[0].health.rise:"),
+    ],
+)
+def test_values_the_api_would_refuse_are_refused_on_load(doc: Any, message: str) -> None:
+    """Saved state is held to the API's rules: a weight of 0 once made every request a 500
+    and an unknown algorithm a traceback at start; now the load names the record."""
+    with pytest.raises(StoreCorrupt) as info:
+        SavedState.from_json(orjson.dumps(doc))
+    assert message in str(info.value)
+
+
+def test_server_ids_may_be_names_or_the_address_they_were_registered_under() -> None:
+    for server_id in ("s1", "127.0.0.1:9001", "[::1]:9001", "backend.example:80"):
+        state = SavedState.from_json(orjson.dumps(state_doc(server={"id": server_id})))
+        assert state.pools["p"].servers[0].id == server_id
+
+
 def test_truncated_json_is_corrupt() -> None:
     data = sample().to_json()
     with pytest.raises(StoreCorrupt, match="not valid JSON"):
@@ -206,7 +248,7 @@ def test_previous_good_file_is_kept_as_bak(tmp_path: Path) -> None:
     save(store, sample(2))
     backup = SavedState.from_json((tmp_path / "state.json.bak").read_bytes())
     assert backup.revision == 1
-    assert backup.pools["api"].health["marker"] == 1
+    assert backup.pools["api"].health["path"] == "/healthz/1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.bak"]
 
 
@@ -223,7 +265,7 @@ def test_truncated_state_falls_back_to_bak_and_warns(
         loaded = load(path)
     assert loaded is not None
     assert loaded.revision == 1
-    assert loaded.pools["api"].health["marker"] == 1
+    assert loaded.pools["api"].health["path"] == "/healthz/1"
     [record] = caplog.records
     assert record.levelno == logging.WARNING
     text = record.getMessage()
@@ -292,7 +334,7 @@ def test_failed_write_leaves_the_previous_state(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temporary left
     loaded = load(path)
     assert loaded is not None
-    assert loaded.pools["api"].health["marker"] == 1
+    assert loaded.pools["api"].health["path"] == "/healthz/1"
 
     monkeypatch.undo()
     save(store, state)
@@ -330,7 +372,7 @@ def test_concurrent_saves_are_serialised_and_the_last_wins(tmp_path: Path) -> No
     loaded = load(tmp_path / "state.json")
     assert loaded is not None
     assert loaded.revision == 20
-    assert loaded.pools["api"].health["marker"] == 19
+    assert loaded.pools["api"].health["path"] == "/healthz/19"
 
 
 def test_watch_never_yields_and_ends_at_close(tmp_path: Path) -> None:
@@ -362,9 +404,9 @@ async def main() -> None:
     state = await store.load() or SavedState()
     while True:
         n = state.revision + 1  # the revision this save will get: one writer
-        servers = [SavedServer(f"s{i}", "127.0.0.1", 9000 + i, health={"n": n})
+        servers = [SavedServer(f"s{i}", "127.0.0.1", 9000 + i, health={"path": f"/n/{n}"})
                    for i in range(n % 40)]
-        state.pools = {"p": SavedPool("p", health={"n": n}, servers=servers)}
+        state.pools = {"p": SavedPool("p", health={"path": f"/n/{n}"}, servers=servers)}
         await store.save(state)
         os.write(1, f"ACK {state.revision}\\n".encode())  # one write: never half a line
 
@@ -374,7 +416,7 @@ asyncio.run(main())
 
 def check_consistent(state: SavedState) -> None:
     pool = state.pools["p"]
-    assert pool.health["n"] == state.revision
+    assert pool.health["path"] == f"/n/{state.revision}"
     assert len(pool.servers) == state.revision % 40
 
 

@@ -155,6 +155,36 @@ def test_unreadable_state_and_backup_refuse_to_start(tmp_path: Path) -> None:
     ]
 
 
+def test_a_saved_value_the_api_would_refuse_names_its_record_and_never_starts(
+    tmp_path: Path,
+) -> None:
+    """An unknown algorithm in state.json (and no good copy) is one line and exit 2, not a
+    traceback; a weight of 0 is refused the same way, not a 500 for every request."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    server = {"id": "s", "host": "127.0.0.1", "port": 9001, "weight": 0}
+    pool = {"name": "p", "algorithm": "fastest", "servers": [server]}
+    (state_dir / "state.json").write_text(json.dumps({"format": 1, "revision": 3, "pools": [pool]}))
+    config = tmp_path / "bunancer.toml"
+    config.write_text(
+        '[api]\nlisten = "127.0.0.1:0"\n[dashboard]\nlisten = "127.0.0.1:0"\n'
+        '[[listeners]]\naddress = "127.0.0.1:0"\n'
+    )
+    argv = [sys.executable, "-m", "bunancer", "serve", "--config", str(config)]
+    result = subprocess.run(
+        [*argv, "--state-dir", str(state_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "state.json: pools[0].servers[0].weight: expected an integer from 1 to" in last, last
+
+
 # README: "With a Redis store, a change on one instance reaches the others within a second."
 PROPAGATION = 1.0
 

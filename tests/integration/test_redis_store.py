@@ -42,7 +42,7 @@ def state_with(marker: str, revision: int = 0) -> SavedState:
         pools={
             "web": SavedPool(
                 "web",
-                health={"marker": marker},
+                health={"path": "/" + marker.replace(" ", "-")},
                 servers=[SavedServer("a", "127.0.0.1", 9001, weight=2, source="config")],
             )
         },
@@ -105,7 +105,7 @@ def test_a_save_reaches_the_other_instance_within_a_second(redis_server: RedisSe
         async with watching(a) as seen_by_a, watching(b) as seen_by_b:
             assert await b.load() == state  # known to b: not yielded again
             for n in range(5):
-                state.pools["web"].health["marker"] = f"change {n}"
+                state.pools["web"].health["path"] = f"/change-{n}"
                 await a.save(state)
                 got = await next_state(seen_by_b, within=1.0)
                 assert got == state
@@ -128,7 +128,7 @@ def test_stale_revision_is_a_conflict(redis_server: RedisServer) -> None:
         mine, theirs = await a.load(), await b.load()
         assert mine is not None
         assert theirs is not None
-        mine.pools["web"].health["marker"] = "a's change"
+        mine.pools["web"].health["path"] = "/a-change"
         await a.save(mine)
         theirs.pools["web"].servers[0].weight = 5
         with pytest.raises(StoreConflict, match="stored revision is 2, this change was made"):
@@ -142,7 +142,7 @@ def test_stale_revision_is_a_conflict(redis_server: RedisServer) -> None:
         final = await a.load()
         assert final is not None
         assert final.revision == 3
-        assert final.pools["web"].health["marker"] == "a's change"
+        assert final.pools["web"].health["path"] == "/a-change"
         assert final.pools["web"].servers[0].weight == 5
         await a.close()
         await b.close()
@@ -288,12 +288,12 @@ def test_watch_resumes_after_a_redis_restart(
 
             # Nothing stored: any revision is taken, and revisions keep growing.
             assert await a.load() is None
-            state.pools["web"].health["marker"] = "after"
+            state.pools["web"].health["path"] = "/after"
             await a.save(state)
             assert state.revision == 2
             assert await next_state(seen, within=5.0) == state  # reconnect back-off: < 1 s
 
-            state.pools["web"].health["marker"] = "settled"
+            state.pools["web"].health["path"] = "/settled"
             await a.save(state)
             assert await next_state(seen, within=1.0) == state
         await a.close()

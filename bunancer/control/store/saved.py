@@ -1,20 +1,38 @@
 """The saved shape: `SavedState` (pools, revision), `SavedPool`, `SavedServer`, as JSON
-with a format number, validated on load (a bad document is a `StoreCorrupt` naming where).
+with a format number, validated on load with the rules the config file and the API hold
+their values to (names, hosts, weights, algorithms, every setting): a bad document is a
+`StoreCorrupt` naming the record and the key, never a value that fails later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
+from ...config import (
+    NAME_PATTERN,
+    WEIGHT_MAX,
+    Algorithm,
+    BalancingConfig,
+    HealthConfig,
+    OutlierConfig,
+    check_host,
+    describe_problem,
+)
 from .errors import StoreCorrupt
 
 FORMAT = 1  # bumped when the saved shape changes incompatibly
 ADMIN_STATES = ("enabled", "disabled", "draining")
 SOURCES = ("config", "api")
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+_NAME = re.compile(NAME_PATTERN)
+# A server id is a chosen name, or the address it was registered under: HOST:PORT, [V6]:PORT.
+_ADDRESS_ID = re.compile(r"^(\[[0-9A-Fa-f:.%a-z]+\]|[^:\[\]]+):[0-9]{1,5}$")
 
 
 @dataclass
@@ -111,6 +129,41 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def _settings(model: type[BaseModel], value: Any, where: str, base: dict[str, Any]) -> Any:
+    """`value` (over `base`) as the config file and the API accept it: the model's rules."""
+    mapping = _mapping(value, where)
+    try:
+        return model.model_validate({**base, **mapping})
+    except ValidationError as error:
+        key, problem = describe_problem(error.errors()[0])
+        raise _fail(f"{where}.{key}", problem) from None
+
+
+def _name(value: Any, where: str) -> str:
+    text = _text(value, where)
+    if not _NAME.match(text):
+        raise _fail(where, f"expected letters, digits, '.', '_' or '-' (1-64), got {text!r}")
+    return text
+
+
+def _server_id(value: Any, where: str) -> str:
+    text = _text(value, where)
+    if _NAME.match(text):
+        return text
+    if not _ADDRESS_ID.match(text):
+        raise _fail(where, f"expected a name or the server's HOST:PORT, got {text!r}")
+    _host(text.rpartition(":")[0].strip("[]"), where)
+    return text
+
+
+def _host(value: Any, where: str) -> str:
+    text = _text(value, where)
+    try:
+        return check_host(text)
+    except ValueError as error:
+        raise _fail(where, f"{error}, got {text!r}") from None
+
+
 def _parse_state(doc: Any) -> SavedState:
     _object(doc, "", {"format", "revision", "pools"}, set())
     if doc["format"] != FORMAT:
@@ -122,13 +175,17 @@ def _parse_state(doc: Any) -> SavedState:
     for index, item in enumerate(doc["pools"]):
         where = f"pools[{index}]"
         _object(item, where, {"name"}, {"algorithm", "health", "outlier", "balancing", "servers"})
-        name = _text(item["name"], f"{where}.name")
+        name = _name(item["name"], f"{where}.name")
         if name in pools:
             raise _fail(f"{where}.name", f"duplicate pool {name!r}")
         servers_doc = item.get("servers", [])
         if not isinstance(servers_doc, list):
             raise _fail(f"{where}.servers", "expected a list")
-        servers = [_parse_server(s, f"{where}.servers[{i}]") for i, s in enumerate(servers_doc)]
+        health = _settings(HealthConfig, item.get("health", {}), f"{where}.health", {})
+        servers = [
+            _parse_server(server, f"{where}.servers[{i}]", health)
+            for i, server in enumerate(servers_doc)
+        ]
         seen: set[str] = set()
         for i, server in enumerate(servers):
             if server.id in seen:
@@ -136,25 +193,32 @@ def _parse_state(doc: Any) -> SavedState:
             seen.add(server.id)
         pools[name] = SavedPool(
             name=name,
-            algorithm=_text(item.get("algorithm", "round-robin"), f"{where}.algorithm"),
-            health=_mapping(item.get("health", {}), f"{where}.health"),
+            algorithm=_text(item.get("algorithm", "round-robin"), f"{where}.algorithm", ALGORITHMS),
+            health=item.get("health", {}),
             servers=servers,
-            outlier=_mapping(item.get("outlier", {}), f"{where}.outlier"),
-            balancing=_mapping(item.get("balancing", {}), f"{where}.balancing"),
+            outlier=_checked(OutlierConfig, item.get("outlier", {}), f"{where}.outlier"),
+            balancing=_checked(BalancingConfig, item.get("balancing", {}), f"{where}.balancing"),
         )
     return SavedState(pools=pools, revision=revision)
 
 
-def _parse_server(item: Any, where: str) -> SavedServer:
+def _checked(model: type[BaseModel], value: Any, where: str) -> dict[str, Any]:
+    _settings(model, value, where, {})
+    return value  # type: ignore[no-any-return]  # (a mapping: _settings checked it)
+
+
+def _parse_server(item: Any, where: str, pool_health: HealthConfig) -> SavedServer:
     _object(item, where, {"id", "host", "port"}, {"weight", "admin", "source", "health"})
+    health = item.get("health", {})
+    _settings(HealthConfig, health, f"{where}.health", pool_health.model_dump())
     return SavedServer(
-        id=_text(item["id"], f"{where}.id"),
-        host=_text(item["host"], f"{where}.host"),
+        id=_server_id(item["id"], f"{where}.id"),
+        host=_host(item["host"], f"{where}.host"),
         port=_integer(item["port"], f"{where}.port", 1, 65535),
-        weight=_integer(item.get("weight", 1), f"{where}.weight", 0),
+        weight=_integer(item.get("weight", 1), f"{where}.weight", 1, WEIGHT_MAX),
         admin=_text(item.get("admin", "enabled"), f"{where}.admin", ADMIN_STATES),
         source=_text(item.get("source", "api"), f"{where}.source", SOURCES),
-        health=_mapping(item.get("health", {}), f"{where}.health"),
+        health=health,
     )
 
 
