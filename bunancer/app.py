@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .config import Config, ListenerConfig, parse_hostport
+from .config import ApiConfig, Config, DashboardConfig, ListenerConfig, parse_hostport
 from .control.commands import Commands
 from .control.events import EventBus
 from .control.persistence import Persistence
@@ -277,7 +277,7 @@ class Balancer:
         )
         host, port = parse_hostport(api.listen)
         try:
-            self.api_server = await web_serve(self.api_app, host, port)
+            self.api_server = await web_serve(self.api_app, host, port, **_caps(api))
         except OSError as error:
             await self.close_listeners()
             raise StartupError(_bind_problem(f"{api.listen} (API)", error)) from None
@@ -306,7 +306,9 @@ class Balancer:
         listen = self.config.dashboard.listen
         host, port = parse_hostport(listen)
         try:
-            self.dashboard_server = await web_serve(self.dashboard_app, host, port)
+            self.dashboard_server = await web_serve(
+                self.dashboard_app, host, port, **_caps(self.config.dashboard)
+            )
         except OSError as error:
             await self.close_listeners()
             raise StartupError(_bind_problem(f"{listen} (dashboard)", error)) from None
@@ -413,6 +415,13 @@ def _bound(server: asyncio.Server | None, configured: str) -> str:
         return configured
     host, port = server.sockets[0].getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _caps(listener: ApiConfig | DashboardConfig) -> dict[str, int]:
+    return {
+        "max_connections": listener.max_connections,
+        "max_per_client": listener.max_connections_per_client,
+    }
 
 
 def _bind_problem(address: str, error: OSError) -> str:

@@ -343,19 +343,28 @@ class HeadersConfig(_Section):
     via: bool = True
 
 
-class ApiConfig(_Section):
-    """The registry/admin API listener and its token."""
+class _AdminListener(_Section):
+    """What the API's and the dashboard's listeners share: the address and the caps on
+    what clients may hold open (beyond them a 503)."""
 
-    listen: str = DEFAULT_API_LISTEN
-    token: str | None = Field(default=None, min_length=16)
-    token_file: str | None = None
-    public_reads: bool = True  # GETs without the token (the listener is loopback by default)
+    listen: str
+    max_connections: int = Field(default=256, ge=1, le=100000)
+    max_connections_per_client: int = Field(default=32, ge=1, le=100000)
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_hostport(value)
         return value
+
+
+class ApiConfig(_AdminListener):
+    """The registry/admin API listener and its token."""
+
+    listen: str = DEFAULT_API_LISTEN
+    token: str | None = Field(default=None, min_length=16)
+    token_file: str | None = None
+    public_reads: bool = True  # GETs without the token (the listener is loopback by default)
 
 
 class StatsConfig(_Section):
@@ -376,15 +385,9 @@ class AccessLogConfig(_Section):
     format: Literal["combined", "json"] = "combined"
 
 
-class DashboardConfig(_Section):
+class DashboardConfig(_AdminListener):
     listen: str = DEFAULT_DASHBOARD_LISTEN  # read-only without login; actions need the token
     enabled: bool = True
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_hostport(value)
-        return value
 
 
 class Config(_Section):

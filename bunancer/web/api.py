@@ -19,7 +19,7 @@ from ..control.records import RegistryError
 from ..control.registry import Registry
 from ..control.telemetry import Telemetry
 from .app import App, HTTPError, Request, Response, json_response
-from .auth import require_token
+from .auth import require_token, token_check
 from .router import Router
 
 
@@ -96,7 +96,8 @@ def build_api(
     _server_routes(router, registry, commands)
     if extra_routes is not None:
         extra_routes(router)
-    return App(router, [require_token(token, public_reads)], refused)
+    check = token_check(token, public_reads)
+    return App(router, [require_token(check)], refused, admission=check)
 
 
 def _stats_routes(router: Router[Any], telemetry: Telemetry) -> None:

@@ -251,23 +251,33 @@ class Connection(Protocol):
     def shut_down(self) -> None: ...
 
 
+Admission = Callable[[Request], HTTPError | None]
+
+
 class App:
     """A router and middlewares. Routing happens first (so `request.params` and
     `request.route` are set when middlewares run), then the middlewares in order around
     the endpoint: 404/405, body validation, the handler. `refusal` turns an exception a
-    handler raised into the HTTPError to answer (None: it is a bug, answered 500)."""
+    handler raised into the HTTPError to answer (None: it is a bug, answered 500).
 
-    __slots__ = ("_connections", "middlewares", "refusal", "router")
+    `admission` sees the head of a request that has a body, before the body is read, and
+    may refuse it (a missing token): the server then answers without reading the body. It
+    must refuse only what a middleware would refuse anyway, as the answer still goes
+    through the middlewares (`handle(request, refusal)`)."""
+
+    __slots__ = ("_connections", "admission", "middlewares", "refusal", "router")
 
     def __init__(
         self,
         router: Router[Handler] | None = None,
         middlewares: Iterable[Middleware] = (),
         refusal: Callable[[Exception], HTTPError | None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.router: Router[Handler] = router if router is not None else Router()
         self.middlewares: list[Middleware] = list(middlewares)
         self.refusal = refusal
+        self.admission = admission
         self._connections: set[Connection] = set()  # open ones, for shutdown
 
     def middleware(self, middleware: Middleware) -> Middleware:
@@ -275,8 +285,7 @@ class App:
         self.middlewares.append(middleware)
         return middleware
 
-    async def handle(self, request: Request) -> AnyResponse:
-        """The response to `request`; never raises (except cancellation)."""
+    def _route(self, request: Request) -> None:
         try:
             found = self.router.match(request.method, request.path)
         except (NotFound, MethodNotAllowed) as error:
@@ -285,7 +294,19 @@ class App:
             request._match = found
             request.params = found.params
             request.route = found.pattern
-        call: CallNext = self._endpoint
+
+    def check_head(self, request: Request) -> HTTPError | None:
+        """For the server, before reading a body: whether `admission` refuses the request."""
+        if self.admission is None:
+            return None
+        self._route(request)
+        return self.admission(request)
+
+    async def handle(self, request: Request, refusal: HTTPError | None = None) -> AnyResponse:
+        """The response to `request` (or, through the middlewares, the `refusal` that
+        `check_head` gave it); never raises (except cancellation)."""
+        self._route(request)
+        call: CallNext = self._endpoint if refusal is None else _refuse(refusal)
         for middleware in reversed(self.middlewares):
             call = _bind(middleware, call)
         try:
@@ -340,6 +361,13 @@ class App:
         (their iterators are cancelled), busy connections close after their response."""
         for connection in list(self._connections):
             connection.shut_down()
+
+
+def _refuse(refusal: HTTPError) -> CallNext:
+    async def call(request: Request) -> AnyResponse:
+        return refusal.response()
+
+    return call
 
 
 def _bind(middleware: Middleware, call_next: CallNext) -> CallNext:

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .app import CallNext, HTTPError, Middleware, Request, Response, StreamResponse
+from .app import Admission, CallNext, HTTPError, Middleware, Request, Response, StreamResponse
 
 TOKEN_FILE = "token"
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -84,20 +84,33 @@ def token_matches(expected: str, header: str | None) -> bool:
     return hmac.compare_digest(credentials.strip().encode(), expected.encode())
 
 
-def require_token(token: str, public_reads: bool) -> Middleware:
-    """Changes always need the token; reads too unless `public_reads`."""
+def token_check(token: str, public_reads: bool) -> Admission:
+    """The 401 for a request that needs the token and lacks it: changes always need it,
+    reads too unless `public_reads`. Also `App.admission`: such a body is never read."""
+
+    def check(request: Request) -> HTTPError | None:
+        if public_reads and request.method in READ_METHODS:
+            return None
+        if request.route in ("/healthz",):
+            return None
+        if token_matches(token, request.headers.get("authorization")):
+            return None
+        return HTTPError(
+            401,
+            "missing or wrong token: send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": 'Bearer realm="bunancer"'},
+        )
+
+    return check
+
+
+def require_token(check: Admission) -> Middleware:
+    """The middleware that answers `check`'s refusal."""
 
     async def middleware(request: Request, call_next: CallNext) -> Response | StreamResponse:
-        if public_reads and request.method in READ_METHODS:
-            return await call_next(request)
-        if request.route in ("/healthz",):
-            return await call_next(request)
-        if not token_matches(token, request.headers.get("authorization")):
-            raise HTTPError(
-                401,
-                "missing or wrong token: send Authorization: Bearer <token>",
-                headers={"WWW-Authenticate": 'Bearer realm="bunancer"'},
-            )
+        refusal = check(request)
+        if refusal is not None:
+            raise refusal
         return await call_next(request)
 
     return middleware

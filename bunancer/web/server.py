@@ -6,6 +6,13 @@ most `max_body` bytes) and each busy connection has one responder task that runs
 and answers pipelined requests in order. A `StreamResponse` goes out chunk by chunk as its
 iterator yields, waits while the client's write buffer is over its high-water mark
 (backpressure), and has its iterator cancelled and closed when the client goes away.
+
+What a client can make the server hold is bounded, before any token is checked: connections
+(`max_connections` in all, `max_per_client` per address; beyond them a 503 and close), a
+read (`_READ_SIZE`: the socket is read into a buffer of that size), requests queued on a
+connection (16, and `max_body` bytes of bodies; only one behind a streaming response), and
+bodies: a request with a body is first shown to `App.check_head`, and one it refuses (no
+token) is answered without its body being read.
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ log = logging.getLogger("bunancer.web")
 _MAX_PIPELINED = 16  # requests queued on one connection before reading pauses
 _MAX_HEAD = 64 * 1024  # request line and headers; beyond it: 431
 _LINGER = 2.0  # after an error response, how long to discard what the client still sends
+# At most this much is read from a socket at once (the loop would read 256 KiB): what one
+# read carries is parsed before reading can pause, so it bounds what a client queues.
+_READ_SIZE = 16 * 1024
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +59,49 @@ class _Settings:
     max_body: int
     header_timeout: float
     keepalive_timeout: float
+    max_connections: int
+    max_per_client: int
+
+
+class _Census:
+    """A listener's open connections, in all and per client address, for the caps; and the
+    buffer every connection of the listener reads into (the loop fills it and calls
+    `buffer_updated` before any other read, and nothing keeps a view of it)."""
+
+    __slots__ = ("per_client", "read_buffer", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.per_client: dict[str, int] = {}
+        self.read_buffer = memoryview(bytearray(_READ_SIZE))
+
+    def enter(self, client: str, settings: _Settings) -> bytes | None:
+        """Count a new connection from `client`, or the 503 to send it instead."""
+        mine = self.per_client.get(client, 0)
+        if self.total >= settings.max_connections:
+            return _too_many("too many connections", settings.max_connections)
+        if mine >= settings.max_per_client:
+            return _too_many("too many connections from this address", settings.max_per_client)
+        self.total += 1
+        self.per_client[client] = mine + 1
+        return None
+
+    def leave(self, client: str) -> None:
+        self.total -= 1
+        left = self.per_client[client] - 1
+        if left:
+            self.per_client[client] = left
+        else:
+            del self.per_client[client]
+
+
+def _too_many(message: str, limit: int) -> bytes:
+    body = error_response(503, message, limit=limit).body
+    return _TOO_MANY % (len(body), body)
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: the request is queued as refused; parse no further."""
 
 
 @dataclass(slots=True)
@@ -56,6 +113,8 @@ class _Pending:
     keep_alive: bool
     http11: bool
     head: bool
+    size: int = 0  # body bytes held, for the queue's limit
+    refusal: HTTPError | None = None  # refused from its head: answered without its body
 
 
 async def serve(
@@ -66,16 +125,22 @@ async def serve(
     max_body: int = 64 * 1024,
     header_timeout: float = 10.0,
     keepalive_timeout: float = 30.0,
+    max_connections: int = 256,
+    max_per_client: int = 32,
 ) -> asyncio.Server:
     """Listen on `host:port` (0: any free port) and serve `app` on the running loop; the
     server's `sockets` give the bound address.
 
     `header_timeout` bounds how long a request (head and body) may take to arrive, and how
     long a new connection may stay silent; `keepalive_timeout` how long an idle connection
-    stays open, and how long a client may leave a response unread before it is dropped."""
+    stays open, and how long a client may leave a response unread before it is dropped.
+    `max_connections` and `max_per_client` cap open connections (beyond: 503, closed)."""
     loop = asyncio.get_running_loop()
-    settings = _Settings(max_body, header_timeout, keepalive_timeout)
-    return await loop.create_server(lambda: _Connection(app, settings, loop), host, port)
+    settings = _Settings(
+        max_body, header_timeout, keepalive_timeout, max_connections, max_per_client
+    )
+    census = _Census()
+    return await loop.create_server(lambda: _Connection(app, settings, census, loop), host, port)
 
 
 async def _close_iterator(iterator: object) -> None:
@@ -88,7 +153,7 @@ async def _close_iterator(iterator: object) -> None:
         log.exception("error while closing a response stream")
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection: httptools callbacks fill a queue of requests, one responder
     task answers them in order. Timers are `call_later` handles: one for the request being
     read (or keep-alive, or lingering), one while a response waits for the client to read."""
@@ -97,42 +162,48 @@ class _Connection(asyncio.Protocol):
         "app",
         "body",
         "body_size",
+        "census",
         "client_eof",
         "client_ip",
         "closed",
+        "counted",
         "drain_waiter",
         "head_bytes",
-        "headers",
         "http11",
         "in_head",
         "in_request",
         "lingering",
         "loop",
-        "method",
         "parser",
         "queue",
+        "queued_bytes",
         "raw_headers",
         "read_paused",
         "reading_done",
+        "request",
         "responder",
         "settings",
         "shutting_down",
         "streaming",
-        "target",
         "timer",
         "transport",
         "url",
         "write_paused",
     )
 
-    def __init__(self, app: App, settings: _Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, app: App, settings: _Settings, census: _Census, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.app = app
         self.settings = settings
+        self.census = census
+        self.counted = False  # in the census (refused connections are not)
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""
         self.queue: deque[_Pending] = deque()
+        self.queued_bytes = 0  # bodies in the queue
         self.responder: asyncio.Task[None] | None = None
         self.streaming = False  # the responder is inside a StreamResponse's iterator
         self.closed = False
@@ -150,9 +221,7 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.url = b""
         self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.headers: dict[str, str] = {}
-        self.method = ""
-        self.target: tuple[str, str] = ("/", "")
+        self.request: Request | None = None  # from its head on
         self.http11 = True
         self.body: list[bytes] = []
         self.body_size = 0
@@ -167,11 +236,24 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
+        refusal = self.census.enter(self.client_ip, self.settings)
+        if refusal is not None:
+            self.reading_done = True
+            self._write(refusal)
+            self._close()
+            return
+        self.counted = True
         self.app.add_connection(self)
         # A silent new connection gets as long as a request head would, not a keep-alive.
         self._arm(self.settings.header_timeout)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.census.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.census.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.reading_done:
             return  # after an error: what follows is discarded, never parsed
         try:
@@ -185,6 +267,8 @@ class _Connection(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as error:
             cause = error.__context__
+            if isinstance(cause, _Refused):
+                return  # queued with its refusal; reading has stopped
             if isinstance(cause, HTTPError):
                 self._reject(cause.status, cause.message, **cause.extra)
             else:
@@ -212,8 +296,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._disarm()
-        self.app.discard_connection(self)
+        if self.counted:
+            self.counted = False
+            self.census.leave(self.client_ip)
+            self.app.discard_connection(self)
         self.queue.clear()
+        self.queued_bytes = 0
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -277,6 +365,7 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.url = b""
         self.raw_headers = []
+        self.request = None
         self.body = []
         self.body_size = 0
         self._arm(self.settings.header_timeout)
@@ -290,15 +379,29 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
-        self.method = parser.get_method().decode("ascii")
         self.http11 = parser.get_http_version() == "1.1"
-        self.target = split_target(self.url)
-        self.headers = headers = join_headers(self.raw_headers)
+        headers = join_headers(self.raw_headers)
         self.raw_headers = []
         length = headers.get("content-length")
         check_framing(headers, self.http11, parser.should_upgrade())
         if length is not None and int(length) > self.settings.max_body:
             raise HTTPError(413, "request body too large", limit=self.settings.max_body)
+        path, query = split_target(self.url)
+        self.request = request = Request(
+            parser.get_method().decode("ascii"),
+            path,
+            query=parse_qs(query, keep_blank_values=True) if query else {},
+            headers=headers,
+            client_ip=self.client_ip,
+            http_version="1.1" if self.http11 else "1.0",
+        )
+        if (length not in (None, "0") or "transfer-encoding" in headers) and (
+            refusal := self.app.check_head(request)
+        ) is not None:
+            # Refused without its body (no token, say): the body is never read or held.
+            self._stop_reading()
+            self._enqueue(_Pending(request, None, False, self.http11, False, refusal=refusal))
+            raise _Refused
         expect = headers.get("expect")
         if expect is not None and expect.lower() == "100-continue" and self.http11:
             self._write_continue()
@@ -317,39 +420,46 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.in_request = False
         self._disarm()  # the request arrived in time
-        path, query = self.target
-        request = Request(
-            self.method,
-            path,
-            query=parse_qs(query, keep_blank_values=True) if query else {},
-            headers=self.headers,
-            body=b"".join(self.body),
-            client_ip=self.client_ip,
-            http_version="1.1" if self.http11 else "1.0",
-        )
+        request = self.request
+        assert request is not None  # (set when its head completed)
+        self.request = None
+        request.body = b"".join(self.body)
         self.body = []
-        pending = _Pending(
-            request, None, self.parser.should_keep_alive(), self.http11, self.method == "HEAD"
-        )
-        self._enqueue(pending)
+        keep_alive = self.parser.should_keep_alive()
+        head = request.method == "HEAD"
+        self._enqueue(_Pending(request, None, keep_alive, self.http11, head, len(request.body)))
 
     # -- answering -----------------------------------------------------------------------------
 
     def _enqueue(self, pending: _Pending) -> None:
         self.queue.append(pending)
-        if len(self.queue) >= _MAX_PIPELINED:
+        self.queued_bytes += pending.size
+        if self._queue_full():
             self._pause_reading()
         if self.responder is None:
             self.responder = self.loop.create_task(self._respond())
+
+    def _queue_full(self) -> bool:
+        """Whether to stop reading until the responder takes a request off the queue."""
+        queue = self.queue
+        return (
+            len(queue) >= _MAX_PIPELINED
+            or self.queued_bytes >= self.settings.max_body
+            or (self.streaming and len(queue) > 0)  # a stream may last as long as the client
+        )
+
+    def _stop_reading(self) -> None:
+        """No further request will be parsed on this connection."""
+        self.reading_done = True
+        self.in_request = self.in_head = False
+        self._disarm()
+        self._pause_reading()
 
     def _reject(self, status: int, message: str, **extra: Any) -> None:
         """A request we will not parse further: answer in turn, then close."""
         if self.reading_done:
             return
-        self.reading_done = True
-        self.in_request = self.in_head = False
-        self._disarm()
-        self._pause_reading()
+        self._stop_reading()
         self._enqueue(_Pending(None, error_response(status, message, **extra), False, True, False))
 
     async def _respond(self) -> None:
@@ -357,12 +467,13 @@ class _Connection(asyncio.Protocol):
         try:
             while self.queue and not self.closed:
                 pending = self.queue.popleft()
-                if len(self.queue) < _MAX_PIPELINED and not self.reading_done:
+                self.queued_bytes -= pending.size
+                if not self._queue_full() and not self.reading_done:
                     self._resume_reading()
                 response: AnyResponse | None = pending.response
                 if response is None:
                     assert pending.request is not None
-                    response = await self.app.handle(pending.request)
+                    response = await self.app.handle(pending.request, pending.refusal)
                 if self.closed:
                     if isinstance(response, StreamResponse):
                         await _close_iterator(response.chunks)
@@ -370,7 +481,9 @@ class _Connection(asyncio.Protocol):
                 keep_alive = pending.keep_alive and not self.shutting_down
                 keep_alive = await self._send(response, pending, keep_alive)
                 if not keep_alive:
-                    self._close_after_response(lingering=pending.request is None)
+                    # After an error the client may still be sending (a refused body).
+                    lingering = pending.request is None or pending.refusal is not None
+                    self._close_after_response(lingering)
                     return
                 if self.write_paused:
                     await self._drain()
@@ -433,6 +546,8 @@ class _Connection(asyncio.Protocol):
         """Send the body of a StreamResponse; whether it ended cleanly."""
         iterator = aiter(response.chunks)
         self.streaming = True
+        if self._queue_full():
+            self._pause_reading()
         try:
             async for chunk in iterator:
                 if self.closed:
@@ -509,7 +624,7 @@ class _Connection(asyncio.Protocol):
         if not lingering or transport is None or self.closed or not transport.can_write_eof():
             self._close()
             return
-        # After an error the client may still be sending (a body we refused). Closing with
+        # The client may still be sending (a body we refused). Closing with
         # unread input makes the kernel send RST, which can destroy our response before the
         # client reads it; instead end our side and discard input for a while (like nginx).
         self.lingering = True

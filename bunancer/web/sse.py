@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -128,7 +128,29 @@ def open_subscription(
 Pulse = Callable[[int], bytes | None]
 
 
-async def event_stream(
+class EventStream:
+    """The frames of one client's stream (`event_stream`). Closing it closes the
+    subscription even when iteration never began (a client gone before its stream started),
+    which an async generator's `finally` would not."""
+
+    __slots__ = ("_frames", "subscription")
+
+    def __init__(self, subscription: Subscription, frames: AsyncGenerator[bytes, None]) -> None:
+        self.subscription = subscription
+        self._frames = frames
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await anext(self._frames)
+
+    async def aclose(self) -> None:
+        self.subscription.close()
+        await self._frames.aclose()
+
+
+def event_stream(
     subscription: Subscription,
     encode: Callable[[Event], bytes],
     *,
@@ -139,13 +161,31 @@ async def event_stream(
     pulse: Pulse | None = None,
     pulse_every: float = 1.0,
     pulse_after: frozenset[str] = frozenset(),
-) -> AsyncIterator[bytes]:
+) -> EventStream:
     """The frames of one client's stream, until the client goes away (the server cancels the
     iterator), falls behind (the stream ends: the browser reconnects and resumes), or the
     subscription is closed. The subscription is always closed at the end.
 
     `pulse(last_id)` is asked for a state frame every `pulse_every` seconds, and at once after
     an event whose kind is in `pulse_after`; it returns None when it has nothing new."""
+    frames = _frames(
+        subscription, encode, last_id, heartbeat, retry_ms, prelude, pulse, pulse_every,
+        pulse_after,
+    )  # fmt: skip
+    return EventStream(subscription, frames)
+
+
+async def _frames(
+    subscription: Subscription,
+    encode: Callable[[Event], bytes],
+    last_id: int,
+    heartbeat: float,
+    retry_ms: int,
+    prelude: Iterable[bytes],
+    pulse: Pulse | None,
+    pulse_every: float,
+    pulse_after: frozenset[str],
+) -> AsyncGenerator[bytes, None]:
     loop = asyncio.get_running_loop()
     try:
         yield b"retry: %d\n\n" % retry_ms

@@ -68,4 +68,7 @@ def build_dashboard(context: DashboardContext) -> App:
     ):
         router.add("POST", pattern, actions.handler(action))
     # The first runs outermost: error pages get the security headers too.
-    return App(router, [security_headers, ErrorPages(dash), Guard(dash)], refused)
+    guard = Guard(dash)
+    return App(
+        router, [security_headers, ErrorPages(dash), guard], refused, admission=guard.refusal
+    )

@@ -20,27 +20,37 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 class Guard:
-    """Every change needs a session and its CSRF token, and a same-origin request."""
+    """Every change needs a session and its CSRF token, and a same-origin request.
+
+    `refusal` (also the app's admission: such a body is never read) checks what the head
+    shows: the origin and the session; the middleware then checks the form's CSRF token."""
 
     def __init__(self, dash: Dashboard) -> None:
         self.dash = dash
 
-    async def __call__(self, request: Request, call_next: CallNext) -> AnyResponse:
+    def refusal(self, request: Request) -> HTTPError | None:
         if request.method in SAFE_METHODS or request.route is None:
-            return await call_next(request)
-        request.data = parse_form(request)
+            return None
         origin = request.headers.get("origin")
         # Browsers send Origin with every POST: another site's page is refused here even
         # before the cookie (SameSite=Strict) and the CSRF token would stop it.
         if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
-            raise HTTPError(403, "cross-origin request refused")
+            return HTTPError(403, "cross-origin request refused")
+        if request.route != "/login" and self.dash.session(request) is None:
+            return HTTPError(403, "log in with the admin token first")
+        return None
+
+    async def __call__(self, request: Request, call_next: CallNext) -> AnyResponse:
+        refusal = self.refusal(request)
+        if refusal is not None:
+            raise refusal
+        if request.method in SAFE_METHODS or request.route is None:
+            return await call_next(request)
+        request.data = parse_form(request)
         if request.route == "/login":
             return await call_next(request)
-        session = self.dash.session(request)
-        if session is None:
-            raise HTTPError(403, "log in with the admin token first")
         presented = request.headers.get("x-csrf-token") or form_of(request).get("csrf")
-        if not Sessions.csrf_ok(session, presented):
+        if not Sessions.csrf_ok(self.dash.session(request), presented):
             raise HTTPError(403, "missing or wrong CSRF token: reload the page")
         return await call_next(request)
 

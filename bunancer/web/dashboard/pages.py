@@ -47,6 +47,7 @@ LIVE_KINDS = (
     POOL_UPDATED,
     STATS_TICK,
 )
+LIVE_PAGES = 64  # open /events streams (each holds a subscription's queue of 256 events)
 
 
 class Pages:
@@ -202,6 +203,12 @@ class Pages:
 
     async def events(self, request: Request) -> StreamResponse:
         """GET /events: the bus events the pages follow, and the summary once a second."""
+        live = self.dash.live_streams
+        live.difference_update([stream for stream in live if stream.subscription.closed])
+        if len(live) >= LIVE_PAGES:
+            raise HTTPError(
+                503, "too many live pages open; close one", headers={"Retry-After": "5"}
+            )
         kinds = list(LIVE_KINDS)
         if request.query.get("checks") == ["1"]:
             kinds.append(SERVER_CHECKED)
@@ -218,6 +225,7 @@ class Pages:
             pulse=SummaryPulse(self.dash.summaries),
             pulse_after=frozenset({STATS_TICK}),
         )
+        live.add(stream)
         return StreamResponse(stream, headers=sse.HEADERS, content_type=sse.CONTENT_TYPE)
 
     # -- stub logs (need a login: they show the traffic) ----------------------------------------

@@ -59,6 +59,7 @@ class Dashboard:
         self.static = StaticFiles()
         self.summaries = Summaries(context.registry, context.telemetry, context.bus)
         self.frames = sse.FrameCache()
+        self.live_streams: set[sse.EventStream] = set()  # open /events streams, for their cap
         self.stubs = StubDirectory(context.state_dir)
         self.views = Views(context.registry, context.bus, self.stubs)
         self.env = Environment(

@@ -1,0 +1,161 @@
+"""What a client without the token can make the API and dashboard listeners hold, through a
+real `bunancer serve`: connections are capped in all and per client address (a 503 beyond),
+a change without the token is refused from its head (its body is never read), and the
+dashboard's live pages are capped. Other client addresses are 127.0.0.x (all loopback)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Proxy, StartProxy
+from tests.helpers import RawClient, wait_for
+
+PER_CLIENT = 3
+IN_ALL = 5
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: StartProxy) -> Proxy:
+    return start_proxy(
+        [],
+        extra=f"""
+        [api]
+        listen = "127.0.0.1:0"
+        max_connections = {IN_ALL}
+        max_connections_per_client = {PER_CLIENT}
+
+        [dashboard]
+        listen = "127.0.0.1:0"
+        max_connections_per_client = 100
+        """,
+    )
+
+
+@pytest.fixture
+def clients() -> Iterator[list[RawClient]]:
+    opened: list[RawClient] = []
+    yield opened
+    for client in opened:
+        client.close()
+
+
+def connect(port: int, source: str, opened: list[RawClient]) -> RawClient:
+    client = RawClient(port, timeout=5, source=source)
+    opened.append(client)
+    return client
+
+
+def served_or_none(port: int, source: str, opened: list[RawClient]) -> RawClient | None:
+    client = connect(port, source, opened)
+    try:
+        if client.request("GET", "/healthz").status == 200:
+            return client
+    except ConnectionError:
+        pass
+    client.close()
+    return None
+
+
+def served(port: int, source: str, opened: list[RawClient]) -> RawClient:
+    """A connection from `source`, accepted and answered: tried again while connections an
+    earlier test closed are still counted (the balancer sees a close a moment later)."""
+    client: RawClient = wait_for(lambda: served_or_none(port, source, opened))
+    return client
+
+
+def refused(port: int, source: str, opened: list[RawClient]) -> str:
+    """The error of a connection from `source` that gets a 503 at once and is closed."""
+    client = connect(port, source, opened)
+    response = client.read_response()
+    assert response.status == 503
+    assert response.header("Retry-After") == "1"
+    assert client.is_closed()
+    return str(json.loads(response.body)["error"])
+
+
+def test_connections_beyond_the_cap_per_address_get_a_503(
+    proxy: Proxy, clients: list[RawClient]
+) -> None:
+    held = [served(proxy.api_port, "127.0.0.1", clients) for _ in range(PER_CLIENT)]
+    assert refused(proxy.api_port, "127.0.0.1", clients) == "too many connections from this address"
+    served(proxy.api_port, "127.0.0.2", clients)  # another address is not held back
+    held[0].close()  # a connection that ends makes room
+    served(proxy.api_port, "127.0.0.1", clients)
+
+
+def test_connections_beyond_the_cap_in_all_get_a_503(
+    proxy: Proxy, clients: list[RawClient]
+) -> None:
+    for source in ("127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4", "127.0.0.5"):
+        served(proxy.api_port, source, clients)
+    assert refused(proxy.api_port, "127.0.0.6", clients) == "too many connections"
+
+
+def post_head(path: str, length: int, headers: str = "") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n{headers}\r\n"
+    ).encode()
+
+
+def test_a_change_without_the_token_is_refused_before_its_body_is_sent(
+    proxy: Proxy, clients: list[RawClient]
+) -> None:
+    body = json.dumps({"name": "p" * 30_000}).encode()
+    client = connect(proxy.api_port, "127.0.0.7", clients)
+    client.send(post_head("/api/pools", len(body)))  # the head only: the body never comes
+    response = client.read_response()
+    assert response.status == 401
+    assert response.header("WWW-Authenticate") == 'Bearer realm="bunancer"'
+    assert client.is_closed(timeout=5)
+    # With the token, the body is waited for and read.
+    client = connect(proxy.api_port, "127.0.0.7", clients)
+    client.send(post_head("/api/pools", len(body), f"Authorization: Bearer {proxy.token}\r\n"))
+    client.send(body)
+    response = client.read_response()
+    assert response.status == 422
+    assert json.loads(response.body)["field"] == "name"
+
+
+def test_a_dashboard_action_without_a_login_is_refused_before_its_body(
+    proxy: Proxy, clients: list[RawClient]
+) -> None:
+    client = connect(proxy.dashboard_port, "127.0.0.1", clients)
+    client.send(
+        post_head("/actions/servers/default/a/admin", 60_000, "Accept: application/json\r\n")
+    )
+    response = client.read_response()
+    assert response.status == 403
+    assert json.loads(response.body)["error"] == "log in with the admin token first"
+    assert client.is_closed(timeout=5)
+
+
+def test_live_pages_beyond_64_get_a_503(proxy: Proxy, clients: list[RawClient]) -> None:
+    for _ in range(64):
+        client = connect(proxy.dashboard_port, "127.0.0.1", clients)
+        client.send(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        while b"\r\n\r\n" not in client.buffer:  # the stream's head: it is open
+            assert client._fill()
+        assert client.buffer.startswith(b"HTTP/1.1 200 ")
+    client = connect(proxy.dashboard_port, "127.0.0.1", clients)
+    client.send(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n")
+    response = client.read_response()
+    assert response.status == 503
+    assert json.loads(response.body)["error"] == "too many live pages open; close one"
+    # A page that closes makes room (its subscription is dropped).
+    clients[0].close()
+    wait_for(lambda: live_page_opens(proxy, clients))
+
+
+def live_page_opens(proxy: Proxy, opened: list[RawClient]) -> bool:
+    client = connect(proxy.dashboard_port, "127.0.0.1", opened)
+    client.send(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    while b"\r\n\r\n" not in client.buffer:
+        assert client._fill()
+    if client.buffer.startswith(b"HTTP/1.1 200 "):
+        return True
+    client.close()  # a 503: the closed page was not yet seen
+    return False
