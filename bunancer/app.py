@@ -36,6 +36,7 @@ from .core.tcp import TcpClientEnd, TcpListenerContext
 from .web.api import build_api
 from .web.app import App
 from .web.auth import Token, TokenError, load_token
+from .web.hosts import HostCheck, is_loopback
 from .web.server import serve as web_serve
 
 log = logging.getLogger("bunancer")
@@ -268,14 +269,16 @@ class Balancer:
         except TokenError as error:
             await self.close_listeners()
             raise StartupError(str(error)) from None
+        host, port = parse_hostport(api.listen)
+        public_reads, host_check = _exposure(api, "api", host)
         self.api_app = build_api(
             self.registry,
             self.commands,
             self.token.value,
             telemetry=self.telemetry,
-            public_reads=api.public_reads,
+            public_reads=public_reads,
+            host_check=host_check.refusal,
         )
-        host, port = parse_hostport(api.listen)
         try:
             self.api_server = await web_serve(self.api_app, host, port, **_caps(api))
         except OSError as error:
@@ -288,6 +291,9 @@ class Balancer:
         from .web.dashboard import DashboardContext, build_dashboard
 
         assert self.token is not None
+        listen = self.config.dashboard.listen
+        host, port = parse_hostport(listen)
+        public_reads, host_check = _exposure(self.config.dashboard, "dashboard", host)
         self.dashboard_app = build_dashboard(
             DashboardContext(
                 registry=self.registry,
@@ -301,10 +307,10 @@ class Balancer:
                     for r in self.config.routes
                 ],
                 api_address=self.api_address,
+                public_reads=public_reads,
+                host_check=host_check.refusal,
             )
         )
-        listen = self.config.dashboard.listen
-        host, port = parse_hostport(listen)
         try:
             self.dashboard_server = await web_serve(
                 self.dashboard_app, host, port, **_caps(self.config.dashboard)
@@ -415,6 +421,23 @@ def _bound(server: asyncio.Server | None, configured: str) -> str:
         return configured
     host, port = server.sockets[0].getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _exposure(
+    listener: ApiConfig | DashboardConfig, section: str, host: str
+) -> tuple[bool, HostCheck]:
+    """Whether reads need no token on an admin listener (unset: only on loopback), and the
+    Host names it answers; a warning when reads are public beyond this machine."""
+    loopback = is_loopback(host)
+    public = listener.public_reads if listener.public_reads is not None else loopback
+    if public and not loopback:
+        log.warning(
+            "[%s] public_reads = true on %s: anyone who can reach it reads the pools, servers, "
+            "check results, figures and events without the token",
+            section,
+            listener.listen,
+        )
+    return public, HostCheck(host, listener.allowed_hosts, f"[{section}] allowed_hosts")
 
 
 def _caps(listener: ApiConfig | DashboardConfig) -> dict[str, int]:

@@ -350,12 +350,21 @@ class _AdminListener(_Section):
     listen: str
     max_connections: int = Field(default=256, ge=1, le=100000)
     max_connections_per_client: int = Field(default=32, ge=1, le=100000)
+    # Reads without the token (API) or login (dashboard); unset: on only on a loopback address.
+    public_reads: bool | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)  # Host names answered besides
+    # localhost, IP addresses and the listen address's name (against DNS rebinding)
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_hostport(value)
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: list[str]) -> list[str]:
+        return [check_host(name) for name in value]
 
 
 class ApiConfig(_AdminListener):
@@ -364,7 +373,6 @@ class ApiConfig(_AdminListener):
     listen: str = DEFAULT_API_LISTEN
     token: str | None = Field(default=None, min_length=16)
     token_file: str | None = None
-    public_reads: bool = True  # GETs without the token (the listener is loopback by default)
 
 
 class StatsConfig(_Section):

@@ -18,8 +18,17 @@ from ..control.commands import Commands
 from ..control.records import RegistryError
 from ..control.registry import Registry
 from ..control.telemetry import Telemetry
-from .app import App, HTTPError, Request, Response, json_response
-from .auth import require_token, token_check
+from .app import (
+    Admission,
+    App,
+    HTTPError,
+    Request,
+    Response,
+    first_refusal,
+    json_response,
+    refusing,
+)
+from .auth import token_check
 from .router import Router
 
 
@@ -82,8 +91,11 @@ def build_api(
     *,
     telemetry: Telemetry | None = None,
     public_reads: bool = True,
+    host_check: Admission | None = None,
     extra_routes: Callable[[Router[Any]], None] | None = None,
 ) -> App:
+    """The API's app: `public_reads` lets GETs through without the token; `host_check`
+    refuses requests naming a Host it does not allow (`hosts.HostCheck.refusal`)."""
     router: Router[Any] = Router()
 
     @router.get("/healthz")
@@ -96,8 +108,10 @@ def build_api(
     _server_routes(router, registry, commands)
     if extra_routes is not None:
         extra_routes(router)
-    check = token_check(token, public_reads)
-    return App(router, [require_token(check)], refused, admission=check)
+    checks = [token_check(token, public_reads)]
+    if host_check is not None:
+        checks.insert(0, host_check)
+    return App(router, [refusing(c) for c in checks], refused, admission=first_refusal(*checks))
 
 
 def _stats_routes(router: Router[Any], telemetry: Telemetry) -> None:

@@ -363,6 +363,31 @@ class App:
             connection.shut_down()
 
 
+def refusing(check: Admission) -> Middleware:
+    """The middleware that answers `check`'s refusal (the same check as an admission)."""
+
+    async def middleware(request: Request, call_next: CallNext) -> AnyResponse:
+        refusal = check(request)
+        if refusal is not None:
+            raise refusal
+        return await call_next(request)
+
+    return middleware
+
+
+def first_refusal(*checks: Admission) -> Admission:
+    """An admission that gives the first refusal among `checks`."""
+
+    def check(request: Request) -> HTTPError | None:
+        for each in checks:
+            refusal = each(request)
+            if refusal is not None:
+                return refusal
+        return None
+
+    return check
+
+
 def _refuse(refusal: HTTPError) -> CallNext:
     async def call(request: Request) -> AnyResponse:
         return refusal.response()

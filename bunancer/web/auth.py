@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .app import Admission, CallNext, HTTPError, Middleware, Request, Response, StreamResponse
+from .app import Admission, HTTPError, Request
 
 TOKEN_FILE = "token"
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -102,15 +102,3 @@ def token_check(token: str, public_reads: bool) -> Admission:
         )
 
     return check
-
-
-def require_token(check: Admission) -> Middleware:
-    """The middleware that answers `check`'s refusal."""
-
-    async def middleware(request: Request, call_next: CallNext) -> Response | StreamResponse:
-        refusal = check(request)
-        if refusal is not None:
-            raise refusal
-        return await call_next(request)
-
-    return middleware

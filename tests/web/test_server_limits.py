@@ -5,7 +5,7 @@ The connection's Protocol is driven as the event loop drives it: bytes go into t
 transport is reading (a paused transport is read no further, as a real socket's would not
 be). So each test sees exactly how much the server took off the socket and queued. The
 caps on connections and refused bodies are tested over real sockets in
-tests/integration/test_admin_limits.py.
+tests/integration/test_admin_exposure.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ and a live refresh all show the same.
 from __future__ import annotations
 
 from ..api import refused
-from ..app import App, Handler
+from ..app import App, Handler, first_refusal, refusing
 from ..router import Router
 from .actions import Actions
 from .assets import security_headers
@@ -69,6 +69,10 @@ def build_dashboard(context: DashboardContext) -> App:
         router.add("POST", pattern, actions.handler(action))
     # The first runs outermost: error pages get the security headers too.
     guard = Guard(dash)
+    first = [] if context.host_check is None else [context.host_check]
     return App(
-        router, [security_headers, ErrorPages(dash), guard], refused, admission=guard.refusal
+        router,
+        [security_headers, ErrorPages(dash), *map(refusing, first), guard],
+        refused,
+        first_refusal(*first, guard.refusal),
     )

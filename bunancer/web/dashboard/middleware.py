@@ -1,22 +1,24 @@
 """The dashboard's middlewares besides the security headers (`assets.py`): the guard in
 front of every change, and errors shown as pages.
 
-Reading needs nothing; every change needs a login with the admin token (session cookie and
-CSRF token: `session.py`) and a same-origin request.
+Reading needs nothing (unless `public_reads` is off: then a login, as for changes); every
+change needs a login with the admin token (session cookie and CSRF token: `session.py`) and
+a same-origin request.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 
 from ..app import JSON, AnyResponse, CallNext, HTTPError, Request, Response
 from ..session import Sessions
-from .forms import form_of, parse_form, wants_json
+from .forms import form_of, parse_form, redirect, wants_json
 from .state import Dashboard
 
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+OPEN_ROUTES = frozenset({"/login", "/static/{name}"})  # readable before logging in
 
 
 class Guard:
@@ -30,6 +32,8 @@ class Guard:
 
     def refusal(self, request: Request) -> HTTPError | None:
         if request.method in SAFE_METHODS or request.route is None:
+            if self._login_to_read(request):
+                return HTTPError(403, "log in with the admin token first")
             return None
         origin = request.headers.get("origin")
         # Browsers send Origin with every POST: another site's page is refused here even
@@ -40,7 +44,23 @@ class Guard:
             return HTTPError(403, "log in with the admin token first")
         return None
 
+    def _login_to_read(self, request: Request) -> bool:
+        return (
+            not self.dash.context.public_reads
+            and request.route not in OPEN_ROUTES
+            and self.dash.session(request) is None
+        )
+
     async def __call__(self, request: Request, call_next: CallNext) -> AnyResponse:
+        if (
+            request.method in SAFE_METHODS
+            and request.route not in (None, "/events")
+            and not wants_json(request)
+            and self._login_to_read(request)
+        ):
+            query = urlencode(request.query, doseq=True)
+            target = request.path + (f"?{query}" if query else "")
+            return redirect(f"/login?next={quote(target, safe='')}")
         refusal = self.refusal(request)
         if refusal is not None:
             raise refusal

@@ -16,7 +16,7 @@ from ...control.figures import STATES
 from ...control.registry import Registry
 from ...control.telemetry import Telemetry
 from .. import sse
-from ..app import HTML, HTTPError, Request, Response
+from ..app import HTML, Admission, HTTPError, Request, Response
 from ..session import Session, Sessions, cookie_name
 from .assets import StaticFiles
 from .format import (
@@ -46,6 +46,8 @@ class DashboardContext:
     api_url: str = ""  # the registry API, for stubs to register ("" = the SDK's default)
     routes: list[dict[str, Any]] = field(default_factory=list)  # in the order they are tried
     api_address: str = ""
+    public_reads: bool = True  # pages without a login (else every page but /login needs one)
+    host_check: Admission | None = None  # refuses a Host it does not allow (hosts.HostCheck)
 
 
 class Dashboard:

@@ -1,7 +1,8 @@
-"""What a client without the token can make the API and dashboard listeners hold, through a
-real `bunancer serve`: connections are capped in all and per client address (a 503 beyond),
-a change without the token is refused from its head (its body is never read), and the
-dashboard's live pages are capped. Other client addresses are 127.0.0.x (all loopback)."""
+"""What a client without the token can read from the API and dashboard listeners, and make
+them hold, through a real `bunancer serve`: a Host naming another domain is refused (DNS
+rebinding); reads can need a login; connections are capped in all and per client address
+(a 503 beyond); a change without the token is refused from its head (its body is never
+read); the dashboard's live pages are capped. Other client addresses are 127.0.0.x."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Proxy, StartProxy
-from tests.helpers import RawClient, wait_for
+from tests.helpers import RawClient, Response, wait_for
 
 PER_CLIENT = 3
 IN_ALL = 5
@@ -26,6 +27,7 @@ def proxy(start_proxy: StartProxy) -> Proxy:
         listen = "127.0.0.1:0"
         max_connections = {IN_ALL}
         max_connections_per_client = {PER_CLIENT}
+        allowed_hosts = ["lb.test"]
 
         [dashboard]
         listen = "127.0.0.1:0"
@@ -51,7 +53,8 @@ def connect(port: int, source: str, opened: list[RawClient]) -> RawClient:
 def served_or_none(port: int, source: str, opened: list[RawClient]) -> RawClient | None:
     client = connect(port, source, opened)
     try:
-        if client.request("GET", "/healthz").status == 200:
+        client.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        if client.read_response().status == 200:
             return client
     except ConnectionError:
         pass
@@ -159,3 +162,53 @@ def live_page_opens(proxy: Proxy, opened: list[RawClient]) -> bool:
         return True
     client.close()  # a 503: the closed page was not yet seen
     return False
+
+
+def get(port: int, path: str, host: str, headers: str = "") -> Response:
+    with RawClient(port) as client:
+        client.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+        return client.read_response()
+
+
+def test_a_host_naming_another_domain_is_refused_against_dns_rebinding(proxy: Proxy) -> None:
+    port = proxy.api_port
+    response = get(port, "/api/pools", f"evil.example:{port}")
+    assert response.status == 421
+    assert json.loads(response.body) == {
+        "error": "this listener does not answer for host 'evil.example'",
+        "detail": "add it to [api] allowed_hosts to allow it",
+    }
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LB.test:{port}", "[::1]"):
+        assert get(port, "/api/pools", host).status == 200, host
+    dashboard = proxy.dashboard_port
+    assert get(dashboard, "/", f"evil.example:{dashboard}").status == 421
+    assert get(dashboard, "/", f"lb.test:{dashboard}").status == 421  # allowed on the API only
+    assert get(dashboard, "/", f"localhost:{dashboard}").status == 200
+
+
+def test_dashboard_reads_can_need_a_login(start_proxy: StartProxy) -> None:
+    proxy = start_proxy([], '[dashboard]\nlisten = "127.0.0.1:0"\npublic_reads = false\n')
+    port = proxy.dashboard_port
+    response = get(port, "/servers/default/a%3A1?x=1", "127.0.0.1")
+    assert response.status == 303
+    login_page = str(response.header("Location"))
+    # The page's own path, percent-encoding and all, is the value of `next` (the "%3A" in it
+    # is encoded once more as any "%" in a query value is, and decoded once on the way back).
+    assert login_page == "/login?next=%2Fservers%2Fdefault%2Fa%253A1%3Fx%3D1"
+    form = get(port, login_page, "127.0.0.1")
+    assert b'name="next" value="/servers/default/a%3A1?x=1"' in form.body
+    assert get(port, "/events", "127.0.0.1").status == 403
+    assert get(port, "/", "127.0.0.1", "Accept: application/json\r\n").status == 403
+    assert get(port, "/login", "127.0.0.1").status == 200
+    assert get(port, "/static/dashboard.css", "127.0.0.1").status == 200
+    body = f"token={proxy.token}&next=%2Fservers%2Fdefault%2Fa%253A1%3Fx%3D1".encode()
+    with RawClient(port) as client:
+        client.send(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        login = client.read_response()
+    assert login.status == 303
+    assert login.header("Location") == "/servers/default/a%3A1?x=1"  # back where it began
+    cookie = str(login.header("Set-Cookie")).split(";")[0]
+    assert get(port, "/", "127.0.0.1", f"Cookie: {cookie}\r\n").status == 200
