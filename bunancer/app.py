@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from .config import ApiConfig, Config, DashboardConfig, ListenerConfig, parse_hostport
+from .control.addresses import AddressPolicy
 from .control.commands import Commands
 from .control.events import EventBus
 from .control.persistence import Persistence
@@ -127,7 +128,9 @@ class Balancer:
         )
         self._add_configured_pools()
         self.pools = self.registry.pools
-        self.commands = Commands(self.registry, self.save_state)
+        api = config.api
+        addresses = AddressPolicy(api.registration_allow, api.registration_deny)
+        self.commands = Commands(self.registry, self.save_state, addresses)
         self.listeners = self._make_listeners()
         self._stopping: asyncio.Event | None = None
         statsd = config.stats.statsd

@@ -16,6 +16,8 @@ from pydantic_core import ErrorDetails
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_API_LISTEN = "127.0.0.1:8081"
+# Link-local: cloud metadata services live there (169.254.169.254).
+DEFAULT_REGISTRATION_DENY = ("169.254.0.0/16", "fe80::/10")
 DEFAULT_DASHBOARD_LISTEN = "127.0.0.1:8082"
 DEFAULT_POOL = "default"
 DEFAULT_STATE_DIR = ".bunancer"
@@ -38,6 +40,12 @@ def check_host(host: str) -> str:
     if any(c.isspace() or c in _NOT_IN_HOST or ord(c) < 32 or ord(c) == 127 for c in host):
         raise ValueError("a bare host name or IP address")
     return host
+
+
+def _networks(value: list[str]) -> list[str]:
+    for network in value:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return value
 
 
 def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -97,6 +105,13 @@ class _Section(BaseModel):
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
+# Listener keys an HTTP listener has no use for: refused there rather than ignored.
+TCP_ONLY = frozenset(
+    {"idle_timeout", "max_connections", "send_proxy_protocol", "accept_proxy_protocol",
+     "trusted_proxies"}
+)  # fmt: skip
+
+
 class ListenerConfig(_Section):
     address: str = DEFAULT_LISTEN
     mode: Literal["http", "tcp"] = "http"
@@ -119,9 +134,7 @@ class ListenerConfig(_Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
-        return value
+        return _networks(value)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -373,6 +386,14 @@ class ApiConfig(_AdminListener):
     listen: str = DEFAULT_API_LISTEN
     token: str | None = Field(default=None, min_length=16)
     token_file: str | None = None
+    # Addresses a registration may name (empty: any), and those it may not.
+    registration_allow: list[str] = Field(default_factory=list)
+    registration_deny: list[str] = Field(default_factory=lambda: list(DEFAULT_REGISTRATION_DENY))
+
+    @field_validator("registration_allow", "registration_deny")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        return _networks(value)
 
 
 class StatsConfig(_Section):
@@ -461,6 +482,11 @@ class Config(_Section):
                 )
         seen: set[tuple[str, int]] = set()
         for index, listener in enumerate(self.listeners):
+            if listener.mode == "http":
+                for key in sorted(TCP_ONLY & listener.model_fields_set):
+                    raise KeyedError(
+                        f"listeners[{index}].{key}", 'applies to mode = "tcp" listeners only'
+                    )
             if listener.host_port in seen:
                 raise KeyedError(f"listeners[{index}].address", "listed twice")
             seen.add(listener.host_port)

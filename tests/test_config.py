@@ -87,6 +87,22 @@ def test_full_file(tmp_path: Path) -> None:
             "write_buffer_low must not exceed write_buffer_high",
         ),
         ("x = [", "bunancer.toml: invalid TOML:"),
+        (
+            '[[listeners]]\naddress = "127.0.0.1:1"\naccept_proxy_protocol = true',
+            'bunancer.toml: listeners[0].accept_proxy_protocol: applies to mode = "tcp" listeners',
+        ),
+        (
+            '[[listeners]]\naddress = "127.0.0.1:1"\nsend_proxy_protocol = "v2"',
+            "bunancer.toml: listeners[0].send_proxy_protocol: applies to mode",
+        ),
+        (
+            '[[listeners]]\naddress = "127.0.0.1:1"\nmax_connections = 9',
+            "bunancer.toml: listeners[0].max_connections: applies to mode",
+        ),
+        (
+            '[api]\nallowed_hosts = ["a b"]',
+            "bunancer.toml: api.allowed_hosts: a bare host name or IP address",
+        ),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path: Path, text: str, message: str) -> None:

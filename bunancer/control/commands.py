@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from ..config import BalancingConfig, HealthConfig, OutlierConfig, describe_problem
+from .addresses import AddressPolicy
 from .records import PoolSettings, RegistryError, ServerRecord
 from .registry import Registry
 
@@ -43,8 +44,11 @@ def merged(
 
 
 class Commands:
-    def __init__(self, registry: Registry, save: Saver) -> None:
+    def __init__(
+        self, registry: Registry, save: Saver, addresses: AddressPolicy | None = None
+    ) -> None:
         self.registry = registry
+        self.addresses = addresses if addresses is not None else AddressPolicy()
         self.save = save  # makes the registry's state durable
 
     # -- pools ---------------------------------------------------------------------------------
@@ -135,6 +139,7 @@ class Commands:
     ) -> tuple[bool, dict[str, Any]]:
         """(created, the server). The same id and address again (a backend that restarted)
         is not a new server: it is answered as it is, and checked at once if it is down."""
+        await self.addresses.check(host)
         registry = self.registry
         settings = registry.settings.get(pool)
         if settings is not None and health:

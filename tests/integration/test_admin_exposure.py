@@ -116,7 +116,7 @@ def test_a_change_without_the_token_is_refused_before_its_body_is_sent(
     assert client.is_closed(timeout=5)
     # With the token, the body is waited for and read.
     client = connect(proxy.api_port, "127.0.0.7", clients)
-    client.send(post_head("/api/pools", len(body), f"Authorization: Bearer {proxy.token}\r\n"))
+    client.send(post_head("/api/pools", len(body), auth(proxy)))
     client.send(body)
     response = client.read_response()
     assert response.status == 422
@@ -212,3 +212,28 @@ def test_dashboard_reads_can_need_a_login(start_proxy: StartProxy) -> None:
     assert login.header("Location") == "/servers/default/a%3A1?x=1"  # back where it began
     cookie = str(login.header("Set-Cookie")).split(";")[0]
     assert get(port, "/", "127.0.0.1", f"Cookie: {cookie}\r\n").status == 200
+
+
+def register(proxy: Proxy, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    data = json.dumps(body).encode()
+    with RawClient(proxy.api_port) as client:
+        client.send(post_head("/api/pools/default/servers", len(data), auth(proxy)) + data)
+        response = client.read_response()
+    return response.status, json.loads(response.body)
+
+
+def auth(proxy: Proxy) -> str:
+    return f"Authorization: Bearer {proxy.token}\r\n"
+
+
+def test_registrations_cannot_point_at_link_local_or_carry_control_characters(
+    proxy: Proxy,
+) -> None:
+    status, body = register(proxy, {"host": "169.254.169.254", "port": 80})
+    assert (status, body["field"]) == (403, "host")
+    assert body["detail"] == "169.254.169.254 is in 169.254.0.0/16 (registration_deny)"
+    for host in ("127.0.0.1\u0000", "127.0.0.1\r\nX: y", "a b", "a/b"):
+        status, body = register(proxy, {"host": host, "port": 80})
+        assert (status, body["field"]) == (422, "host"), host
+    status, body = register(proxy, {"host": "127.0.0.1", "port": 9})
+    assert (status, body["id"]) == (201, "127.0.0.1:9")
