@@ -36,6 +36,7 @@ from .core.settings import ListenerSettings, TcpSettings, UpstreamSettings
 from .core.tcp import TcpClientEnd, TcpListenerContext
 from .web.api import build_api
 from .web.app import App
+from .web.attempts import FailedAttempts
 from .web.auth import Token, TokenError, load_token
 from .web.hosts import HostCheck, is_loopback
 from .web.server import serve as web_serve
@@ -145,6 +146,7 @@ class Balancer:
         self.telemetry.listeners_view = self.listeners_view
         self.access_log: AccessLog | None = None
         self.token: Token | None = None
+        self.failed_attempts = FailedAttempts(loop.time)  # wrong tokens: API and dashboard
         self.store: Store | None = None
         self.persistence: Persistence | None = None
         self.api_app: App | None = None
@@ -281,6 +283,7 @@ class Balancer:
             telemetry=self.telemetry,
             public_reads=public_reads,
             host_check=host_check.refusal,
+            attempts=self.failed_attempts,
         )
         try:
             self.api_server = await web_serve(self.api_app, host, port, **_caps(api))
@@ -312,6 +315,7 @@ class Balancer:
                 api_address=self.api_address,
                 public_reads=public_reads,
                 host_check=host_check.refusal,
+                attempts=self.failed_attempts,
             )
         )
         try:

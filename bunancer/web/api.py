@@ -28,6 +28,7 @@ from .app import (
     json_response,
     refusing,
 )
+from .attempts import FailedAttempts
 from .auth import token_check
 from .router import Router
 
@@ -92,10 +93,12 @@ def build_api(
     telemetry: Telemetry | None = None,
     public_reads: bool = True,
     host_check: Admission | None = None,
+    attempts: FailedAttempts | None = None,
     extra_routes: Callable[[Router[Any]], None] | None = None,
 ) -> App:
     """The API's app: `public_reads` lets GETs through without the token; `host_check`
-    refuses requests naming a Host it does not allow (`hosts.HostCheck.refusal`)."""
+    refuses requests naming a Host it does not allow (`hosts.HostCheck.refusal`); `attempts`
+    makes a client that sent wrong tokens wait (shared with the dashboard's login)."""
     router: Router[Any] = Router()
 
     @router.get("/healthz")
@@ -108,7 +111,7 @@ def build_api(
     _server_routes(router, registry, commands)
     if extra_routes is not None:
         extra_routes(router)
-    checks = [token_check(token, public_reads)]
+    checks = [token_check(token, public_reads, attempts)]
     if host_check is not None:
         checks.insert(0, host_check)
     return App(router, [refusing(c) for c in checks], refused, admission=first_refusal(*checks))

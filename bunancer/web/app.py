@@ -65,6 +65,7 @@ class Request:
         "params",
         "path",
         "query",
+        "refused",
         "route",
     )
 
@@ -89,6 +90,7 @@ class Request:
         self.params: dict[str, ParamValue] = {}
         self.route: str | None = None  # the matched pattern, set before middlewares run
         self.data: Any = None
+        self.refused: HTTPError | None = None  # what `App.check_head` refused it with
         self._cookies: dict[str, str] | None = None
         self._match: Match[Handler] | NotFound | MethodNotAllowed | None = None
 
@@ -306,6 +308,7 @@ class App:
         """The response to `request` (or, through the middlewares, the `refusal` that
         `check_head` gave it); never raises (except cancellation)."""
         self._route(request)
+        request.refused = refusal
         call: CallNext = self._endpoint if refusal is None else _refuse(refusal)
         for middleware in reversed(self.middlewares):
             call = _bind(middleware, call)
@@ -364,10 +367,11 @@ class App:
 
 
 def refusing(check: Admission) -> Middleware:
-    """The middleware that answers `check`'s refusal (the same check as an admission)."""
+    """The middleware that answers `check`'s refusal (the same check as an admission: a
+    request refused from its head is not checked again, so a check runs once per request)."""
 
     async def middleware(request: Request, call_next: CallNext) -> AnyResponse:
-        refusal = check(request)
+        refusal = request.refused or check(request)
         if refusal is not None:
             raise refusal
         return await call_next(request)

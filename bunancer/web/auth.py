@@ -8,12 +8,14 @@ start with mode 0600 (and printed once). Tokens are compared in constant time.
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from .app import Admission, HTTPError, Request
+from .attempts import FailedAttempts
 
 TOKEN_FILE = "token"
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -84,17 +86,28 @@ def token_matches(expected: str, header: str | None) -> bool:
     return hmac.compare_digest(credentials.strip().encode(), expected.encode())
 
 
-def token_check(token: str, public_reads: bool) -> Admission:
+def token_check(
+    token: str, public_reads: bool, attempts: FailedAttempts | None = None
+) -> Admission:
     """The 401 for a request that needs the token and lacks it: changes always need it,
-    reads too unless `public_reads`. Also `App.admission`: such a body is never read."""
+    reads too unless `public_reads`. Also `App.admission`: such a body is never read.
+    A client that sent wrong tokens waits as `attempts` says (429 meanwhile)."""
 
     def check(request: Request) -> HTTPError | None:
         if public_reads and request.method in READ_METHODS:
             return None
         if request.route in ("/healthz",):
             return None
-        if token_matches(token, request.headers.get("authorization")):
+        client = request.client_ip
+        if attempts is not None and (refusal := too_many_attempts(attempts, client)):
+            return refusal
+        header = request.headers.get("authorization")
+        if token_matches(token, header):
+            if attempts is not None:
+                attempts.succeeded(client)
             return None
+        if header is not None and attempts is not None:
+            attempts.failed(client, "API")
         return HTTPError(
             401,
             "missing or wrong token: send Authorization: Bearer <token>",
@@ -102,3 +115,17 @@ def token_check(token: str, public_reads: bool) -> Admission:
         )
 
     return check
+
+
+def too_many_attempts(attempts: FailedAttempts, client: str) -> HTTPError | None:
+    """The 429 for a client that must still wait after wrong tokens, or None."""
+    wait = attempts.wait(client)
+    if not wait:
+        return None
+    seconds = math.ceil(wait)
+    return HTTPError(
+        429,
+        "too many wrong tokens: wait before trying again",
+        headers={"Retry-After": str(seconds)},
+        retry_after=seconds,
+    )

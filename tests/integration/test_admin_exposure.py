@@ -7,6 +7,7 @@ read); the dashboard's live pages are capped. Other client addresses are 127.0.0
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -237,3 +238,47 @@ def test_registrations_cannot_point_at_link_local_or_carry_control_characters(
         assert (status, body["field"]) == (422, "host"), host
     status, body = register(proxy, {"host": "127.0.0.1", "port": 9})
     assert (status, body["id"]) == (201, "127.0.0.1:9")
+
+
+def pools_with(proxy: Proxy, token: str, source: str) -> Response:
+    with RawClient(proxy.api_port, source=source) as client:
+        client.send(post_head("/api/pools", 2, f"Authorization: Bearer {token}\r\n") + b"{}")
+        return client.read_response()
+
+
+def test_wrong_tokens_make_the_client_wait_and_are_logged(proxy: Proxy) -> None:
+    wrong = "wrong-token-0123456789"
+    for _ in range(4):
+        assert pools_with(proxy, wrong, "127.0.0.9").status == 401
+    assert pools_with(proxy, wrong, "127.0.0.9").status == 401  # the fifth: now it waits
+    started = time.monotonic()
+    waiting = pools_with(proxy, proxy.token, "127.0.0.9")  # even the right token
+    assert waiting.status == 429
+    assert waiting.header("Retry-After") == "1"
+    assert pools_with(proxy, proxy.token, "127.0.0.10").status == 422  # others are not held
+    lines = proxy.process.lines
+    assert any("wrong token from 127.0.0.9 (API)" in line for line in lines)
+    assert any(
+        "5 wrong tokens in a row from 127.0.0.9 (API): it waits 1 s" in line for line in lines
+    )
+    assert not any(wrong in line for line in lines)  # what was tried is never logged
+    # After the wait the right token works again (and resets the count).
+    wait_for(lambda: pools_with(proxy, proxy.token, "127.0.0.9").status == 422, since=started)
+
+
+def test_wrong_dashboard_logins_make_the_client_wait(proxy: Proxy) -> None:
+    def login(token: str) -> Response:
+        body = f"token={token}&next=%2F".encode()
+        with RawClient(proxy.dashboard_port, source="127.0.0.11") as client:
+            client.send(
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            return client.read_response()
+
+    for _ in range(5):
+        assert login("wrong-token-0123456789").status == 403
+    page = login(proxy.token)
+    assert page.status == 429
+    assert b"Too many wrong tokens: wait 1 s." in page.body

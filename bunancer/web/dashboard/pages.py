@@ -28,7 +28,7 @@ from ...control.events import (
 )
 from .. import sse
 from ..app import HTTPError, Request, Response, StreamResponse
-from ..auth import token_matches
+from ..auth import token_matches, too_many_attempts
 from ..session import clear_cookie, set_cookie
 from .flow import flow_layout
 from .forms import form_of, redirect, safe_path
@@ -175,23 +175,31 @@ class Pages:
         dash = self.dash
         form = form_of(request)
         after = safe_path(form.get("next"))
+        attempts, client = self.context.attempts, request.client_ip
+        waiting = too_many_attempts(attempts, client)
+        if waiting is not None:
+            seconds = waiting.extra["retry_after"]
+            page = self._login_page(
+                request, after, f"Too many wrong tokens: wait {seconds} s.", 429
+            )
+            page.headers.append(("Retry-After", str(seconds)))
+            return page
         # token_matches compares in constant time; the form's field plays the bearer token.
         if not token_matches(self.context.token, f"Bearer {form.get('token', '').strip()}"):
-            return dash.render(
-                request,
-                "login.html",
-                403,
-                title="Log in",
-                page="login",
-                next=after,
-                error="That is not the admin token.",
-                boot={},
-            )
+            attempts.failed(client, "dashboard login")
+            return self._login_page(request, after, "That is not the admin token.", 403)
+        attempts.succeeded(client)
         name = dash.cookie(request)
         dash.sessions.delete(request.cookies.get(name))
         session = dash.sessions.create()
         session.flash("Logged in: actions are enabled.")
         return redirect(after, [("Set-Cookie", set_cookie(name, session, dash.sessions.ttl))])
+
+    def _login_page(self, request: Request, after: str, error: str, status: int) -> Response:
+        return self.dash.render(
+            request, "login.html", status, title="Log in", page="login", next=after, error=error,
+            boot={},
+        )  # fmt: skip
 
     async def logout(self, request: Request) -> Response:
         """POST /logout"""

@@ -17,6 +17,7 @@ from ...control.registry import Registry
 from ...control.telemetry import Telemetry
 from .. import sse
 from ..app import HTML, Admission, HTTPError, Request, Response
+from ..attempts import FailedAttempts
 from ..session import Session, Sessions, cookie_name
 from .assets import StaticFiles
 from .format import (
@@ -48,6 +49,7 @@ class DashboardContext:
     api_address: str = ""
     public_reads: bool = True  # pages without a login (else every page but /login needs one)
     host_check: Admission | None = None  # refuses a Host it does not allow (hosts.HostCheck)
+    attempts: FailedAttempts = field(default_factory=FailedAttempts)  # wrong tokens, shared
 
 
 class Dashboard:
