@@ -4,7 +4,10 @@ Logging in with the admin token creates a session: a random id in a cookie (Http
 scripts cannot read it; SameSite=Strict, so other sites' pages cannot send it; Path=/) and
 a random CSRF token tied to that session, which every mutating request must echo in a form
 field or an `X-CSRF-Token` header. Both are compared in constant time. Sessions expire after
-`ttl` seconds and vanish when the balancer restarts (logging in again is one form away).
+`ttl` seconds, or `idle` seconds without a page or action of the user's (a page's own live
+refresh does not count), and vanish when the balancer restarts (logging in again is one form
+away). The cookie is `Secure` when the dashboard is reached over HTTPS (a TLS proxy in front
+says so with `X-Forwarded-Proto` or `Forwarded`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 
 COOKIE = "bunancer_session"
 TTL = 12 * 3600.0
+IDLE = 30 * 60.0
 MAX_SESSIONS = 1000  # beyond this the oldest session is forgotten
 
 
@@ -26,6 +30,7 @@ class Session:
     id: str
     csrf: str
     expires: float
+    seen: float  # when the user last loaded a page or acted
     flashes: list[tuple[str, str]] = field(default_factory=list)  # (level, message)
 
     def flash(self, message: str, level: str = "ok") -> None:
@@ -44,8 +49,10 @@ class Sessions:
         ttl: float = TTL,
         max_sessions: int = MAX_SESSIONS,
         clock: Callable[[], float] = time.monotonic,
+        idle: float = IDLE,
     ) -> None:
         self.ttl = ttl
+        self.idle = idle
         self.max_sessions = max_sessions
         self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
@@ -54,23 +61,27 @@ class Sessions:
         return len(self._sessions)
 
     def create(self) -> Session:
-        session = Session(
-            secrets.token_urlsafe(32), secrets.token_urlsafe(32), self.clock() + self.ttl
-        )
+        now = self.clock()
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now + self.ttl, now)
         self._sessions[session.id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         return session
 
-    def get(self, session_id: str | None) -> Session | None:
+    def get(self, session_id: str | None, touch: bool = True) -> Session | None:
+        """The live session `session_id` names; `touch`: the user is active (not a page's
+        own refresh), which restarts its idle time."""
         if not session_id:
             return None
         session = self._sessions.get(session_id)
         if session is None:
             return None
-        if session.expires <= self.clock():
+        now = self.clock()
+        if session.expires <= now or now - session.seen > self.idle:
             del self._sessions[session_id]
             return None
+        if touch:
+            session.seen = now
         return session
 
     def delete(self, session_id: str | None) -> None:
@@ -91,8 +102,17 @@ def cookie_name(host_header: str | None) -> str:
     return f"{COOKIE}_{port}" if port.isdigit() and len(port) <= 5 else COOKIE
 
 
-def set_cookie(name: str, session: Session, ttl: float) -> str:
-    return f"{name}={session.id}; Max-Age={int(ttl)}; Path=/; HttpOnly; SameSite=Strict"
+def over_https(headers: dict[str, str]) -> bool:
+    """Whether the browser reached us over HTTPS, as a TLS proxy in front reports it."""
+    if headers.get("x-forwarded-proto", "").strip().lower() == "https":
+        return True
+    forwarded = headers.get("forwarded", "").lower().replace(" ", "")
+    return "proto=https" in forwarded.split(",")[0].split(";")
+
+
+def set_cookie(name: str, session: Session, ttl: float, secure: bool = False) -> str:
+    cookie = f"{name}={session.id}; Max-Age={int(ttl)}; Path=/; HttpOnly; SameSite=Strict"
+    return cookie + "; Secure" if secure else cookie
 
 
 def clear_cookie(name: str) -> str:

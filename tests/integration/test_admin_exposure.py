@@ -267,18 +267,26 @@ def test_wrong_tokens_make_the_client_wait_and_are_logged(proxy: Proxy) -> None:
 
 
 def test_wrong_dashboard_logins_make_the_client_wait(proxy: Proxy) -> None:
-    def login(token: str) -> Response:
-        body = f"token={token}&next=%2F".encode()
-        with RawClient(proxy.dashboard_port, source="127.0.0.11") as client:
-            client.send(
-                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
-                % (len(body), body)
-            )
-            return client.read_response()
-
     for _ in range(5):
-        assert login("wrong-token-0123456789").status == 403
-    page = login(proxy.token)
+        assert login(proxy, "wrong-token-0123456789", "127.0.0.11").status == 403
+    page = login(proxy, proxy.token, "127.0.0.11")
     assert page.status == 429
     assert b"Too many wrong tokens: wait 1 s." in page.body
+
+
+def login(proxy: Proxy, token: str, source: str, headers: bytes = b"") -> Response:
+    body = f"token={token}&next=%2F".encode()
+    with RawClient(proxy.dashboard_port, source=source) as client:
+        client.send(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (len(body), headers, body)
+        )
+        return client.read_response()
+
+
+def test_the_session_cookie_is_secure_behind_a_tls_proxy(proxy: Proxy) -> None:
+    plain = str(login(proxy, proxy.token, "127.0.0.12").header("Set-Cookie"))
+    assert plain.endswith("; HttpOnly; SameSite=Strict")
+    https = login(proxy, proxy.token, "127.0.0.12", b"X-Forwarded-Proto: https\r\n")
+    assert str(https.header("Set-Cookie")).endswith("; HttpOnly; SameSite=Strict; Secure")

@@ -29,7 +29,7 @@ from ...control.events import (
 from .. import sse
 from ..app import HTTPError, Request, Response, StreamResponse
 from ..auth import token_matches, too_many_attempts
-from ..session import clear_cookie, set_cookie
+from ..session import clear_cookie, over_https, set_cookie
 from .flow import flow_layout
 from .forms import form_of, redirect, safe_path
 from .state import Dashboard
@@ -193,7 +193,8 @@ class Pages:
         dash.sessions.delete(request.cookies.get(name))
         session = dash.sessions.create()
         session.flash("Logged in: actions are enabled.")
-        return redirect(after, [("Set-Cookie", set_cookie(name, session, dash.sessions.ttl))])
+        cookie = set_cookie(name, session, dash.sessions.ttl, over_https(request.headers))
+        return redirect(after, [("Set-Cookie", cookie)])
 
     def _login_page(self, request: Request, after: str, error: str, status: int) -> Response:
         return self.dash.render(

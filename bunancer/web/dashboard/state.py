@@ -92,8 +92,10 @@ class Dashboard:
         return cookie_name(request.headers.get("host"))
 
     def session(self, request: Request) -> Session | None:
-        """The request's login session, if its cookie names a live one."""
-        return self.sessions.get(request.cookies.get(self.cookie(request)))
+        """The request's login session, if its cookie names a live one (a page's own live
+        refresh, `?partial=1`, does not count as the user being active)."""
+        active = request.query.get("partial") != ["1"]
+        return self.sessions.get(request.cookies.get(self.cookie(request)), touch=active)
 
     def require_session(self, request: Request) -> Session:
         session = self.session(request)

@@ -989,7 +989,9 @@
     if (!panelUrl || !panel) return;
     let response;
     try {
-      response = await fetch(panelUrl, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+      // partial=1: a refresh of the page's own, which does not keep the login alive.
+      const url = `${panelUrl}${panelUrl.includes("?") ? "&" : "?"}partial=1`;
+      response = await fetch(url, { headers: { Accept: "text/html" }, credentials: "same-origin" });
     } catch (error) {
       return;
     }
