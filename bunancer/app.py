@@ -355,8 +355,16 @@ class Balancer:
         path = Path(self.config.state_dir)
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mode = path.stat().st_mode & 0o777
         except OSError as error:
             raise StartupError(f"state dir {path}: {error.strerror}") from None
+        if mode & 0o022:
+            log.warning(
+                "state dir %s is writable by others (mode %03o): whoever can write there "
+                "decides where traffic goes; chmod 700 it",
+                path,
+                mode,
+            )
 
     def _close_apps(self) -> None:
         for server, app in (

@@ -2,12 +2,14 @@
 
 Order of sources: the config's `[api] token`, then `--token-file` / `[api] token_file`, then
 the `BUNANCER_TOKEN` environment variable, else `<state-dir>/token`, generated at first
-start with mode 0600 (and printed once). Tokens are compared in constant time.
+start with mode 0600 (and printed once). A token file others can read is made 0600 (or,
+when that is not ours to do, warned about). Tokens are compared in constant time.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import os
 import secrets
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from .app import Admission, HTTPError, Request
 from .attempts import FailedAttempts
+
+log = logging.getLogger("bunancer")
 
 TOKEN_FILE = "token"
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -35,11 +39,25 @@ class Token:
 def _read_token_file(path: Path) -> str:
     try:
         value = path.read_text().strip()
+        _tighten(path)
     except OSError as error:
         raise TokenError(f"token file {path}: {error.strerror}") from None
     if len(value) < 16:
         raise TokenError(f"token file {path}: a token needs at least 16 characters")
     return value
+
+
+def _tighten(path: Path) -> None:
+    """Make a token file others can read 0600, or warn when we may not."""
+    mode = path.stat().st_mode & 0o777
+    if not mode & 0o077:
+        return
+    try:
+        path.chmod(0o600)
+    except OSError:
+        log.warning("token file %s is readable by others (mode %03o): chmod 600 it", path, mode)
+    else:
+        log.warning("token file %s was readable by others (mode %03o); now 600", path, mode)
 
 
 def load_token(

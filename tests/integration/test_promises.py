@@ -271,13 +271,26 @@ def test_generated_token_is_private_and_printed_on_first_start_only(
         assert_token_guards_changes(first, token)
     finally:
         assert first.process.stop() == 0
+    path.chmod(0o644)  # loosened by hand: made private again, with a warning
+    first.state_dir.chmod(0o757)  # others may write: warned about (not ours to change)
     again = start_proxy([], state_dir=first.state_dir)
     try:
         assert path.read_text().strip() == token  # the same token...
         assert_token_guards_changes(again, token)
-        assert not any(token in line for line in again.process.lines)  # ...not printed again
-        assert any(line.startswith("token: from state") for line in again.process.lines)
+        lines = again.process.lines
+        assert not any(token in line for line in lines)  # ...not printed again
+        assert any(line.startswith("token: from state") for line in lines)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert any(
+            f"token file {path} was readable by others (mode 644); now 600" in line
+            for line in lines
+        )
+        assert any(
+            f"state dir {first.state_dir} is writable by others (mode 757)" in line
+            for line in lines
+        )
     finally:
+        first.state_dir.chmod(0o700)
         again.process.stop()
 
 
