@@ -105,13 +105,6 @@ class _Section(BaseModel):
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
-# Listener keys an HTTP listener has no use for: refused there rather than ignored.
-TCP_ONLY = frozenset(
-    {"idle_timeout", "max_connections", "send_proxy_protocol", "accept_proxy_protocol",
-     "trusted_proxies"}
-)  # fmt: skip
-
-
 class ListenerConfig(_Section):
     address: str = DEFAULT_LISTEN
     mode: Literal["http", "tcp"] = "http"
@@ -139,6 +132,10 @@ class ListenerConfig(_Section):
     @property
     def host_port(self) -> tuple[str, int]:
         return parse_hostport(self.address)
+
+
+# Keys an HTTP listener has no use for: refused there rather than ignored.
+TCP_ONLY = frozenset(ListenerConfig.model_fields) - {"address", "mode", "default_pool"}
 
 
 class HealthConfig(_Section):

@@ -1,6 +1,6 @@
 """The HTTP/1.1 side of the web apps (registry/admin API, dashboard), on the proxy's loop:
-`serve()` and the Protocol per connection (parsing with httptools, framing and size
-checks, pipelining, timeouts, writing responses and streams); handlers see app.py's types.
+`serve()` and the Protocol per connection (reading with reader.py's `RequestReader`,
+pipelining, timeouts, caps, writing responses and streams); handlers see app.py's types.
 This is not the data plane, so simplicity wins over speed: request bodies are buffered (at
 most `max_body` bytes) and each busy connection has one responder task that runs handlers
 and answers pipelined requests in order. A `StreamResponse` goes out chunk by chunk as its
@@ -22,28 +22,22 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
-
-import httptools
 
 from ..core.framing import LAST_CHUNK, encode_chunk  # chunks framed as the proxy frames them
-from .app import AnyResponse, App, HTTPError, Request, Response, StreamResponse, error_response
+from .app import AnyResponse, App, StreamResponse, error_response
+from .reader import Pending, RequestReader
 from .wire import (
     CONTINUE,
     INTERNAL_ERROR,
     NO_BODY_STATUSES,
-    check_framing,
     connection_header,
-    join_headers,
     response_head,
-    split_target,
     stream_head,
 )
 
 log = logging.getLogger("bunancer.web")
 
 _MAX_PIPELINED = 16  # requests queued on one connection before reading pauses
-_MAX_HEAD = 64 * 1024  # request line and headers; beyond it: 431
 _LINGER = 2.0  # after an error response, how long to discard what the client still sends
 # At most this much is read from a socket at once (the loop would read 256 KiB): what one
 # read carries is parsed before reading can pause, so it bounds what a client queues.
@@ -100,23 +94,6 @@ def _too_many(message: str, limit: int) -> bytes:
     return _TOO_MANY % (len(body), body)
 
 
-class _Refused(Exception):
-    """Raised from a parser callback: the request is queued as refused; parse no further."""
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A parsed request waiting its turn, or (request None) an error to answer, then close."""
-
-    request: Request | None
-    response: Response | None
-    keep_alive: bool
-    http11: bool
-    head: bool
-    size: int = 0  # body bytes held, for the queue's limit
-    refusal: HTTPError | None = None  # refused from its head: answered without its body
-
-
 async def serve(
     app: App,
     host: str,
@@ -154,40 +131,31 @@ async def _close_iterator(iterator: object) -> None:
 
 
 class _Connection(asyncio.BufferedProtocol):
-    """One client connection: httptools callbacks fill a queue of requests, one responder
+    """One client connection: its `RequestReader` fills a queue of requests, one responder
     task answers them in order. Timers are `call_later` handles: one for the request being
     read (or keep-alive, or lingering), one while a response waits for the client to read."""
 
     __slots__ = (
         "app",
-        "body",
-        "body_size",
         "census",
         "client_eof",
         "client_ip",
         "closed",
         "counted",
         "drain_waiter",
-        "head_bytes",
-        "http11",
-        "in_head",
-        "in_request",
         "lingering",
         "loop",
-        "parser",
         "queue",
         "queued_bytes",
-        "raw_headers",
         "read_paused",
+        "reader",
         "reading_done",
-        "request",
         "responder",
         "settings",
         "shutting_down",
         "streaming",
         "timer",
         "transport",
-        "url",
         "write_paused",
     )
 
@@ -200,9 +168,9 @@ class _Connection(asyncio.BufferedProtocol):
         self.counted = False  # in the census (refused connections are not)
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.reader = RequestReader(app, self, settings.max_body)
         self.client_ip = ""
-        self.queue: deque[_Pending] = deque()
+        self.queue: deque[Pending] = deque()
         self.queued_bytes = 0  # bodies in the queue
         self.responder: asyncio.Task[None] | None = None
         self.streaming = False  # the responder is inside a StreamResponse's iterator
@@ -215,16 +183,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.shutting_down = False
         self.lingering = False
         self.timer: asyncio.TimerHandle | None = None
-        # The request being read.
-        self.in_request = False
-        self.in_head = False
-        self.head_bytes = 0
-        self.url = b""
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.request: Request | None = None  # from its head on
-        self.http11 = True
-        self.body: list[bytes] = []
-        self.body_size = 0
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "busy" if self.responder else "idle"
@@ -235,7 +193,7 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
+        self.client_ip = self.reader.client_ip = peer[0] if peer else ""
         refusal = self.census.enter(self.client_ip, self.settings)
         if refusal is not None:
             self.reading_done = True
@@ -256,33 +214,10 @@ class _Connection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | memoryview) -> None:
         if self.reading_done:
             return  # after an error: what follows is discarded, never parsed
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            # llhttp stops after a request asking for Upgrade (already queued). We never
-            # switch protocols, so what follows is the next request.
-            rest = data[upgrade.args[0] :]
-            if rest:
-                self.data_received(rest)
-            return
-        except httptools.HttpParserCallbackError as error:
-            cause = error.__context__
-            if isinstance(cause, _Refused):
-                return  # queued with its refusal; reading has stopped
-            if isinstance(cause, HTTPError):
-                self._reject(cause.status, cause.message, **cause.extra)
-            else:
-                log.error("error while parsing a request", exc_info=cause)
-                self._reject(500, "internal error")
-            return
-        except httptools.HttpParserError as error:
-            self._reject(400, "malformed request", detail=str(error))
-            return
-        if self.in_head:
-            # Bounds what httptools buffers for a head that keeps coming.
-            self.head_bytes += len(data)
-            if self.head_bytes > _MAX_HEAD:
-                self._reject(431, "request head too large", limit=_MAX_HEAD)
+        rejection = self.reader.feed(data)
+        if rejection is not None:
+            status, message, extra = rejection
+            self._reject(status, message, **extra)
 
     def eof_received(self) -> bool:
         self.client_eof = True
@@ -347,7 +282,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         if self.lingering:
             self._close()
-        elif self.in_request:
+        elif self.reader.in_request:
             self._reject(408, "request timeout")
         elif self.responder is None and not self.queue:
             self._close()  # idle: silent since connecting, or keep-alive over
@@ -357,81 +292,27 @@ class _Connection(asyncio.BufferedProtocol):
         if not self.closed and self.transport is not None:
             self.transport.abort()
 
-    # -- reading requests (httptools callbacks) ------------------------------------------------
+    # -- what the reader hears (ReaderOwner) ---------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.in_request = True
-        self.in_head = True
-        self.head_bytes = 0
-        self.url = b""
-        self.raw_headers = []
-        self.request = None
-        self.body = []
-        self.body_size = 0
+    def request_begun(self) -> None:
         self._arm(self.settings.header_timeout)
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
+    def request_read(self, pending: Pending) -> None:
+        self._disarm()  # the request arrived in time
+        self._enqueue(pending)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw_headers.append((name, value))
+    def request_refused(self, pending: Pending) -> None:
+        self._stop_reading()
+        self._enqueue(pending)
 
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        parser = self.parser
-        self.http11 = parser.get_http_version() == "1.1"
-        headers = join_headers(self.raw_headers)
-        self.raw_headers = []
-        length = headers.get("content-length")
-        check_framing(headers, self.http11, parser.should_upgrade())
-        if length is not None and int(length) > self.settings.max_body:
-            raise HTTPError(413, "request body too large", limit=self.settings.max_body)
-        path, query = split_target(self.url)
-        self.request = request = Request(
-            parser.get_method().decode("ascii"),
-            path,
-            query=parse_qs(query, keep_blank_values=True) if query else {},
-            headers=headers,
-            client_ip=self.client_ip,
-            http_version="1.1" if self.http11 else "1.0",
-        )
-        if (length not in (None, "0") or "transfer-encoding" in headers) and (
-            refusal := self.app.check_head(request)
-        ) is not None:
-            # Refused without its body (no token, say): the body is never read or held.
-            self._stop_reading()
-            self._enqueue(_Pending(request, None, False, self.http11, False, refusal=refusal))
-            raise _Refused
-        expect = headers.get("expect")
-        if expect is not None and expect.lower() == "100-continue" and self.http11:
-            self._write_continue()
-
-    def _write_continue(self) -> None:
+    def may_continue(self) -> None:
         # Only when nothing else is being written: a 100 must not land inside a response.
         if self.responder is None and not self.queue:
             self._write(CONTINUE)
 
-    def on_body(self, body: bytes) -> None:
-        self.body_size += len(body)
-        if self.body_size > self.settings.max_body:  # chunked bodies have no length up front
-            raise HTTPError(413, "request body too large", limit=self.settings.max_body)
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.in_request = False
-        self._disarm()  # the request arrived in time
-        request = self.request
-        assert request is not None  # (set when its head completed)
-        self.request = None
-        request.body = b"".join(self.body)
-        self.body = []
-        keep_alive = self.parser.should_keep_alive()
-        head = request.method == "HEAD"
-        self._enqueue(_Pending(request, None, keep_alive, self.http11, head, len(request.body)))
-
     # -- answering -----------------------------------------------------------------------------
 
-    def _enqueue(self, pending: _Pending) -> None:
+    def _enqueue(self, pending: Pending) -> None:
         self.queue.append(pending)
         self.queued_bytes += pending.size
         if self._queue_full():
@@ -451,7 +332,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _stop_reading(self) -> None:
         """No further request will be parsed on this connection."""
         self.reading_done = True
-        self.in_request = self.in_head = False
+        self.reader.stop()
         self._disarm()
         self._pause_reading()
 
@@ -460,7 +341,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.reading_done:
             return
         self._stop_reading()
-        self._enqueue(_Pending(None, error_response(status, message, **extra), False, True, False))
+        self._enqueue(Pending(None, error_response(status, message, **extra), False, True, False))
 
     async def _respond(self) -> None:
         """Answer queued requests in order, then leave (an idle connection has no task)."""
@@ -498,12 +379,12 @@ class _Connection(asyncio.BufferedProtocol):
             self.responder = None
         if self.closed:
             return
-        if self.client_eof or (self.shutting_down and not self.in_request):
+        if self.client_eof or (self.shutting_down and not self.reader.in_request):
             self._close()  # (a request begun before the client's EOF can never complete)
-        elif not self.in_request:
+        elif not self.reader.in_request:
             self._arm(self.settings.keepalive_timeout)
 
-    async def _send(self, response: AnyResponse, pending: _Pending, keep_alive: bool) -> bool:
+    async def _send(self, response: AnyResponse, pending: Pending, keep_alive: bool) -> bool:
         """Write one response; whether the connection may stay open after it."""
         if isinstance(response, StreamResponse):
             return await self._send_stream(response, pending, keep_alive)
@@ -521,7 +402,7 @@ class _Connection(asyncio.BufferedProtocol):
         return keep_alive
 
     async def _send_stream(
-        self, response: StreamResponse, pending: _Pending, keep_alive: bool
+        self, response: StreamResponse, pending: Pending, keep_alive: bool
     ) -> bool:
         """Write the head of a StreamResponse at once (event-stream clients wait for it),
         then its body; whether the connection may stay open after it."""
