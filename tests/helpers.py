@@ -33,6 +33,16 @@ max_down_interval = 0.4
 """
 
 
+class FakeClock:
+    """A clock for sans-I/O objects: call it for the time, set `now` to move it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     """Yield to the running loop until `condition` holds; fail after `timeout` seconds."""
     loop = asyncio.get_running_loop()

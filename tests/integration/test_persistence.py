@@ -116,6 +116,23 @@ def test_corrupt_state_falls_back_to_the_last_good_copy(
     assert any("state.json" in line and "bak" in line for line in again.process.lines)
 
 
+def serve_refused(tmp_path: Path, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`bunancer serve` on `state_dir`, which must refuse to start: exit 2, no traceback."""
+    config = tmp_path / "bunancer.toml"
+    config.write_text(
+        '[api]\nlisten = "127.0.0.1:0"\n[dashboard]\nlisten = "127.0.0.1:0"\n'
+        '[[listeners]]\naddress = "127.0.0.1:0"\n[pools.default]\nservers = []\n'
+    )
+    argv = [sys.executable, "-m", "bunancer", "serve", "--config", str(config)]
+    result = subprocess.run(
+        [*argv, "--state-dir", str(state_dir)], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    return result
+
+
 def test_unreadable_state_and_backup_refuse_to_start(tmp_path: Path) -> None:
     """Neither copy parses: the balancer refuses to start (a usage exit, 2, naming both files
     and what is wrong with each) rather than start empty, and leaves both files as they were."""
@@ -124,24 +141,7 @@ def test_unreadable_state_and_backup_refuse_to_start(tmp_path: Path) -> None:
     current, backup = state_dir / "state.json", state_dir / "state.json.bak"
     current.write_text("{")
     backup.write_text("[")
-    config = tmp_path / "bunancer.toml"
-    config.write_text(
-        '[api]\nlisten = "127.0.0.1:0"\n[dashboard]\nlisten = "127.0.0.1:0"\n'
-        '[[listeners]]\naddress = "127.0.0.1:0"\n[pools.default]\nservers = []\n'
-    )
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "bunancer", "serve"),
-            *("--config", str(config), "--state-dir", str(state_dir)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
+    result = serve_refused(tmp_path, state_dir)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"bunancer: state: no usable saved state: {current}: not valid JSON ")
     assert f"; {backup}: not valid JSON " in last
@@ -165,23 +165,7 @@ def test_a_saved_value_the_api_would_refuse_names_its_record_and_never_starts(
     server = {"id": "s", "host": "127.0.0.1", "port": 9001, "weight": 0}
     pool = {"name": "p", "algorithm": "fastest", "servers": [server]}
     (state_dir / "state.json").write_text(json.dumps({"format": 1, "revision": 3, "pools": [pool]}))
-    config = tmp_path / "bunancer.toml"
-    config.write_text(
-        '[api]\nlisten = "127.0.0.1:0"\n[dashboard]\nlisten = "127.0.0.1:0"\n'
-        '[[listeners]]\naddress = "127.0.0.1:0"\n'
-    )
-    argv = [sys.executable, "-m", "bunancer", "serve", "--config", str(config)]
-    result = subprocess.run(
-        [*argv, "--state-dir", str(state_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output
-    assert "Traceback" not in output
-    last = result.stderr.strip().splitlines()[-1]
+    last = serve_refused(tmp_path, state_dir).stderr.strip().splitlines()[-1]
     assert "state.json: pools[0].servers[0].weight: expected an integer from 1 to" in last, last
 
 

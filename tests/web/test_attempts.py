@@ -7,18 +7,11 @@ import logging
 import pytest
 
 from bunancer.web.attempts import FailedAttempts
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_five_wrong_tokens_are_free_then_each_doubles_the_wait_up_to_the_longest() -> None:
-    clock = Clock()
+    clock = FakeClock()
     attempts = FailedAttempts(clock, free=5, base=1.0, longest=8.0)
     for _ in range(4):
         attempts.failed("10.0.0.1", "API")
@@ -33,7 +26,7 @@ def test_five_wrong_tokens_are_free_then_each_doubles_the_wait_up_to_the_longest
 
 
 def test_a_right_token_or_a_quiet_spell_resets_the_count() -> None:
-    clock = Clock()
+    clock = FakeClock()
     attempts = FailedAttempts(clock, free=1, forget_after=600.0)
     attempts.failed("a", "API")
     assert attempts.wait("a") == 1.0
@@ -47,7 +40,7 @@ def test_a_right_token_or_a_quiet_spell_resets_the_count() -> None:
 
 
 def test_memory_is_bounded_by_dropping_the_oldest_address() -> None:
-    attempts = FailedAttempts(Clock(), free=0, max_addresses=3)
+    attempts = FailedAttempts(FakeClock(), free=0, max_addresses=3)
     for client in ("a", "b", "c", "d"):
         attempts.failed(client, "API")
     assert attempts.wait("a") == 0.0  # dropped
@@ -55,7 +48,7 @@ def test_memory_is_bounded_by_dropping_the_oldest_address() -> None:
 
 
 def test_the_first_wrong_token_and_each_wait_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    attempts = FailedAttempts(Clock(), free=3)
+    attempts = FailedAttempts(FakeClock(), free=3)
     with caplog.at_level(logging.WARNING, logger="bunancer.web"):
         for _ in range(4):
             attempts.failed("10.0.0.1", "dashboard login")

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 
 from bunancer.web.session import Sessions, over_https, set_cookie
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_a_session_idle_for_longer_than_idle_is_gone() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     sessions = Sessions(ttl=3600.0, idle=600.0, clock=clock)
     session = sessions.create()
     clock.now = 599.0
@@ -29,7 +22,7 @@ def test_a_session_idle_for_longer_than_idle_is_gone() -> None:
 
 
 def test_a_pages_own_refresh_does_not_keep_the_session_alive() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     sessions = Sessions(ttl=3600.0, idle=600.0, clock=clock)
     session = sessions.create()
     for clock.now in (200.0, 400.0, 599.0):
@@ -39,7 +32,7 @@ def test_a_pages_own_refresh_does_not_keep_the_session_alive() -> None:
 
 
 def test_an_active_session_still_ends_at_its_ttl() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     sessions = Sessions(ttl=1000.0, idle=600.0, clock=clock)
     session = sessions.create()
     for clock.now in (500.0, 999.0):
