@@ -9,31 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from .config import ApiConfig, Config, DashboardConfig, ListenerConfig, parse_hostport
+from .config import ApiConfig, Config, ConfigError, DashboardConfig, parse_hostport
 from .control.addresses import AddressPolicy
 from .control.commands import Commands
 from .control.events import EventBus
 from .control.persistence import Persistence
 from .control.registry import PoolSettings, Registry
+from .control.reload import ReloadPlan, apply_to_pools, plan, protected_pools, remove_pools, running
 from .control.store import Store, StoreError, open_store
 from .control.telemetry import Telemetry
 from .core.accesslog import AccessLog
-from .core.downstream import DownstreamProtocol
-from .core.headers import ForwardingOptions
-from .core.listen import ListenGroup, listen
+from .core.listen import listen
 from .core.listener import ListenerContext
-from .core.routing import Route, RouteTable
-from .core.settings import ListenerSettings, TcpSettings, UpstreamSettings
-from .core.tcp import TcpClientEnd, TcpListenerContext
+from .listeners import (
+    Listener,
+    make_listener,
+    make_routes,
+    reconfigure,
+    upstream_settings,
+)
 from .web.api import build_api
 from .web.app import App
 from .web.attempts import FailedAttempts
@@ -48,80 +48,20 @@ class StartupError(Exception):
     """The balancer cannot start (port in use, bad state dir); phrased for the user."""
 
 
-@dataclass
-class Listener:
-    address: str
-    host: str
-    port: int
-    ctx: ListenerContext | TcpListenerContext
-    factory: Callable[[], asyncio.BaseProtocol]
-    default_pool: str
-    mode: str = "http"
-    server: ListenGroup | None = None
-
-    @property
-    def bound(self) -> str:
-        """The address actually bound (port 0 becomes a real port)."""
-        if self.server is None or not self.server.sockets:
-            return self.address
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def upstream_settings(config: Config) -> UpstreamSettings:
-    """What the data plane's connection pools are told (plain values, no pydantic)."""
-    timeouts, limits, upstream = config.timeouts, config.limits, config.upstream
-    return UpstreamSettings(
-        connect_timeout=timeouts.connect,
-        response_timeout=timeouts.upstream_response,
-        idle_timeout=upstream.idle_timeout,
-        max_idle=upstream.max_idle,
-        max_connections=upstream.max_connections,
-        write_buffer_high=limits.write_buffer_high,
-        write_buffer_low=limits.write_buffer_low,
-    )
-
-
-def listener_settings(config: Config) -> ListenerSettings:
-    """What every HTTP listener's connections are told."""
-    timeouts, limits, headers = config.timeouts, config.limits, config.headers
-    return ListenerSettings(
-        header_timeout=timeouts.header,
-        body_idle_timeout=timeouts.body_idle,
-        keepalive_timeout=timeouts.keepalive,
-        max_request_line=limits.max_request_line,
-        max_header_bytes=limits.max_header_bytes,
-        max_headers=limits.max_headers,
-        max_body_bytes=limits.max_body_bytes,
-        max_pipelined=limits.max_pipelined,
-        tunnel_idle_timeout=timeouts.tunnel_idle,
-        write_buffer_high=limits.write_buffer_high,
-        write_buffer_low=limits.write_buffer_low,
-        stats=config.stats.enabled,
-        forwarding=ForwardingOptions(
-            forwarded=headers.forwarded, x_forwarded=headers.x_forwarded, via=headers.via
-        ),
-    )
-
-
-def tcp_settings(config: Config, listener: ListenerConfig) -> TcpSettings:
-    return TcpSettings(
-        connect_timeout=config.timeouts.connect,
-        idle_timeout=listener.idle_timeout,
-        max_connections=listener.max_connections,
-        send_proxy=listener.send_proxy_protocol,
-        accept_proxy=listener.accept_proxy_protocol,
-        trusted=tuple(
-            ipaddress.ip_network(network, strict=False) for network in listener.trusted_proxies
-        ),
-        retries=config.pools[listener.default_pool].balancing.retries,
-    )
-
-
 class Balancer:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        config_source: Callable[[], Config] | None = None,
+    ) -> None:
+        """`config_source` reads the config again (the file, then the command's flags) for
+        `reload`; None: there is no file to read."""
         self.config = config
         self.loop = loop
+        self.config_source = config_source
+        self.retired: list[Listener] = []  # removed by a reload, still closing connections
+        self._reloading = asyncio.Lock()
         self.upstream_settings = upstream_settings(config)
         self.bus = EventBus()
         self.registry = Registry(
@@ -169,40 +109,14 @@ class Balancer:
                     health=server_config.health,
                     source="config",
                 )
-        registry.protected = {r.pool for r in config.routes} | {
-            listener.default_pool for listener in config.listeners
-        }
+        registry.protected = protected_pools(config)
 
     def _make_listeners(self) -> list[Listener]:
-        config, loop, pools = self.config, self.loop, self.registry.pools
-        settings = listener_settings(config)
-        routes = [
-            Route(pools[r.pool], r.host.encode() if r.host else None, r.path_prefix.encode())
-            for r in config.routes
+        routes = make_routes(self.config, self.registry.pools)
+        return [
+            make_listener(self.config, x, routes, self.registry.pools, self.loop)
+            for x in self.config.listeners
         ]
-        listeners: list[Listener] = []
-        for listener_config in config.listeners:
-            host, port = listener_config.host_port
-            pool = pools[listener_config.default_pool]
-            ctx: ListenerContext | TcpListenerContext
-            if listener_config.mode == "tcp":
-                ctx = TcpListenerContext(loop, pool, tcp_settings(config, listener_config))
-                factory: Callable[[], asyncio.BaseProtocol] = partial(TcpClientEnd, ctx)
-            else:
-                ctx = ListenerContext(loop, RouteTable(routes, pool), settings)
-                factory = partial(DownstreamProtocol, ctx)
-            listeners.append(
-                Listener(
-                    listener_config.address,
-                    host,
-                    port,
-                    ctx,
-                    factory,
-                    listener_config.default_pool,
-                    listener_config.mode,
-                )
-            )
-        return listeners
 
     def listeners_view(self) -> list[dict[str, object]]:
         views: list[dict[str, object]] = []
@@ -237,6 +151,65 @@ class Balancer:
         if self.persistence is not None:
             await self.persistence.save()
 
+    # -- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> tuple[ReloadPlan, list[str]]:
+        """Read the config again and apply what changed in place: what changed, and the
+        problems met (a server or listener that could not be added). A file that does not
+        load raises ConfigError and changes nothing."""
+        if self.config_source is None:
+            raise ConfigError("no config file to reload: bunancer serve was started without one")
+        new = self.config_source()
+        async with self._reloading:
+            change = plan(self.config, new)
+            config = running(self.config, new)
+            registry = self.registry
+            problems = await apply_to_pools(registry, change, config, upstream_settings(config))
+            registry.protected = protected_pools(config)
+            pools = registry.pools
+            routes = make_routes(config, pools)
+            removed = {(x.host_port) for x in change.listeners_removed}
+            for listener in self.listeners:
+                if (listener.host, listener.port) not in removed:
+                    reconfigure(listener, config, routes, pools)
+            for settings in change.listeners_added:
+                listener = make_listener(config, settings, routes, pools, self.loop)
+                try:
+                    await self._listen(listener)
+                except OSError as error:
+                    problems.append(_bind_problem(listener.address, error))
+                    continue
+                self.listeners.append(listener)
+                self.telemetry.listener_stats.append(listener.ctx.rejected)
+            for listener in [x for x in self.listeners if (x.host, x.port) in removed]:
+                self._retire(listener)
+            problems += await remove_pools(registry, change.pools_removed)
+            self.config = config
+            await self.save_state()
+        for line in change.changes() or ["nothing changed"]:
+            log.info("reload: %s", line)
+        for key in change.restart_needed:
+            log.warning("reload: [%s] changed: it applies at the next restart", key)
+        for line in problems:
+            log.warning("reload: %s", line)
+        return change, problems
+
+    def _retire(self, listener: Listener) -> None:
+        """Stop accepting on a listener a reload removed; its connections finish their
+        requests (and tunnels run on) until they end or the balancer stops."""
+        self.listeners.remove(listener)
+        if listener.server is not None:
+            listener.server.close()
+        self.retired = [x for x in self.retired if _has_connections(x)]  # ended: forgotten
+        self.retired.append(listener)
+
+    async def reload_logged(self) -> None:
+        """For SIGHUP: reload, and log a file that does not load instead of raising."""
+        try:
+            await self.reload()
+        except ConfigError as error:
+            log.error("reload refused, the running config stays: %s", error)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -252,18 +225,19 @@ class Balancer:
         await self.registry.first_checks(longest + 0.25)
         for listener in self.listeners:
             try:
-                listener.server = await listen(
-                    self.loop,
-                    listener.factory,
-                    listener.host,
-                    listener.port,
-                    backlog=4096,
-                )
+                await self._listen(listener)
             except OSError as error:
                 await self.close_listeners()
                 raise StartupError(_bind_problem(listener.address, error)) from None
         await self._start_api()
         self.telemetry.start()
+
+    async def _listen(self, listener: Listener) -> None:
+        listener.server = await listen(
+            self.loop, listener.factory, listener.host, listener.port, backlog=4096
+        )
+        if isinstance(listener.ctx, ListenerContext):
+            listener.ctx.access_log = self.access_log
 
     async def _start_api(self) -> None:
         api = self.config.api
@@ -284,6 +258,7 @@ class Balancer:
             public_reads=public_reads,
             host_check=host_check.refusal,
             attempts=self.failed_attempts,
+            reload=self.reload,
         )
         try:
             self.api_server = await web_serve(self.api_app, host, port, **_caps(api))
@@ -334,9 +309,6 @@ class Balancer:
             self.access_log = AccessLog(self.loop, settings.path, settings.format)
         except OSError as error:
             raise StartupError(f"access log {settings.path}: {error.strerror}") from None
-        for listener in self.listeners:
-            if isinstance(listener.ctx, ListenerContext):
-                listener.ctx.access_log = self.access_log
 
     async def _restore_state(self) -> None:
         try:
@@ -386,14 +358,18 @@ class Balancer:
                 await listener.server.wait_closed()
 
     async def run_until_stopped(self) -> None:
-        """Serve until SIGINT/SIGTERM (or `stop()`), then shut down gracefully."""
+        """Serve until SIGINT/SIGTERM (or `stop()`), then shut down gracefully; SIGHUP
+        reloads the config."""
         self._stopping = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(signum, self.stop)
+        self.loop.add_signal_handler(
+            signal.SIGHUP, lambda: self.registry.spawn(self.reload_logged())
+        )
         try:
             await self._stopping.wait()
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self.loop.remove_signal_handler(signum)
         await self.shutdown()
 
@@ -407,14 +383,15 @@ class Balancer:
         for listener in self.listeners:
             if listener.server is not None:
                 listener.server.close()
-        for listener in self.listeners:
+        every = [*self.listeners, *self.retired]
+        for listener in every:
             listener.ctx.drain()
         deadline = self.loop.time() + self.config.timeouts.drain
-        while any(listener.ctx.busy for listener in self.listeners):
+        while any(listener.ctx.busy for listener in every):
             if self.loop.time() >= deadline:
-                left = sum(listener.ctx.busy for listener in self.listeners)
+                left = sum(listener.ctx.busy for listener in every)
                 log.warning("drain timeout: closing %d connection(s) still busy", left)
-                for listener in self.listeners:
+                for listener in every:
                     listener.ctx.abort_all()
                 break
             await asyncio.sleep(0.05)
@@ -436,6 +413,11 @@ def _bound(server: asyncio.Server | None, configured: str) -> str:
         return configured
     host, port = server.sockets[0].getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _has_connections(listener: Listener) -> bool:
+    ctx = listener.ctx
+    return bool(ctx.tunnels) or (isinstance(ctx, ListenerContext) and bool(ctx.connections))
 
 
 def _exposure(
@@ -478,12 +460,16 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def serve(config: Config, on_ready: Callable[[Balancer], None] | None = None) -> None:
+def serve(
+    config: Config,
+    on_ready: Callable[[Balancer], None] | None = None,
+    config_source: Callable[[], Config] | None = None,
+) -> None:
     """Run the balancer in this process until a signal stops it."""
     install_uvloop()
 
     async def main() -> None:
-        balancer = Balancer(config, asyncio.get_running_loop())
+        balancer = Balancer(config, asyncio.get_running_loop(), config_source)
         await balancer.start()
         if on_ready is not None:
             on_ready(balancer)

@@ -143,27 +143,32 @@ def serve(
     from .app import StartupError
     from .app import serve as run
 
-    config = _load(
-        config_path,
-        listen=listen,
-        mode=mode,
-        backends=backends,
-        state_dir=state_dir,
-        api_listen=api_listen,
-        dashboard_listen=dashboard_listen,
-        token_file=token_file,
-        store=store,
-        access_log=access_log,
-        access_log_format=access_log_format,
-        statsd=statsd,
-    )
+    overrides: dict[str, Any] = {
+        "listen": listen,
+        "mode": mode,
+        "backends": backends,
+        "state_dir": state_dir,
+        "api_listen": api_listen,
+        "dashboard_listen": dashboard_listen,
+        "token_file": token_file,
+        "store": store,
+        "access_log": access_log,
+        "access_log_format": access_log_format,
+        "statsd": statsd,
+    }
+    config = _load(config_path, **overrides)
+
+    def config_source() -> Config:
+        """The file read again, the flags on top (they win at a reload too)."""
+        return apply_overrides(load_config(config_path), **overrides)
+
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        run(config, on_ready=_banner)
+        run(config, on_ready=_banner, config_source=config_source if config_path else None)
     except StartupError as error:
         _fail(str(error))
     except KeyboardInterrupt:
@@ -285,6 +290,33 @@ def _call(function: Callable[[], Any]) -> Any:
         if error.status == 401:
             hint = " (pass --token, set BUNANCER_TOKEN, or --state-dir of the balancer)"
         click.echo(f"bunancer: {error}{hint}", err=True)
+        sys.exit(1)
+
+
+@cli.command("reload")
+@api_options
+def reload_command(api_url: str, token: str | None, state_dir: str | None) -> None:
+    """Re-read the running balancer's config file and apply it without a restart (as SIGHUP
+    does). A file that does not load is refused and the running config stays."""
+    client = _client(api_url, token, state_dir)
+    client.timeout = 60.0  # servers the file dropped drain first (up to timeouts.drain)
+
+    def reload() -> dict[str, Any]:
+        try:
+            return client.reload()
+        except ApiError as error:
+            if error.status == 400:
+                _fail(error.message)  # the file's problem, as `config check` says it (exit 2)
+            raise
+
+    result = _call(reload)
+    for line in result["changes"] or ["nothing changed"]:
+        click.echo(line)
+    for key in result["restart_needed"]:
+        click.echo(f"[{key}] changed: it applies at the next restart")
+    for line in result["problems"]:
+        click.echo(f"not applied: {line}", err=True)
+    if result["problems"]:
         sys.exit(1)
 
 

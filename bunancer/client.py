@@ -96,6 +96,10 @@ class ApiClient:
     def pools(self) -> list[dict[str, Any]]:
         return self.request("GET", "/api/pools")  # type: ignore[no-any-return]
 
+    def reload(self) -> dict[str, Any]:
+        """Re-read the balancer's config file: what changed (servers removed drain first)."""
+        return self.request("POST", "/api/reload")  # type: ignore[no-any-return]
+
     def pool(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/api/pools/{quote(name, safe='')}")  # type: ignore[no-any-return]
 

@@ -245,6 +245,14 @@ class Registry:
             return self.upstream
         return dataclasses.replace(self.upstream, max_connections=limit)
 
+    def reconfigure_upstream(self, upstream: UpstreamSettings) -> None:
+        """New connection timeouts and limits for every server (a config reload)."""
+        self.upstream = upstream
+        for name, pool in self.pools.items():
+            for server in pool.servers.values():
+                if server.connections is not None:
+                    server.connections.reconfigure(self._upstream_for(self.settings[name]))
+
     def set_weight(self, pool_name: str, server_id: str, weight: int) -> ServerRecord:
         record = self.record(pool_name, server_id)
         server = record.server

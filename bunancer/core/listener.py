@@ -90,6 +90,13 @@ class ListenerContext:
         self.rejected = ServerStats()  # requests refused before any pool was chosen
         self.sweeping = False
 
+    def reconfigure(self, routes: RouteTable[ServerPool], settings: ListenerSettings) -> None:
+        """A config reload: the next request of every connection uses these."""
+        self.routes = routes
+        self.settings = settings
+        self.forwarding = ForwardingCache(settings.forwarding)
+        self.stats_enabled = settings.stats
+
     # A new connection's first head has a deadline, and arming a timer for it, then
     # cancelling it when the head arrives, costs more than all the rest of the connection's
     # own bookkeeping when each connection carries one request. So one timer per listener

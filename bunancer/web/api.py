@@ -8,15 +8,16 @@ no-op; a refused change is answered by one mapping (`refusal_as_http`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import DEFAULT_ALGORITHM, NAME_PATTERN, WEIGHT_MAX, Algorithm, check_host
+from ..config import DEFAULT_ALGORITHM, NAME_PATTERN, WEIGHT_MAX, Algorithm, ConfigError, check_host
 from ..control.commands import Commands
 from ..control.records import RegistryError
 from ..control.registry import Registry
+from ..control.reload import ReloadPlan
 from ..control.telemetry import Telemetry
 from .app import (
     Admission,
@@ -31,6 +32,8 @@ from .app import (
 from .attempts import FailedAttempts
 from .auth import token_check
 from .router import Router
+
+Reload = Callable[[], Awaitable[tuple[ReloadPlan, list[str]]]]
 
 
 class _Body(BaseModel):
@@ -94,11 +97,13 @@ def build_api(
     public_reads: bool = True,
     host_check: Admission | None = None,
     attempts: FailedAttempts | None = None,
+    reload: Reload | None = None,
     extra_routes: Callable[[Router[Any]], None] | None = None,
 ) -> App:
     """The API's app: `public_reads` lets GETs through without the token; `host_check`
     refuses requests naming a Host it does not allow (`hosts.HostCheck.refusal`); `attempts`
-    makes a client that sent wrong tokens wait (shared with the dashboard's login)."""
+    makes a client that sent wrong tokens wait (shared with the dashboard's login); `reload`
+    re-reads the config file (POST /api/reload)."""
     router: Router[Any] = Router()
 
     @router.get("/healthz")
@@ -109,12 +114,30 @@ def build_api(
         _stats_routes(router, telemetry)
     _pool_routes(router, registry, commands)
     _server_routes(router, registry, commands)
+    if reload is not None:
+        _reload_route(router, reload)
     if extra_routes is not None:
         extra_routes(router)
     checks = [token_check(token, public_reads, attempts)]
     if host_check is not None:
         checks.insert(0, host_check)
     return App(router, [refusing(c) for c in checks], refused, admission=first_refusal(*checks))
+
+
+def _reload_route(router: Router[Any], reload: Reload) -> None:
+    @router.post("/api/reload")
+    async def reload_config(request: Request) -> Response:
+        try:
+            change, problems = await reload()
+        except ConfigError as error:
+            raise HTTPError(400, str(error)) from None
+        return json_response(
+            {
+                "changes": change.changes(),
+                "restart_needed": change.restart_needed,
+                "problems": problems,
+            }
+        )
 
 
 def _stats_routes(router: Router[Any], telemetry: Telemetry) -> None:
