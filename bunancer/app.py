@@ -357,9 +357,9 @@ class Balancer:
             if listener.server is not None:
                 await listener.server.wait_closed()
 
-    async def run_until_stopped(self) -> None:
-        """Serve until SIGINT/SIGTERM (or `stop()`), then shut down gracefully; SIGHUP
-        reloads the config."""
+    async def run_until_stopped(self) -> bool:
+        """Serve until SIGINT/SIGTERM (or `stop()`), then shut down gracefully (whether
+        everything drained in time); SIGHUP reloads the config."""
         self._stopping = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(signum, self.stop)
@@ -371,13 +371,15 @@ class Balancer:
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self.loop.remove_signal_handler(signum)
-        await self.shutdown()
+        return await self.shutdown()
 
     def stop(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> bool:
+        """Stop accepting, let what is in flight finish up to the drain timeout, then close
+        the rest; whether everything finished in time."""
         log.info("shutting down: draining connections for up to %.1fs", self.config.timeouts.drain)
         self._close_apps()
         for listener in self.listeners:
@@ -387,12 +389,14 @@ class Balancer:
         for listener in every:
             listener.ctx.drain()
         deadline = self.loop.time() + self.config.timeouts.drain
+        drained = True
         while any(listener.ctx.busy for listener in every):
             if self.loop.time() >= deadline:
                 left = sum(listener.ctx.busy for listener in every)
                 log.warning("drain timeout: closing %d connection(s) still busy", left)
                 for listener in every:
                     listener.ctx.abort_all()
+                drained = False
                 break
             await asyncio.sleep(0.05)
         self.telemetry.stop()
@@ -405,6 +409,7 @@ class Balancer:
             if record.server.connections is not None:
                 record.server.connections.close()
         log.info("stopped")
+        return drained
 
 
 def _bound(server: asyncio.Server | None, configured: str) -> str:
@@ -464,15 +469,16 @@ def serve(
     config: Config,
     on_ready: Callable[[Balancer], None] | None = None,
     config_source: Callable[[], Config] | None = None,
-) -> None:
-    """Run the balancer in this process until a signal stops it."""
+) -> bool:
+    """Run the balancer in this process until a signal stops it; whether everything in
+    flight drained in time."""
     install_uvloop()
 
-    async def main() -> None:
+    async def main() -> bool:
         balancer = Balancer(config, asyncio.get_running_loop(), config_source)
         await balancer.start()
         if on_ready is not None:
             on_ready(balancer)
-        await balancer.run_until_stopped()
+        return await balancer.run_until_stopped()
 
-    asyncio.run(main())
+    return asyncio.run(main())

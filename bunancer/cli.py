@@ -22,6 +22,7 @@ from .configfile import apply_overrides, load_config
 from .console import STATE_STYLES
 
 EXIT_USAGE = 2
+EXIT_NOT_DRAINED = 3  # serve stopped, but the drain timeout cut requests or tunnels
 
 
 def _fail(message: str) -> NoReturn:
@@ -139,7 +140,8 @@ def serve(
     statsd: str | None,
     log_level: str,
 ) -> None:
-    """Run the load balancer until Ctrl-C or SIGTERM (then drain gracefully)."""
+    """Run the load balancer until Ctrl-C or SIGTERM (then drain gracefully; exit code 3 when
+    the drain timeout cut what was still open). SIGHUP reloads the config file."""
     from .app import StartupError
     from .app import serve as run
 
@@ -167,12 +169,15 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    source = config_source if config_path else None
     try:
-        run(config, on_ready=_banner, config_source=config_source if config_path else None)
+        drained = run(config, on_ready=_banner, config_source=source)
     except StartupError as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        pass
+        return
+    if not drained:
+        sys.exit(EXIT_NOT_DRAINED)
 
 
 @cli.command("compile")

@@ -150,7 +150,7 @@ def test_drain_timeout_cuts_what_is_left(start_proxy: StartProxy, backends: list
     busy.send(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
     wait_for(lambda: any("GET /hang" in r for r in backend_log(backends[0])))
     proxy.process.signal(signal.SIGINT)
-    assert proxy.process.proc.wait(10) == 0
+    assert proxy.process.proc.wait(10) == 3  # stopped, but not everything drained
     assert busy.is_closed(timeout=5)
     assert any("drain timeout" in line for line in proxy.process.lines)
 
