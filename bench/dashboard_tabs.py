@@ -2,6 +2,7 @@
 
     python -m bench.dashboard_tabs                 # 10 tabs, 5 runs x 5 s, 64 connections
     python -m bench.dashboard_tabs --tabs 20 --runs 7 --duration 10
+    python -m bench.dashboard_tabs --servers 500   # and 500 more servers registered meanwhile
 
 Starts two stub backends and `bunancer serve` on 127.0.0.1 (one process, as in
 bench.throughput), then alternates wrk runs without tabs and with N tabs open, the order
@@ -11,9 +12,15 @@ second, server events), as the page's EventSource does. Tabs are plain sockets r
 threads of this process, not Chromium: a browser on the same 2 cores would take CPU from the
 balancer and measure the browser instead.
 
-Prints medians of requests/s and the balancer's CPU µs per request with and without tabs,
-the ratio (target: tabs cost under 5%), and the SSE frames each tab received per second, so
-a run where the tabs were not really live shows. Every process is stopped by its recorded
+With `--servers N`, the loaded condition also has N more servers registered through the API
+(a pool of their own, at ports where nothing listens: checked, never routed), removed again
+before the next quiet run: the per-second summary the tabs receive walks every server, and
+their checks share the loop too (the isolation figure of the workers issue).
+
+Prints medians of requests/s, p99 and the balancer's CPU µs per request with and without
+the load, the ratios (target: tabs cost under 5% of requests/s; with servers, p99 within
+10%), and the SSE frames each tab received per second, so a run where the tabs were not
+really live shows. Every process is stopped by its recorded
 process group; all traffic stays on 127.0.0.1.
 """
 
@@ -47,8 +54,10 @@ from bench.throughput import (
     start_stub_backend,
     warm_up,
 )
+from bunancer.client import ApiClient
 
 CONDITIONS = ("none", "tabs")
+EXTRA_POOL = "many"  # where --servers registers its servers
 EXIT_USAGE = 2
 
 
@@ -108,12 +117,23 @@ class Run:
     frames_per_tab_second: float | None = None
 
 
-def measure_runs(proxy: Endpoint, dashboard_port: int, args: argparse.Namespace) -> list[Run]:
+def register_servers(api: ApiClient, count: int) -> None:
+    """`count` servers in a pool of their own, at ports where nothing listens."""
+    api.request("POST", "/api/pools", {"name": EXTRA_POOL})
+    for index in range(count):
+        api.register(EXTRA_POOL, HOST, 20000 + index)
+
+
+def measure_runs(
+    proxy: Endpoint, dashboard_port: int, api: ApiClient, args: argparse.Namespace
+) -> list[Run]:
     runs: list[Run] = []
     for index in range(args.runs):
         for condition in rotated(list(CONDITIONS), index):
             tabs: list[Tab] = []
             try:
+                if condition == "tabs" and args.servers:
+                    register_servers(api, args.servers)
                 if condition == "tabs":
                     for _ in range(args.tabs):
                         tabs.append(Tab(dashboard_port))
@@ -128,6 +148,8 @@ def measure_runs(proxy: Endpoint, dashboard_port: int, args: argparse.Namespace)
             finally:
                 for tab in tabs:
                     tab.close()
+                if condition == "tabs" and args.servers:
+                    api.request("DELETE", f"/api/pools/{EXTRA_POOL}")
             errors = [tab.error for tab in tabs if tab.error]
             if errors:
                 fail(f"a tab's event stream broke: {errors[0]}")
@@ -135,8 +157,8 @@ def measure_runs(proxy: Endpoint, dashboard_port: int, args: argparse.Namespace)
             runs.append(Run(condition, sample, rate))
             shown = f", {rate:.1f} frames/s per tab" if rate is not None else ""
             console.print(
-                f"run {index + 1} {condition:>4}: {sample.rps:,.0f} req/s, "
-                f"{sample.cpu_us_per_request or 0:.1f} µs CPU/req{shown}"
+                f"run {index + 1} {condition:>4}: {sample.rps:,.0f} req/s, p99 "
+                f"{sample.p99_ms:.2f} ms, {sample.cpu_us_per_request or 0:.1f} µs CPU/req{shown}"
             )
     return runs
 
@@ -149,6 +171,7 @@ def median_of(runs: list[Run], condition: str, value: str) -> float:
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
     rps = {c: median_of(runs, c, "rps") for c in CONDITIONS}
+    p99 = {c: median_of(runs, c, "p99_ms") for c in CONDITIONS}
     cpu = {c: median_of(runs, c, "cpu_us_per_request") for c in CONDITIONS}
     frames = statistics.median(r.frames_per_tab_second or 0 for r in runs if r.condition == "tabs")
     errors = {c: sum(r.sample.errors for r in runs if r.condition == c) for c in CONDITIONS}
@@ -156,17 +179,21 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         title=f"medians of {args.runs} runs x {args.duration:g} s, {args.connections} "
         "connections, keep-alive"
     )
-    for column in ("tabs open", "req/s", "CPU µs/req", "wrk errors"):
+    for column in ("tabs open", "more servers", "req/s", "p99 ms", "CPU µs/req", "wrk errors"):
         table.add_column(column, justify="right")
-    table.add_row("0", f"{rps['none']:,.0f}", f"{cpu['none']:.1f}", str(errors["none"]))
-    table.add_row(str(args.tabs), f"{rps['tabs']:,.0f}", f"{cpu['tabs']:.1f}", str(errors["tabs"]))
+    for condition, tabs, servers in (("none", 0, 0), ("tabs", args.tabs, args.servers)):
+        table.add_row(
+            str(tabs), str(servers), f"{rps[condition]:,.0f}", f"{p99[condition]:.2f}",
+            f"{cpu[condition]:.1f}", str(errors[condition]),
+        )  # fmt: skip
     console.print(table)
     ratio = rps["tabs"] / rps["none"]
     verdict = "under" if ratio > 0.95 else "NOT under"
     change = f"{abs(1 - ratio) * 100:.1f}% {'lower' if ratio <= 1 else 'higher'}"
     console.print(
         f"with {args.tabs} tabs: {ratio:.3f}x the requests/s of none ({change}; {verdict} the "
-        f"5% target), CPU per request {cpu['tabs'] / cpu['none']:.3f}x; "
+        f"5% target), CPU per request {cpu['tabs'] / cpu['none']:.3f}x, p99 "
+        f"{p99['tabs'] / p99['none']:.3f}x (target with servers: within 10%); "
         f"each tab received {frames:.1f} SSE frames/s"
     )
 
@@ -182,6 +209,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (64)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds (2)")
+    parser.add_argument(
+        "--servers", type=int, default=0, help="more servers registered with the tabs (0)"
+    )
     args = parser.parse_args(argv)
     if args.tabs < 1 or args.runs < 1 or args.duration <= 0:
         parser.error("--tabs, --runs and --duration must be positive")
@@ -200,8 +230,11 @@ def main(argv: list[str] | None = None) -> None:
             proxy = start_bunancer(supervisor, backends)
             ready = wait_log_line(proxy.child, r"ready: dashboard listening on [\d.]+:(\d+)")
             dashboard_port = int(ready.group(1))
+            api_ready = wait_log_line(proxy.child, r"ready: api listening on [\d.]+:(\d+)")
+            token = (Path(tmp) / "bunancer-state" / "token").read_text().strip()
+            api = ApiClient(f"http://{HOST}:{api_ready.group(1)}", token, timeout=30.0)
             warm_up({"bunancer": proxy}, args.warmup, args.connections)
-            report(measure_runs(proxy, dashboard_port, args), args)
+            report(measure_runs(proxy, dashboard_port, api, args), args)
         except KeyboardInterrupt:
             console.print("interrupted")
             sys.exit(130)
