@@ -100,6 +100,8 @@ VARIANTS = {
     "bunancer-ewma": "",  # the default algorithm (peak-ewma) instead of round-robin
     "bunancer-pure": "",  # the Python source, not the mypyc build (BUNANCER_PURE_PYTHON)
     "bunancer-ref": "",  # another checkout's bunancer (--reference DIR): before vs after a change
+    "bunancer-w1": "workers = 1\n",  # one data-plane worker beside the control process
+    "bunancer-w2": "workers = 2\n",  # two workers (CPU: every process of the group counted)
 }
 # nginx and HAProxy balance round-robin here, so bunancer does too; `bunancer-ewma` shows
 # what the default algorithm (peak-ewma: a clock read and two random draws per request) adds.
@@ -107,6 +109,8 @@ ALGORITHM = {
     "bunancer": "round-robin",
     "bunancer-pure": "round-robin",
     "bunancer-ref": "round-robin",
+    "bunancer-w1": "round-robin",
+    "bunancer-w2": "round-robin",
 }
 ENVIRONMENT: dict[str, dict[str, str]] = {"bunancer-pure": {PURE_ENV: "1"}}
 # Not run by default either: the floor for a Python proxy (bench/bare_relay.py).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -24,8 +25,9 @@ from .control.registry import PoolSettings, Registry
 from .control.reload import ReloadPlan, apply_to_pools, plan, protected_pools, remove_pools, running
 from .control.store import Store, StoreError, open_store
 from .control.telemetry import Telemetry
+from .control.workers import ListenerSockets, Workers
 from .core.accesslog import AccessLog
-from .core.listen import listen
+from .core.listen import ListenGroup, drain, listen
 from .core.listener import ListenerContext
 from .listeners import (
     Listener,
@@ -93,6 +95,12 @@ class Balancer:
         self.api_server: asyncio.Server | None = None
         self.dashboard_app: App | None = None
         self.dashboard_server: asyncio.Server | None = None
+        count = (os.cpu_count() or 1) if config.workers == "auto" else int(config.workers)
+        self.workers = (
+            Workers(loop, self.registry, lambda: self.config, self._listener_sockets, count)
+            if count
+            else None
+        )
 
     def _add_configured_pools(self) -> None:
         config, registry = self.config, self.registry
@@ -123,17 +131,23 @@ class Balancer:
         for listener in self.listeners:
             ctx = listener.ctx
             tunnels = list(ctx.tunnels)
+            connections = len(ctx.connections) if isinstance(ctx, ListenerContext) else 0
+            open_tunnels = len(tunnels)
+            bytes_in = sum(t.bytes_in for t in tunnels)
+            bytes_out = sum(t.bytes_out for t in tunnels)
+            if self.workers is not None:  # the workers hold them: their last reports
+                connections, open_tunnels, bytes_in, bytes_out = self.workers.open_connections(
+                    _key(listener)
+                )
             views.append(
                 {
                     "address": listener.bound,
                     "mode": listener.mode,
                     "default_pool": listener.default_pool,
-                    "connections": len(ctx.connections)
-                    if isinstance(ctx, ListenerContext)
-                    else len(tunnels),
-                    "tunnels": len(tunnels),
-                    "tunnel_bytes_in": sum(t.bytes_in for t in tunnels),
-                    "tunnel_bytes_out": sum(t.bytes_out for t in tunnels),
+                    "connections": open_tunnels if listener.mode == "tcp" else connections,
+                    "tunnels": open_tunnels,
+                    "tunnel_bytes_in": bytes_in,
+                    "tunnel_bytes_out": bytes_out,
                 }
             )
         return views
@@ -181,11 +195,15 @@ class Balancer:
                     continue
                 self.listeners.append(listener)
                 self.telemetry.listener_stats.append(listener.ctx.rejected)
+                if self.workers is not None:
+                    self.workers.add_listener(_sockets_of(listener))
             for listener in [x for x in self.listeners if (x.host, x.port) in removed]:
                 self._retire(listener)
             problems += await remove_pools(registry, change.pools_removed)
             self.config = config
             await self.save_state()
+            if self.workers is not None and not await self.workers.settle():
+                problems.append("a worker did not take the new config within 2 s")
         for line in change.changes() or ["nothing changed"]:
             log.info("reload: %s", line)
         for key in change.restart_needed:
@@ -229,10 +247,23 @@ class Balancer:
             except OSError as error:
                 await self.close_listeners()
                 raise StartupError(_bind_problem(listener.address, error)) from None
+        if self.workers is not None:
+            await self.workers.start()
         await self._start_api()
         self.telemetry.start()
 
+    def _listener_sockets(self) -> list[ListenerSockets]:
+        return [_sockets_of(x) for x in self.listeners if x.server is not None]
+
     async def _listen(self, listener: Listener) -> None:
+        if self.workers is not None:
+            # Bound here, served by the workers (control/workers.py says why).
+            server = await self.loop.create_server(
+                listener.factory, listener.host, listener.port, reuse_address=True,
+                backlog=4096, start_serving=False,
+            )  # fmt: skip
+            listener.server = ListenGroup([server])
+            return
         listener.server = await listen(
             self.loop, listener.factory, listener.host, listener.port, backlog=4096
         )
@@ -385,20 +416,10 @@ class Balancer:
         for listener in self.listeners:
             if listener.server is not None:
                 listener.server.close()
-        every = [*self.listeners, *self.retired]
-        for listener in every:
-            listener.ctx.drain()
-        deadline = self.loop.time() + self.config.timeouts.drain
-        drained = True
-        while any(listener.ctx.busy for listener in every):
-            if self.loop.time() >= deadline:
-                left = sum(listener.ctx.busy for listener in every)
-                log.warning("drain timeout: closing %d connection(s) still busy", left)
-                for listener in every:
-                    listener.ctx.abort_all()
-                drained = False
-                break
-            await asyncio.sleep(0.05)
+        every = [listener.ctx for listener in (*self.listeners, *self.retired)]
+        drained = await drain(self.loop, every, self.config.timeouts.drain)
+        if self.workers is not None:
+            drained = await self.workers.stop()
         self.telemetry.stop()
         if self.access_log is not None:
             self.access_log.close()
@@ -418,6 +439,20 @@ def _bound(server: asyncio.Server | None, configured: str) -> str:
         return configured
     host, port = server.sockets[0].getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _key(listener: Listener) -> str:
+    """How a worker knows a listener: its mode and configured address."""
+    return f"{listener.mode} {listener.address}"
+
+
+def _sockets_of(listener: Listener) -> ListenerSockets:
+    assert listener.server is not None
+    ctx = listener.ctx
+    return ListenerSockets(
+        _key(listener), listener.mode, listener.default_pool, ctx.settings, listener.server,
+        ctx.rejected,
+    )  # fmt: skip
 
 
 def _has_connections(listener: Listener) -> bool:

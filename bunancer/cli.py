@@ -114,6 +114,11 @@ def cli() -> None:
     help="Access log format (default combined).",
 )
 @click.option(
+    "--workers",
+    metavar="N|auto",
+    help="Data-plane processes (0: serve in this process, the default; auto: one per core).",
+)
+@click.option(
     "--statsd",
     callback=_check_listen,
     metavar="HOST:PORT",
@@ -138,6 +143,7 @@ def serve(
     access_log: str | None,
     access_log_format: str | None,
     statsd: str | None,
+    workers: str | None,
     log_level: str,
 ) -> None:
     """Run the load balancer until Ctrl-C or SIGTERM (then drain gracefully; exit code 3 when
@@ -157,11 +163,11 @@ def serve(
         "access_log": access_log,
         "access_log_format": access_log_format,
         "statsd": statsd,
+        "workers": workers,
     }
     config = _load(config_path, **overrides)
 
-    def config_source() -> Config:
-        """The file read again, the flags on top (they win at a reload too)."""
+    def config_source() -> Config:  # the file read again, the flags on top (as at start)
         return apply_overrides(load_config(config_path), **overrides)
 
     logging.basicConfig(
@@ -321,8 +327,7 @@ def reload_command(api_url: str, token: str | None, state_dir: str | None) -> No
         click.echo(f"[{key}] changed: it applies at the next restart")
     for line in result["problems"]:
         click.echo(f"not applied: {line}", err=True)
-    if result["problems"]:
-        sys.exit(1)
+    sys.exit(1 if result["problems"] else 0)
 
 
 @cli.command("pools")

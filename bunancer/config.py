@@ -11,7 +11,15 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -103,10 +111,11 @@ class _Section(BaseModel):
 
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
+HostPort = Annotated[str, AfterValidator(lambda value: parse_hostport(value) and value)]
 
 
 class ListenerConfig(_Section):
-    address: str = DEFAULT_LISTEN
+    address: HostPort = DEFAULT_LISTEN
     mode: Literal["http", "tcp"] = "http"
     default_pool: str = DEFAULT_POOL  # for tcp: the pool every connection goes to
     # TCP mode
@@ -117,12 +126,6 @@ class ListenerConfig(_Section):
     send_proxy_protocol: Literal["v1", "v2"] | None = None
     accept_proxy_protocol: bool = False
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
-
-    @field_validator("address")
-    @classmethod
-    def _check_address(cls, value: str) -> str:
-        parse_hostport(value)
-        return value
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -357,19 +360,13 @@ class _AdminListener(_Section):
     """What the API's and the dashboard's listeners share: the address and the caps on
     what clients may hold open (beyond them a 503)."""
 
-    listen: str
+    listen: HostPort
     max_connections: int = Field(default=256, ge=1, le=100000)
     max_connections_per_client: int = Field(default=32, ge=1, le=100000)
     # Reads without the token (API) or login (dashboard); unset: on only on a loopback address.
     public_reads: bool | None = None
     allowed_hosts: list[str] = Field(default_factory=list)  # Host names answered besides
     # localhost, IP addresses and the listen address's name (against DNS rebinding)
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_hostport(value)
-        return value
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -395,15 +392,8 @@ class ApiConfig(_AdminListener):
 
 class StatsConfig(_Section):
     enabled: bool = True  # per-request counters and histograms (a few % of throughput)
-    statsd: str | None = None  # HOST:PORT: send StatsD lines over UDP once a second
+    statsd: HostPort | None = None  # send StatsD lines over UDP once a second
     statsd_prefix: str = Field(default="bunancer", pattern=r"^[A-Za-z0-9_.-]+$")
-
-    @field_validator("statsd")
-    @classmethod
-    def _check_statsd(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_hostport(value)
-        return value
 
 
 class AccessLogConfig(_Section):
@@ -417,6 +407,16 @@ class DashboardConfig(_AdminListener):
 
 
 class Config(_Section):
+    # Data-plane processes: 0 serves in this one process; "auto" is one per core.
+    workers: int | Literal["auto"] = 0
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _check_workers(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and 0 <= value <= 256):
+            return value
+        raise ValueError('a number of worker processes from 0 to 256, or "auto"')
+
     state_dir: str = DEFAULT_STATE_DIR
     store: str = "file"  # "file" (state.json in state_dir) or "redis://host:port/db"
     api: ApiConfig = Field(default_factory=ApiConfig)

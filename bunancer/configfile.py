@@ -61,6 +61,7 @@ def apply_overrides(
     access_log: str | None = None,
     access_log_format: str | None = None,
     statsd: str | None = None,
+    workers: str | None = None,
 ) -> Config:
     """Apply command-line flags on top of a loaded config: flags win over the file."""
     # Only what the file set (defaults are filled in again), so that derived defaults such
@@ -89,6 +90,8 @@ def apply_overrides(
         data["access_log"]["format"] = access_log_format
     if statsd is not None:
         data["stats"]["statsd"] = statsd
+    if workers is not None:
+        data["workers"] = int(workers) if workers.isdigit() else workers
     if backends:
         pool_name = config.listeners[0].default_pool
         data["pools"].setdefault(pool_name, {})["servers"] = [{"address": b} for b in backends]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import textwrap
@@ -39,6 +40,21 @@ class Proxy:
 
     def client(self, timeout: float = 10.0) -> RawClient:
         return RawClient(self.port, timeout=timeout)
+
+
+# A test of what one process shares (one connection pool per server, one count of a
+# listener's connections): with --workers each worker has its own, as nginx's do.
+single_process_only = pytest.mark.skipif(
+    bool(os.environ.get("BUNANCER_TEST_WORKERS")),
+    reason="per-worker connection pools and limits: tested in one process",
+)
+
+
+def workers_flag(args: tuple[str, ...]) -> tuple[str, ...]:
+    """`--workers N` from BUNANCER_TEST_WORKERS (`./run test` runs the data plane's tests once
+    more so), unless the test chose its own."""
+    count = os.environ.get("BUNANCER_TEST_WORKERS")
+    return ("--workers", count) if count and "--workers" not in args else ()
 
 
 def start_backend() -> Backend:
@@ -131,6 +147,7 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
                 "--state-dir",
                 str(state_dir),
                 *args,
+                *workers_flag(args),
             ]
         )
         match = process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)")

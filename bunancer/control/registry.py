@@ -144,7 +144,7 @@ class Registry:
             pool.configure(settings.for_data_plane())
             for server in pool.servers.values():
                 if server.connections is not None:
-                    server.connections.reconfigure(self._upstream_for(settings))
+                    server.connections.reconfigure(self.upstream_for(settings))
         if settings.health != old.health or settings.outlier != old.outlier:
             for server in pool.servers.values():
                 self.records[(name, server.id)].apply_settings(settings)
@@ -218,7 +218,7 @@ class Registry:
         elif admin == "draining":
             record.health.apply(Trigger.DRAIN, now, "drained by admin")
         server.state = record.state
-        connections = ConnectionPool(host, port, self._upstream_for(settings), self.loop)
+        connections = ConnectionPool(host, port, self.upstream_for(settings), self.loop)
         connections.owner = pool
         server.connections = connections
         server.on_outlier = self.outliers.report
@@ -239,7 +239,7 @@ class Registry:
                 return self.records[(pool_name, server.id)]
         return None
 
-    def _upstream_for(self, settings: PoolSettings) -> UpstreamSettings:
+    def upstream_for(self, settings: PoolSettings) -> UpstreamSettings:
         limit = settings.balancing.max_connections
         if limit is None:
             return self.upstream
@@ -251,7 +251,7 @@ class Registry:
         for name, pool in self.pools.items():
             for server in pool.servers.values():
                 if server.connections is not None:
-                    server.connections.reconfigure(self._upstream_for(self.settings[name]))
+                    server.connections.reconfigure(self.upstream_for(self.settings[name]))
 
     def set_weight(self, pool_name: str, server_id: str, weight: int) -> ServerRecord:
         record = self.record(pool_name, server_id)

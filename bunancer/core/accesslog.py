@@ -1,7 +1,9 @@
 """Access log: one line per request, off by default, written in batches off the hot path.
 
 Lines are formatted when a request ends and appended to a buffer; a timer writes the
-buffer every 0.2 s (sooner past 64 KiB) with one `os.write`. Formats: `combined` (Apache/
+buffer every 0.2 s (sooner past 64 KiB) with one `os.write` (to standard output, in
+pieces of whole lines of at most PIPE_BUF bytes, which a pipe takes whole: the workers of
+`--workers N` share it). Formats: `combined` (Apache/
 nginx combined, then `upstream=HOST:PORT upstream_us=N us=N`: the upstream server, the time
 from sending the request to the last response byte and the total time, in microseconds;
 -1 when no upstream answered) and `json` (one object per line, times in seconds). The
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import sys
 import time
 from collections.abc import Sequence
@@ -130,13 +133,16 @@ class AccessLog:
             self._handle = None
         if not self._buffer:
             return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        lines, self._buffer = self._buffer, []
         self._size = 0
+        # A file opened for appending takes each write whole, whoever else appends (the
+        # workers); a pipe only up to PIPE_BUF bytes: so whole lines in pieces no bigger.
+        limit = select.PIPE_BUF if self._file is None else 0
         try:
-            while data:
-                written = os.write(self.fd, data)
-                data = data[written:]
+            for data in _pieces(lines, limit):
+                while data:
+                    written = os.write(self.fd, data)
+                    data = data[written:]
         except BlockingIOError:
             pass  # a non-blocking stdout that is full: drop rather than stall the proxy
         except OSError as error:
@@ -146,6 +152,24 @@ class AccessLog:
         self.flush()
         if self._file is not None:
             self._file.close()
+
+
+def _pieces(lines: list[bytes], limit: int) -> list[bytes]:
+    """`lines` joined into pieces of at most `limit` bytes (0: one piece); a longer line is a
+    piece of its own."""
+    if not limit:
+        return [b"".join(lines)]
+    pieces: list[bytes] = []
+    piece: list[bytes] = []
+    size = 0
+    for line in lines:
+        if piece and size + len(line) > limit:
+            pieces.append(b"".join(piece))
+            piece, size = [], 0
+        piece.append(line)
+        size += len(line)
+    pieces.append(b"".join(piece))
+    return pieces
 
 
 def _quote(value: bytes | None) -> bytes:

@@ -16,11 +16,15 @@ pending connections than descriptors: one cheap syscall each.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from ..eventloop import uvloop
+
+log = logging.getLogger("bunancer")
 
 # Connections accepted per loop turn at most (the descriptors polled per listening socket).
 ACCEPTS_PER_TURN = 16
@@ -48,14 +52,19 @@ class ListenGroup:
 async def listen(
     loop: asyncio.AbstractEventLoop,
     factory: Callable[[], asyncio.BaseProtocol],
-    host: str,
-    port: int,
+    host: str = "",
+    port: int = 0,
     *,
     backlog: int,
     accepts_per_turn: int = ACCEPTS_PER_TURN,
+    sock: socket.socket | None = None,
 ) -> ListenGroup:
-    """Bind host:port (every address it resolves to) and serve `factory` on it."""
-    first = await loop.create_server(factory, host, port, reuse_address=True, backlog=backlog)
+    """Bind host:port (every address it resolves to), or take `sock` (bound already: a
+    worker's, inherited from the control process), and serve `factory` on it."""
+    if sock is None:
+        first = await loop.create_server(factory, host, port, reuse_address=True, backlog=backlog)
+    else:
+        first = await loop.create_server(factory, sock=sock, backlog=backlog)
     group = ListenGroup([first])
     if not isinstance(loop, uvloop.Loop):
         return group  # asyncio's loop accepts in a loop already
@@ -70,3 +79,31 @@ async def listen(
         group.close()
         raise
     return group
+
+
+class Drainable(Protocol):
+    """A listener's context as a graceful stop sees it (HTTP and TCP alike)."""
+
+    def drain(self) -> None: ...
+
+    @property
+    def busy(self) -> int: ...
+
+    def abort_all(self) -> None: ...
+
+
+async def drain(loop: asyncio.AbstractEventLoop, contexts: list[Drainable], seconds: float) -> bool:
+    """Let the connections and tunnels of `contexts` finish for up to `seconds`, then cut
+    the rest; whether everything finished in time."""
+    for ctx in contexts:
+        ctx.drain()
+    deadline = loop.time() + seconds
+    while any(ctx.busy for ctx in contexts):
+        if loop.time() >= deadline:
+            left = sum(ctx.busy for ctx in contexts)
+            log.warning("drain timeout: closing %d connection(s) still busy", left)
+            for ctx in contexts:
+                ctx.abort_all()
+            return False
+        await asyncio.sleep(0.05)
+    return True

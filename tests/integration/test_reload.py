@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Backend, Proxy, StartProxy
 from tests.helpers import ROOT, RawClient, free_port, wait_for
 
@@ -63,11 +65,12 @@ def pools(proxy: Proxy) -> dict[str, dict[str, object]]:
     return {p["name"]: p for p in listed}
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_reload_changes_pools_routes_and_listeners_and_keeps_connections(
-    start_proxy: StartProxy, backends: list[Backend]
+    start_proxy: StartProxy, backends: list[Backend], workers: str
 ) -> None:
     one, two = backends
-    proxy = start_proxy([f"127.0.0.1:{one.port}"], extra=HEAD)
+    proxy = start_proxy([f"127.0.0.1:{one.port}"], extra=HEAD, args=("--workers", workers))
     kept = proxy.client()
     assert answered_by(kept, "/v1/x") == one.port
     tunnel = proxy.client()
@@ -166,8 +169,9 @@ def test_a_file_that_does_not_load_is_refused_and_the_running_config_stays(
         assert answered_by(client, "/") == backends[0].port
 
 
-def test_sighup_reloads(start_proxy: StartProxy, backends: list[Backend]) -> None:
-    proxy = start_proxy([f"127.0.0.1:{backends[0].port}"], extra=HEAD)
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sighup_reloads(start_proxy: StartProxy, backends: list[Backend], workers: str) -> None:
+    proxy = start_proxy([f"127.0.0.1:{backends[0].port}"], extra=HEAD, args=("--workers", workers))
     path: Path = proxy.state_dir.parent / "bunancer.toml"
     path.write_text(path.read_text().replace('algorithm = "round-robin"', 'algorithm = "p2c"'))
     proxy.process.signal(signal.SIGHUP)

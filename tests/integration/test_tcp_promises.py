@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Backend, Proxy, StartProxy
+from tests.conftest import Backend, Proxy, StartProxy, single_process_only, workers_flag
 from tests.helpers import Process, RawClient, free_port, spawn, wait_for
 
 
@@ -66,7 +66,16 @@ def start_tcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartTcp]:
             + textwrap.dedent(pool)
         )
         process = spawn(
-            ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / "s")]
+            [
+                "-m",
+                "bunancer",
+                "serve",
+                "--config",
+                str(config),
+                "--state-dir",
+                str(workdir / "s"),
+                *workers_flag(()),
+            ]
         )
         api = process.wait_line(r"ready: api listening on 127\.0\.0\.1:(\d+)")
         port = process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
@@ -116,6 +125,7 @@ def ok(backend: Backend) -> bytes:
 # -- TCP mode: max_connections -------------------------------------------------------------------
 
 
+@single_process_only
 def test_tcp_listener_max_connections_closes_connections_beyond_it(
     start_tcp: StartTcp, backends: list[Backend]
 ) -> None:
@@ -261,6 +271,7 @@ def test_idle_upgraded_connection_is_closed_after_tunnel_idle(
         proxy.process.stop()
 
 
+@single_process_only
 def test_upgraded_upstream_connection_never_returns_to_the_pool(
     start_proxy: StartProxy, backends: list[Backend]
 ) -> None:

@@ -1,0 +1,231 @@
+"""What a worker process is told, and how it applies it (`bunancer serve --workers N`).
+
+The control process describes the data plane as one plain, JSON-able dict, a *snapshot*:
+each pool (its balancing and upstream settings, its servers with state, weights and passive
+check settings), the routes, and each listener (by its configured address: its mode,
+default pool and settings). `World.apply` brings a worker's pools, servers
+and listener contexts in step with a snapshot, in place and between events: a server kept
+from one snapshot to the next is the same object (its connections, in-flight count and
+latency estimate go on), requests in flight finish on the servers and pools they hold.
+
+The other way, `take_stats` turns what a worker's counters gained since the last report
+into a dict the control process adds to its own (`add_stats`), so every figure it shows is
+the whole balancer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from .connections import ConnectionPool
+from .headers import ForwardingOptions
+from .listener import ListenerContext
+from .pool import ServerPool
+from .routing import Route, RouteTable
+from .server import Server, State
+from .settings import BalancingSettings, ListenerSettings, TcpSettings, UpstreamSettings
+from .stats import BUCKETS, ServerStats
+from .tcp import TcpListenerContext
+
+VERSION = 1  # of the message format; a worker refuses another
+
+# -- settings as plain values ---------------------------------------------------------------------
+
+
+def plain(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as JSON-able values (sets and networks as lists of strings)."""
+    out: dict[str, Any] = {}
+    for item in dataclasses.fields(settings):
+        value = getattr(settings, item.name)
+        if dataclasses.is_dataclass(value):
+            value = plain(value)
+        elif isinstance(value, frozenset):
+            value = sorted(value)
+        elif isinstance(value, tuple):
+            value = [str(v) for v in value]
+        out[item.name] = value
+    return out
+
+
+def listener_settings(values: dict[str, Any]) -> ListenerSettings:
+    forwarding = ForwardingOptions(**values["forwarding"])
+    return ListenerSettings(**{**values, "forwarding": forwarding})
+
+
+def tcp_settings(values: dict[str, Any]) -> TcpSettings:
+    trusted = tuple(ipaddress.ip_network(n) for n in values["trusted"])
+    return TcpSettings(**{**values, "trusted": trusted})
+
+
+def balancing_settings(values: dict[str, Any]) -> BalancingSettings:
+    return BalancingSettings(**{**values, "retry_on": frozenset(values["retry_on"])})
+
+
+def server_entry(server: Server) -> dict[str, Any]:
+    return {
+        "id": server.id,
+        "host": server.host,
+        "port": server.port,
+        "weight": server.weight,
+        "effective_weight": server.effective_weight,
+        "state": str(server.state),
+        "eject_after": server.eject_after,
+        "eject_statuses": sorted(server.eject_statuses),
+    }
+
+
+# -- a worker's side ------------------------------------------------------------------------------
+
+# A server a worker saw failing on real traffic: (pool, server id, why).
+OutlierReport = Callable[[str, str, str], None]
+
+
+class World:
+    """A worker's pools and listener contexts, kept in step with the snapshots it receives."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, report_outlier: OutlierReport) -> None:
+        self.loop = loop
+        self.report_outlier = report_outlier
+        self.pools: dict[str, ServerPool] = {}
+        self.listeners: dict[str, ListenerContext | TcpListenerContext] = {}  # by address
+        self.retired: list[ListenerContext | TcpListenerContext] = []  # gone from the config
+        self.version = -1
+        self.drain = 10.0  # seconds a stopping worker lets requests finish
+
+    def apply(self, snapshot: dict[str, Any]) -> None:
+        if snapshot.get("format") != VERSION:
+            raise ValueError(f"snapshot format {snapshot.get('format')!r}, expected {VERSION}")
+        seen = set()
+        for entry in snapshot["pools"]:
+            self._apply_pool(entry)
+            seen.add(entry["name"])
+        for name in [name for name in self.pools if name not in seen]:
+            for server in self.pools.pop(name).servers.values():
+                _retire(server)
+        routes = [
+            Route(self.pools[r["pool"]], r["host"].encode() if r["host"] else None,
+                  r["path_prefix"].encode())
+            for r in snapshot["routes"]
+        ]  # fmt: skip
+        keys = set()
+        for entry in snapshot["listeners"]:
+            self._apply_listener(entry, routes)
+            keys.add(entry["key"])
+        for key in [key for key in self.listeners if key not in keys]:
+            self.retired.append(self.listeners.pop(key))
+        self.drain = snapshot["drain"]
+        self.version = snapshot["version"]
+
+    def _apply_pool(self, entry: dict[str, Any]) -> None:
+        balancing = balancing_settings(entry["balancing"])
+        upstream = UpstreamSettings(**entry["upstream"])
+        pool = self.pools.get(entry["name"])
+        if pool is None:
+            pool = self.pools[entry["name"]] = ServerPool(entry["name"], balancing)
+        elif pool.balancing != balancing:
+            pool.configure(balancing)
+        wanted = {s["id"]: s for s in entry["servers"]}
+        for server_id in [sid for sid in pool.servers if sid not in wanted]:
+            _retire(pool.servers.pop(server_id))
+        for server_id, values in wanted.items():
+            server = pool.servers.get(server_id)
+            if server is not None and (server.host, server.port) != (
+                values["host"],
+                values["port"],
+            ):
+                _retire(pool.servers.pop(server_id))
+                server = None
+            if server is None:
+                server = self._server(pool, values, upstream)
+                pool.servers[server_id] = server
+            elif server.connections is not None:
+                server.connections.reconfigure(upstream)
+            server.weight = values["weight"]
+            server.effective_weight = values["effective_weight"]
+            server.state = State(values["state"])
+            server.eject_after = values["eject_after"]
+            server.eject_statuses = frozenset(values["eject_statuses"])
+        pool.rebuild()
+
+    def _server(
+        self, pool: ServerPool, values: dict[str, Any], upstream: UpstreamSettings
+    ) -> Server:
+        server = Server(values["id"], values["host"], values["port"], values["weight"], pool.name)
+        connections = ConnectionPool(server.host, server.port, upstream, self.loop)
+        connections.owner = pool
+        server.connections = connections
+        server.on_outlier = self._outlier
+        return server
+
+    def _outlier(self, server: Server, reason: str) -> None:
+        self.report_outlier(server.pool_name, server.id, reason)
+
+    def _apply_listener(self, entry: dict[str, Any], routes: list[Route[ServerPool]]) -> None:
+        key, pool = entry["key"], self.pools[entry["default_pool"]]
+        known = self.listeners.get(key)
+        if entry["mode"] == "tcp":
+            settings = tcp_settings(entry["settings"])
+            if isinstance(known, TcpListenerContext):
+                known.pool, known.settings = pool, settings
+            else:
+                self.listeners[key] = TcpListenerContext(self.loop, pool, settings)
+            return
+        table = RouteTable(routes, pool)
+        http_settings = listener_settings(entry["settings"])
+        if isinstance(known, ListenerContext):
+            known.reconfigure(table, http_settings)
+        else:
+            self.listeners[key] = ListenerContext(self.loop, table, http_settings)
+
+
+def _address(values: dict[str, Any]) -> str:
+    host = values["host"]
+    return f"[{host}]:{values['port']}" if ":" in host else f"{host}:{values['port']}"
+
+
+def _retire(server: Server) -> None:
+    """A server no longer in the snapshot: requests in flight finish, nothing new starts."""
+    server.state = State.DRAINING
+    if server.connections is not None:
+        server.connections.close_idle()
+
+
+# -- figures, both ways ---------------------------------------------------------------------------
+
+
+def take_stats(stats: ServerStats, mark: list[int]) -> dict[str, Any] | None:
+    """What `stats` gained since `mark` (updated in place; its latency since the last call is
+    taken), or None when nothing happened."""
+    totals = [*stats.by_class, *stats.errors, stats.bytes_in, stats.bytes_out,
+              stats.retries, stats.redispatches]  # fmt: skip
+    if totals == mark and not any(stats.cur_latency):
+        return None
+    if not mark:
+        mark.extend([0] * len(totals))
+    delta = [now - before for now, before in zip(totals, mark, strict=True)]
+    mark[:] = totals
+    latency = stats.cur_latency
+    stats.cur_latency = [0] * BUCKETS  # a worker has no per-second rotation of its own
+    return {"counts": delta, "latency": latency}
+
+
+def add_stats(stats: ServerStats, delta: dict[str, Any]) -> None:
+    """Add a worker's `take_stats` to the control process's counters of the same thing."""
+    counts: list[int] = delta["counts"]
+    classes, errors = len(stats.by_class), len(stats.errors)
+    for index in range(classes):
+        stats.by_class[index] += counts[index]
+    for index in range(errors):
+        stats.errors[index] += counts[classes + index]
+    rest = classes + errors
+    stats.bytes_in += counts[rest]
+    stats.bytes_out += counts[rest + 1]
+    stats.retries += counts[rest + 2]
+    stats.redispatches += counts[rest + 3]
+    for index, count in enumerate(delta["latency"]):
+        if count:
+            stats.cur_latency[index] += count

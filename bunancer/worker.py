@@ -1,0 +1,201 @@
+"""A data-plane worker: `python -m bunancer.worker`, started by `bunancer serve --workers N`.
+
+It serves the listening sockets it inherits from the control process, as that process's
+snapshots say (core/snapshot.py), and reports back over its channel (core/channel.py) once a
+second what its counters gained, and at once a server it saw failing on real traffic. It
+imports the data plane and orjson only: no config, no pydantic, no web.
+
+SIGTERM drains it (exit 0, or 3 when the drain timeout cut connections). When the control
+process goes away, it keeps serving the last snapshot for `ORPHAN_GRACE` seconds, then
+drains and exits: nothing would update its routes or take its figures any more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from functools import partial
+from typing import Any
+
+import orjson
+
+from .core.accesslog import AccessLog
+from .core.channel import Channel
+from .core.downstream import DownstreamProtocol
+from .core.listen import ListenGroup, drain, listen
+from .core.listener import ListenerContext
+from .core.snapshot import World, take_stats
+from .core.stats import ServerStats
+from .core.tcp import TcpClientEnd
+
+ORPHAN_GRACE = 30.0  # seconds a worker serves on after the control process is gone
+REPORT_EVERY = 1.0
+EXIT_NOT_DRAINED = 3
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
+        self.args = args
+        self.loop = loop
+        self.world = World(loop, self._outlier)
+        self.channel: Channel | None = None
+        self.first = loop.create_future()  # the first snapshot applied
+        self.stopping = asyncio.Event()
+        self.fds: dict[str, list[int]] = dict(args.listener)  # sockets not served yet
+        self.servers: dict[str, list[ListenGroup]] = {}
+        self.marks: dict[tuple[str, ...], list[int]] = {}
+        self.access_log: AccessLog | None = None
+
+    async def run(self) -> int:
+        loop = self.loop
+        channel_sock = socket.socket(fileno=self.args.channel)
+        _, self.channel = await loop.create_connection(
+            lambda: Channel(self._on_message, self._on_channel_closed), sock=channel_sock
+        )
+        fd_sock = socket.socket(fileno=self.args.sockets)
+        fd_sock.setblocking(False)
+        loop.add_reader(fd_sock.fileno(), self._on_sockets, fd_sock)
+        await self.first
+        if self.args.access_log:
+            self.access_log = AccessLog(loop, self.args.access_log, self.args.access_log_format)
+        await self._serve()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)  # Ctrl-C is the control's to act on
+        self.channel.send({"type": "ready", "version": self.world.version})
+        reporter = loop.create_task(self._report())
+        await self.stopping.wait()
+        reporter.cancel()
+        for groups in self.servers.values():
+            for group in groups:
+                group.close()
+        contexts = [*self.world.listeners.values(), *self.world.retired]
+        drained = await drain(loop, contexts, self.world.drain)
+        self._send_stats()
+        if self.access_log is not None:
+            self.access_log.close()
+        for pool in self.world.pools.values():
+            for server in pool.servers.values():
+                if server.connections is not None:
+                    server.connections.close()
+        return 0 if drained else EXIT_NOT_DRAINED
+
+    # -- from the control process --------------------------------------------------------------
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "snapshot":
+            self.world.apply(message)
+            if self.channel is not None:
+                self.channel.send({"type": "applied", "version": self.world.version})
+            if not self.first.done():
+                self.first.set_result(None)
+            else:
+                self.loop.create_task(self._serve())
+
+    def _on_sockets(self, fd_sock: socket.socket) -> None:
+        """A listener added by a reload: its sockets, passed with SCM_RIGHTS."""
+        try:
+            data, fds, _, _ = socket.recv_fds(fd_sock, 4096, 64)
+        except BlockingIOError:
+            return
+        if not data:
+            self.loop.remove_reader(fd_sock.fileno())
+            return
+        self.fds[orjson.loads(data)["key"]] = fds
+        if self.first.done():
+            self.loop.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        """Serve the listeners the snapshot has and whose sockets came; stop accepting on
+        those it no longer has (their connections go on)."""
+        for key, ctx in list(self.world.listeners.items()):
+            fds = self.fds.pop(key, None)
+            if key in self.servers or fds is None:
+                continue
+            if isinstance(ctx, ListenerContext):
+                ctx.access_log = self.access_log
+                factory: Any = partial(DownstreamProtocol, ctx)
+            else:
+                factory = partial(TcpClientEnd, ctx)
+            self.servers[key] = [
+                await listen(self.loop, factory, sock=socket.socket(fileno=fd), backlog=4096)
+                for fd in fds
+            ]
+        for key in [key for key in self.servers if key not in self.world.listeners]:
+            for group in self.servers.pop(key):
+                group.close()
+
+    def _on_channel_closed(self) -> None:
+        if not self.first.done():
+            self.first.set_exception(ConnectionError("the control process went away"))
+            return
+        print(
+            f"bunancer worker {self.args.index}: the control process is gone; serving the last "
+            f"routes for {ORPHAN_GRACE:g} s, then stopping",
+            file=sys.stderr,
+        )
+        self.loop.call_later(ORPHAN_GRACE, self.stopping.set)
+
+    # -- to it ------------------------------------------------------------------------------------
+
+    def _outlier(self, pool: str, server_id: str, reason: str) -> None:
+        if self.channel is not None:
+            self.channel.send({"type": "outlier", "pool": pool, "id": server_id, "reason": reason})
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_EVERY)
+            self._send_stats()
+
+    def _send_stats(self) -> None:
+        if self.channel is None:
+            return
+        servers, pools, listeners = [], [], []
+        for pool in self.world.pools.values():
+            for server in pool.servers.values():
+                delta = self._take(("server", pool.name, server.id), server.stats)
+                servers.append([pool.name, server.id, delta, server.in_flight])
+            pools.append([pool.name, self._take(("pool", pool.name), pool.rejected)])
+        for key, ctx in self.world.listeners.items():
+            open_ = len(ctx.connections) if isinstance(ctx, ListenerContext) else 0
+            tunnels = list(ctx.tunnels)
+            listeners.append([key, self._take(("listener", key), ctx.rejected), open_,
+                              len(tunnels), sum(t.bytes_in for t in tunnels),
+                              sum(t.bytes_out for t in tunnels)])  # fmt: skip
+        self.channel.send(
+            {"type": "stats", "servers": servers, "pools": pools, "listeners": listeners}
+        )
+
+    def _take(self, key: tuple[str, ...], stats: ServerStats) -> dict[str, Any] | None:
+        return take_stats(stats, self.marks.setdefault(key, []))
+
+
+def _listener(text: str) -> tuple[str, list[int]]:
+    """KEY=FD,FD: a listener's key (its mode and address) and its socket descriptors."""
+    key, _, fds = text.rpartition("=")
+    return key, [int(fd) for fd in fds.split(",")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bunancer.worker", description=__doc__)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--channel", type=int, required=True, help="fd of the control channel")
+    parser.add_argument("--sockets", type=int, required=True, help="fd new listeners come by")
+    parser.add_argument("--listener", type=_listener, action="append", default=[], help="KEY=FD,FD")
+    parser.add_argument("--access-log", default="")
+    parser.add_argument("--access-log-format", default="combined")
+    args = parser.parse_args(argv)
+    from .eventloop import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+    async def run() -> int:
+        return await Worker(args, asyncio.get_running_loop()).run()
+
+    sys.exit(asyncio.run(run()))
+
+
+if __name__ == "__main__":
+    main()

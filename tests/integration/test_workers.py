@@ -1,0 +1,176 @@
+"""`bunancer serve --workers 2` through real processes: the workers serve what the control
+process's registry says, report their figures to it, run no health checks of their own, are
+replaced when they die, and stop with the control process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Backend, Proxy, StartProxy
+from tests.helpers import RawClient, wait_for
+
+pytestmark = pytest.mark.slow
+
+FAST_CHECKS = """
+[pools.default.health]
+path = "/checked-by-bunancer"
+interval = 0.2
+fast_interval = 0.2
+"""
+
+
+def workers_of(proxy: Proxy) -> list[int]:
+    """The PIDs of the control process's children (its workers)."""
+    pid = proxy.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sorted(int(child) for child in children)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def api(proxy: Proxy, method: str, path: str, body: object = None) -> tuple[int, object]:
+    data = b"" if body is None else json.dumps(body).encode()
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {proxy.token}\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    with RawClient(proxy.api_port) as client:
+        client.send(head.encode() + data)
+        response = client.read_response()
+    return response.status, json.loads(response.body) if response.body else None
+
+
+def answer(proxy: Proxy, path: str = "/") -> tuple[int, bytes]:
+    """One request on a connection of its own (so the kernel picks a worker each time)."""
+    with proxy.client() as client:
+        response = client.request("GET", path)
+    return response.status, response.body
+
+
+def backend_lines(backend: Backend) -> list[str]:
+    with RawClient(backend.port) as client:
+        return list(json.loads(client.request("GET", "/log").body)["requests"])
+
+
+def test_workers_serve_what_the_registry_says_and_report_figures(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([], args=("--workers", "2"))
+    assert len(workers_of(proxy)) == 2
+    assert answer(proxy)[0] == 503  # an empty pool
+    for backend in backends:
+        status, _ = api(
+            proxy, "POST", "/api/pools/default/servers", {"host": "127.0.0.1", "port": backend.port}
+        )
+        assert status == 201
+    ports = {str(b.port) for b in backends}
+    # Both workers route to both servers once checked (each answer names its port).
+    wait_for(lambda: {answer(proxy)[1].split()[-1].decode() for _ in range(20)} == ports)
+    _, before = api(proxy, "GET", "/api/stats")
+    assert isinstance(before, dict)
+    done = before["pools"]["default"]["requests"]
+    for _ in range(50):
+        assert answer(proxy)[0] == 200
+    # The control process counts every worker's requests (reports come once a second).
+    wait_for(
+        lambda: api(proxy, "GET", "/api/stats")[1]["pools"]["default"]["requests"] >= done + 50
+    )  # type: ignore[index]
+
+
+def test_health_checks_run_once_not_once_per_worker(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    one = backends[0]
+    proxy = start_proxy([f"127.0.0.1:{one.port}"], extra=FAST_CHECKS, args=("--workers", "2"))
+    assert len(workers_of(proxy)) == 2
+
+    def checks() -> int:
+        return sum("/checked-by-bunancer" in line for line in backend_lines(one))
+
+    first, started = checks(), time.monotonic()
+    wait_for(lambda: checks() >= first + 10, timeout=10)
+    seconds = time.monotonic() - started
+    # One checker: about 5 a second (interval 0.2 s); two would make it 10.
+    assert (checks() - first) / seconds < 7.5
+
+
+def test_a_killed_worker_is_replaced_while_the_other_serves(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([f"127.0.0.1:{backends[0].port}"], args=("--workers", "2"))
+    before = workers_of(proxy)
+    os.kill(before[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    for _ in range(20):  # the other worker takes every new connection meanwhile
+        assert answer(proxy)[0] == 200
+    replaced = wait_for(lambda: len(workers_of(proxy)) == 2 and workers_of(proxy) != before)
+    assert replaced
+    assert time.monotonic() - killed_at < 5.0  # (the promise is 1 s; CI machines are slow)
+    assert any(
+        "worker 0 exited (code -9): starting another" in line for line in proxy.process.lines
+    )
+
+
+def test_passive_failures_on_worker_traffic_eject_the_server(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    one, two = backends
+    proxy = start_proxy(
+        [f"127.0.0.1:{one.port}", f"127.0.0.1:{two.port}"],
+        extra="[pools.default.balancing]\nretries = 0\n",
+        args=("--workers", "2"),
+    )
+    wait_for(lambda: all(s["state"] == "healthy" for s in server_views(proxy)))
+    for _ in range(40):
+        answer(proxy, f"/fail-on/{one.port}/503")
+    wait_for(lambda: state_of(proxy, one.port)[0] == "unhealthy")
+    assert "consecutive 503" in state_of(proxy, one.port)[1]
+
+
+def server_views(proxy: Proxy) -> list[dict[str, object]]:
+    _, pools = api(proxy, "GET", "/api/pools")
+    assert isinstance(pools, list)
+    return list(pools[0]["servers"])
+
+
+def state_of(proxy: Proxy, port: int) -> tuple[str, str]:
+    (view,) = [s for s in server_views(proxy) if s["port"] == port]
+    return str(view["state"]), str(view["reason"])
+
+
+def test_sigterm_stops_every_worker(start_proxy: StartProxy, backends: list[Backend]) -> None:
+    proxy = start_proxy([f"127.0.0.1:{backends[0].port}"], args=("--workers", "2"))
+    workers = workers_of(proxy)
+    assert answer(proxy)[0] == 200
+    assert proxy.process.stop() == 0
+    wait_for(lambda: not any(alive(pid) for pid in workers), timeout=5)
+
+
+def test_workers_serve_on_when_the_control_process_dies(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([f"127.0.0.1:{backends[0].port}"], args=("--workers", "2"))
+    workers = workers_of(proxy)
+    try:
+        proxy.process.signal(signal.SIGKILL)
+        proxy.process.proc.wait(5)
+        for _ in range(10):  # the last snapshot still routes (for 30 s, then they stop)
+            assert answer(proxy)[0] == 200
+        assert all(alive(pid) for pid in workers)
+    finally:
+        for pid in workers:  # (stopped here rather than after their 30 s of grace)
+            if alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not any(alive(pid) for pid in workers), timeout=15)
