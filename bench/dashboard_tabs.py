@@ -3,6 +3,7 @@
     python -m bench.dashboard_tabs                 # 10 tabs, 5 runs x 5 s, 64 connections
     python -m bench.dashboard_tabs --tabs 20 --runs 7 --duration 10
     python -m bench.dashboard_tabs --servers 500   # and 500 more servers registered meanwhile
+    python -m bench.dashboard_tabs --servers 500 --workers 1   # the same, data plane apart
 
 Starts two stub backends and `bunancer serve` on 127.0.0.1 (one process, as in
 bench.throughput), then alternates wrk runs without tabs and with N tabs open, the order
@@ -212,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--servers", type=int, default=0, help="more servers registered with the tabs (0)"
     )
+    parser.add_argument(
+        "--workers", type=int, choices=[0, 1, 2], default=0, help="bunancer serve --workers (0)"
+    )
     args = parser.parse_args(argv)
     if args.tabs < 1 or args.runs < 1 or args.duration <= 0:
         parser.error("--tabs, --runs and --duration must be positive")
@@ -227,11 +231,12 @@ def main(argv: list[str] | None = None) -> None:
         supervisor = Supervisor(Path(tmp))
         try:
             backends = [start_stub_backend(supervisor, f"b{i}", 100) for i in (1, 2)]
-            proxy = start_bunancer(supervisor, backends)
+            name = f"bunancer-w{args.workers}" if args.workers else "bunancer"
+            proxy = start_bunancer(supervisor, backends, name)
             ready = wait_log_line(proxy.child, r"ready: dashboard listening on [\d.]+:(\d+)")
             dashboard_port = int(ready.group(1))
             api_ready = wait_log_line(proxy.child, r"ready: api listening on [\d.]+:(\d+)")
-            token = (Path(tmp) / "bunancer-state" / "token").read_text().strip()
+            token = (Path(tmp) / f"{name}-state" / "token").read_text().strip()
             api = ApiClient(f"http://{HOST}:{api_ready.group(1)}", token, timeout=30.0)
             warm_up({"bunancer": proxy}, args.warmup, args.connections)
             report(measure_runs(proxy, dashboard_port, api, args), args)
