@@ -50,6 +50,12 @@ single_process_only = pytest.mark.skipif(
 )
 
 
+def serve_args(config: Path, state_dir: Path, *args: str) -> list[str]:
+    """`python -m bunancer serve` on `config` and `state_dir` (for `spawn`)."""
+    return ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(state_dir),
+            *args, *workers_flag(args)]  # fmt: skip
+
+
 def workers_flag(args: tuple[str, ...]) -> tuple[str, ...]:
     """`--workers N` from BUNANCER_TEST_WORKERS (`./run test` runs the data plane's tests once
     more so), unless the test chose its own."""
@@ -137,19 +143,7 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
         config_path = workdir / "bunancer.toml"
         config_path.write_text(toml)
         state_dir = state_dir or workdir / "state"
-        process = spawn(
-            [
-                "-m",
-                "bunancer",
-                "serve",
-                "--config",
-                str(config_path),
-                "--state-dir",
-                str(state_dir),
-                *args,
-                *workers_flag(args),
-            ]
-        )
+        process = spawn(serve_args(config_path, state_dir, *args))
         match = process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
         api = process.wait_line(r"ready: api listening on 127\.0\.0\.1:(\d+)")
         dashboard = process.wait_line(r"ready: (?:dashboard listening on 127\.0\.0\.1:(\d+)|proxy)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bunancer.core import proxyproto
-from tests.conftest import StartProxy, workers_flag
+from tests.conftest import StartProxy, serve_args
 from tests.helpers import WEBSOCKETS_MISSING, Process, free_port, require_tool, spawn, wait_for
 
 MiB = 1024 * 1024
@@ -54,18 +54,7 @@ def start_tcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             + textwrap.dedent(listener)
             + f"\n[pools.default]\nservers = [{servers}]\n"
         )
-        process = spawn(
-            [
-                "-m",
-                "bunancer",
-                "serve",
-                "--config",
-                str(config),
-                "--state-dir",
-                str(workdir / "s"),
-                *workers_flag(()),
-            ]
-        )
+        process = spawn(serve_args(config, workdir / "s"))
         port = int(process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)").group(1))
         proxy = TcpProxy(process, port)
         running.append(proxy)

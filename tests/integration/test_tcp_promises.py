@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Backend, Proxy, StartProxy, single_process_only, workers_flag
+from tests.conftest import Backend, Proxy, StartProxy, serve_args, single_process_only
 from tests.helpers import Process, RawClient, free_port, spawn, wait_for
 
 
@@ -65,18 +65,7 @@ def start_tcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartTcp]:
             + f"\n[pools.default]\nservers = [{servers}]\n"
             + textwrap.dedent(pool)
         )
-        process = spawn(
-            [
-                "-m",
-                "bunancer",
-                "serve",
-                "--config",
-                str(config),
-                "--state-dir",
-                str(workdir / "s"),
-                *workers_flag(()),
-            ]
-        )
+        process = spawn(serve_args(config, workdir / "s"))
         api = process.wait_line(r"ready: api listening on 127\.0\.0\.1:(\d+)")
         port = process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
         proxy = TcpProxy(process, int(port.group(1)), int(api.group(1)))
