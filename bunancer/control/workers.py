@@ -54,6 +54,7 @@ log = logging.getLogger("bunancer.workers")
 PUSH_EVERY = 1.0  # a snapshot at least this often
 READY_TIMEOUT = 30.0  # a worker's first start (imports, the compiled modules)
 STOP_GRACE = 5.0  # beyond the drain timeout, before a worker that does not stop is killed
+RESPAWN_PAUSE = 0.25  # a worker that lived less than this is started again after this long
 # Events after which the workers get a snapshot at once.
 ROUTING_EVENTS = (SERVER_ADDED, SERVER_REMOVED, SERVER_STATE, SERVER_UPDATED, POOL_ADDED,
                   POOL_REMOVED, POOL_UPDATED)  # fmt: skip
@@ -165,12 +166,15 @@ class Workers:
             log.error("worker %d did not start within %.0f s", worker.index, READY_TIMEOUT)
 
     async def _watch(self, worker: Worker, process: asyncio.subprocess.Process) -> None:
+        started = self.loop.time()
         code = await process.wait()
         if self.stopping or worker.process is not process:
             return
         log.warning("worker %d exited (code %s): starting another", worker.index, code)
         worker.in_flight.clear()
         worker.open.clear()
+        if self.loop.time() - started < RESPAWN_PAUSE:
+            await asyncio.sleep(RESPAWN_PAUSE)  # one that dies at start: not in a tight loop
         await self._spawn(worker)
 
     def _spawn_task(self, coro: Any) -> None:
