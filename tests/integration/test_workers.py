@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Backend, Proxy, StartProxy
-from tests.helpers import RawClient, wait_for
+from tests.helpers import RawClient, RedisServer, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +176,82 @@ def test_workers_serve_on_when_the_control_process_dies(
             if alive(pid):
                 os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not any(alive(pid) for pid in workers), timeout=15)
+
+
+def remote_ports(pid: int) -> set[int]:
+    """The remote ports of `pid`'s TCP connections (its socket inodes, looked up in
+    /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_the_control_process_is_the_only_redis_client(
+    start_proxy: StartProxy, backends: list[Backend], redis_server: RedisServer
+) -> None:
+    proxy = start_proxy(
+        [f"127.0.0.1:{backends[0].port}"],
+        extra=f'store = "{redis_server.url}"\n',
+        args=("--workers", "2"),
+    )
+    assert answer(proxy)[0] == 200
+    assert redis_server.port in remote_ports(proxy.process.pid)
+    for worker in workers_of(proxy):
+        assert redis_server.port not in remote_ports(worker)
+
+
+def test_a_worker_imports_the_data_plane_only() -> None:
+    code = (
+        "import sys, bunancer.worker; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'pydantic', 'jinja2', 'rich', 'redis', 'click'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_killing_a_worker_under_load_fails_only_its_own_connections(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    import threading
+
+    proxy = start_proxy([f"127.0.0.1:{backends[0].port}"], args=("--workers", "2"))
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def load() -> None:  # one keep-alive connection at a time, a new one after a failure
+        deadline = time.monotonic() + 20  # bounded whatever happens
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                with proxy.client(timeout=5) as client:
+                    while not stop.is_set():
+                        assert client.request("GET", "/sleep/5").status == 200
+                        answered[0] += 1
+            except (OSError, ConnectionError, AssertionError) as error:
+                failures.append(type(error).__name__)
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: answered[0] >= 100)
+        os.kill(workers_of(proxy)[0], signal.SIGKILL)
+        before = answered[0]
+        wait_for(lambda: answered[0] >= before + 200)  # the others (and the new one) serve on
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert len(failures) <= 8  # at most each client's one connection to the killed worker
