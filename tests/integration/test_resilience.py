@@ -17,7 +17,7 @@ import uvloop
 from bench.algorithms import scenario as algorithms_scenario
 from bunancer.client import ApiClient
 from bunancer.core.pool import RETRY_RESERVE
-from tests.conftest import Backend, Proxy, StartProxy
+from tests.conftest import Backend, Proxy, StartProxy, single_process_only
 from tests.helpers import free_port, wait_for
 from tests.integration.test_lifecycle import backend_log
 from tests.integration.test_observability import metrics
@@ -132,6 +132,7 @@ def test_retry_budget_caps_retries(start_proxy: StartProxy, backends: list[Backe
     assert statuses.count(503) == met_failing - RETRY_RESERVE
 
 
+@single_process_only  # max_connections and max_pending hold per worker
 def test_overload_gives_a_fast_503(start_proxy: StartProxy, backends: list[Backend]) -> None:
     proxy = start_proxy(
         [backends[0].url],
