@@ -1,6 +1,6 @@
 """Config reloads under load: what clients saw, and whether a tunnel outlived them.
 
-    python -m bench.reload [--reloads 10] [--connections 64] [--every 0.5]
+    python -m bench.reload [--reloads 10] [--connections 64] [--every 0.5] [--workers N]
 
 Starts three stub backends and `bunancer serve` on 127.0.0.1 with a config file, drives a
 keep-alive GET load from this process over `--connections` connections, and reloads
@@ -35,9 +35,10 @@ def verdict(failed: int, tunnel_answers: int, reloads: int) -> str:
     return "PASS" if failed == 0 and tunnel_answers == reloads else "FAIL"
 
 
-def config_text(variant: str, ports: list[int], listen: dict[str, int]) -> str:
+def config_text(variant: str, ports: list[int], listen: dict[str, int], workers: int = 0) -> str:
     s1, s2, s3 = (f"127.0.0.1:{p}" for p in ports)
     head = (
+        f"workers = {workers}\n"
         f'[[listeners]]\naddress = "127.0.0.1:{listen["proxy"]}"\n'
         f'[[listeners]]\naddress = "127.0.0.1:{listen["tcp"]}"\nmode = "tcp"\n'
         'default_pool = "tcp"\n'
@@ -83,7 +84,7 @@ async def reload_under_load(args: argparse.Namespace, supervisor: Supervisor) ->
         start_stub(supervisor, f"s{i + 1}", port, f"s{i + 1}")
     listen = {name: free_port() for name in ("proxy", "tcp", "api", "extra")}
     config = workdir / "bunancer.toml"
-    config.write_text(config_text("A", ports, listen))
+    config.write_text(config_text("A", ports, listen, args.workers))
     serve = ["-m", "bunancer", "serve", "--config", str(config), "--state-dir", str(workdir / "s")]
     start_python(supervisor, "proxy", serve, "ready: proxy listening")
     client = ApiClient(
@@ -96,7 +97,7 @@ async def reload_under_load(args: argparse.Namespace, supervisor: Supervisor) ->
     answered, took = 0, []
     await asyncio.sleep(args.every)
     for n in range(args.reloads):
-        config.write_text(config_text("B" if n % 2 == 0 else "A", ports, listen))
+        config.write_text(config_text("B" if n % 2 == 0 else "A", ports, listen, args.workers))
         started = time.monotonic()
         await asyncio.to_thread(client.reload)
         took.append(time.monotonic() - started)
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--reloads", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--every", type=float, default=0.5, help="seconds between reloads")
+    parser.add_argument("--workers", type=int, default=0, help="bunancer serve --workers (0)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bunancer-reload-") as tmp:
