@@ -101,6 +101,7 @@ class Balancer:
             if count
             else None
         )
+        self.telemetry.workers = self.workers
 
     def _add_configured_pools(self) -> None:
         config, registry = self.config, self.registry

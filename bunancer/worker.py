@@ -156,7 +156,11 @@ class Worker:
         for pool in self.world.pools.values():
             for server in pool.servers.values():
                 delta = self._take(("server", pool.name, server.id), server.stats)
-                servers.append([pool.name, server.id, delta, server.in_flight])
+                connections = server.connections
+                active, idle = (
+                    (connections.active, connections.idle_count) if connections else (0, 0)
+                )
+                servers.append([pool.name, server.id, delta, server.in_flight, active, idle])
             pools.append([pool.name, self._take(("pool", pool.name), pool.rejected)])
         for key, ctx in self.world.listeners.items():
             open_ = len(ctx.connections) if isinstance(ctx, ListenerContext) else 0

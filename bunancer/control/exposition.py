@@ -7,13 +7,14 @@ and the control plane's records), on request or once a second, never on the requ
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..core.server import State
 from ..core.stats import BUCKETS, ERROR_NAMES, ServerStats, bucket_bounds, percentile
 from .figures import CODE_CLASSES
 
 if TYPE_CHECKING:
+    from .records import ServerRecord
     from .registry import Registry
 
 # Prometheus `le` edges: every power of two of microseconds from 128 us to 32 s. They are
@@ -21,9 +22,20 @@ if TYPE_CHECKING:
 _PROM_EDGES = [index for index in range(BUCKETS) if index % 4 == 0 and 32 <= index <= 100]
 
 
-def prometheus_text(registry: Registry, listener_stats: list[ServerStats]) -> str:
+class WorkerFigures(Protocol):
+    """What `--workers` adds: the workers hold the upstream connections, and have figures
+    of their own (control/workers.py)."""
+
+    def connections(self, pool: str, server_id: str) -> tuple[int, int]: ...
+
+    def metrics(self, out: Exposition) -> None: ...
+
+
+def prometheus_text(
+    registry: Registry, listener_stats: list[ServerStats], workers: WorkerFigures | None = None
+) -> str:
     """Every pool's and server's counters, states and checks, and the process's figures."""
-    out = _Exposition()
+    out = Exposition()
     out.family("bunancer_requests_total", "counter", "Requests answered, by status class.")
     out.family("bunancer_errors_total", "counter", "Failed requests and attempts, by kind.")
     out.family("bunancer_request_duration_seconds", "histogram", "Time from request to last byte.")
@@ -42,50 +54,42 @@ def prometheus_text(registry: Registry, listener_stats: list[ServerStats]) -> st
     out.family("bunancer_bytes_total", "counter", "Bytes, in (from clients) and out.")
     for pool in registry.pools.values():
         for record in registry.in_order(pool.name):
-            server, health = record.server, record.health
-            labels = {"pool": pool.name, "server": server.id}
-            _counters(out, server.stats, labels)
-            out.sample("bunancer_server_up", labels, int(server.routable))
-            for state in State:
-                out.sample(
-                    "bunancer_server_state",
-                    {**labels, "state": state.value},
-                    int(server.state is state),
-                )
-            out.sample("bunancer_server_in_flight", labels, server.in_flight)
-            out.sample("bunancer_server_max_in_flight", labels, server.max_in_flight)
-            stats = server.stats
-            out.sample("bunancer_retries_total", {**labels, "kind": "retry"}, stats.retries)
-            out.sample(
-                "bunancer_retries_total", {**labels, "kind": "redispatch"}, stats.redispatches
-            )
-            out.sample(
-                "bunancer_health_checks_total",
-                {**labels, "result": "pass"},
-                health.checks_passed,
-            )
-            out.sample(
-                "bunancer_health_checks_total",
-                {**labels, "result": "fail"},
-                health.checks_failed,
-            )
-            connections = server.connections
-            out.sample(
-                "bunancer_upstream_connections",
-                {**labels, "state": "active"},
-                connections.active if connections else 0,
-            )
-            out.sample(
-                "bunancer_upstream_connections",
-                {**labels, "state": "idle"},
-                connections.idle_count if connections else 0,
-            )
-            out.sample("bunancer_ejections_total", labels, health.ejections_total)
+            _server_samples(out, record, workers)
         _counters(out, pool.rejected, {"pool": pool.name, "server": ""})
     for stats in listener_stats:
         _counters(out, stats, {"pool": "", "server": ""})
+    if workers is not None:
+        workers.metrics(out)
     _process_metrics(out)
     return out.text()
+
+
+def _server_samples(out: Exposition, record: ServerRecord, workers: WorkerFigures | None) -> None:
+    server, health = record.server, record.health
+    labels = {"pool": server.pool_name, "server": server.id}
+    _counters(out, server.stats, labels)
+    out.sample("bunancer_server_up", labels, int(server.routable))
+    for state in State:
+        out.sample(
+            "bunancer_server_state", {**labels, "state": state.value}, int(server.state is state)
+        )
+    out.sample("bunancer_server_in_flight", labels, server.in_flight)
+    out.sample("bunancer_server_max_in_flight", labels, server.max_in_flight)
+    stats = server.stats
+    out.sample("bunancer_retries_total", {**labels, "kind": "retry"}, stats.retries)
+    out.sample("bunancer_retries_total", {**labels, "kind": "redispatch"}, stats.redispatches)
+    out.sample("bunancer_health_checks_total", {**labels, "result": "pass"}, health.checks_passed)
+    out.sample("bunancer_health_checks_total", {**labels, "result": "fail"}, health.checks_failed)
+    connections = server.connections
+    if workers is not None:  # the workers hold them
+        active, idle = workers.connections(server.pool_name, server.id)
+    elif connections is not None:
+        active, idle = connections.active, connections.idle_count
+    else:
+        active = idle = 0
+    out.sample("bunancer_upstream_connections", {**labels, "state": "active"}, active)
+    out.sample("bunancer_upstream_connections", {**labels, "state": "idle"}, idle)
+    out.sample("bunancer_ejections_total", labels, health.ejections_total)
 
 
 def statsd_packets(registry: Registry, prefix: str) -> list[str]:
@@ -130,7 +134,7 @@ def _metric_part(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
-def _counters(out: _Exposition, stats: ServerStats, labels: dict[str, str]) -> None:
+def _counters(out: Exposition, stats: ServerStats, labels: dict[str, str]) -> None:
     for name, count in zip(CODE_CLASSES, stats.by_class, strict=False):
         if count:
             out.sample("bunancer_requests_total", {**labels, "code_class": name}, count)
@@ -163,7 +167,7 @@ def _counters(out: _Exposition, stats: ServerStats, labels: dict[str, str]) -> N
     out.sample("bunancer_request_duration_seconds_sum", labels, round(estimate, 6))
 
 
-def _process_metrics(out: _Exposition) -> None:
+def _process_metrics(out: Exposition) -> None:
     try:
         with open("/proc/self/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
@@ -190,7 +194,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-class _Exposition:
+class Exposition:
     """Prometheus text format 0.0.4: HELP and TYPE once per family, then its samples."""
 
     def __init__(self) -> None:

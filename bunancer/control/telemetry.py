@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.stats import ServerStats, merge
 from .events import STATS_TICK, EventBus
-from .exposition import p99_of_last_second, prometheus_text, statsd_packets
+from .exposition import WorkerFigures, p99_of_last_second, prometheus_text, statsd_packets
 from .figures import STATES, Window, pool_figures, round_or_none, summary
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class Telemetry:
         self.listener_stats = list(listener_stats)
         # Set by the app: the listeners with their open connections and tunnels.
         self.listeners_view: Callable[[], list[dict[str, Any]]] = list
+        self.workers: WorkerFigures | None = None  # set by the app with --workers
         self.started_at = time.time()
         self._handle: asyncio.TimerHandle | None = None
         self._last: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -198,7 +199,7 @@ class Telemetry:
     # -- Prometheus and StatsD ----------------------------------------------------------------
 
     def prometheus(self) -> str:
-        return prometheus_text(self.registry, self.listener_stats)
+        return prometheus_text(self.registry, self.listener_stats, self.workers)
 
     def _send_statsd(self) -> None:
         assert self._statsd is not None

@@ -47,6 +47,7 @@ from .events import (
     SERVER_UPDATED,
     Subscription,
 )
+from .exposition import Exposition
 from .registry import Registry
 
 log = logging.getLogger("bunancer.workers")
@@ -80,7 +81,10 @@ class Worker:
     sockets: socket.socket | None = None  # new listeners' descriptors go this way
     ready: asyncio.Future[None] | None = None
     applied: int = 0  # the newest snapshot version it applied
-    in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
+    restarts: int = 0
+    # By server, from its last report: requests answered (in all), in flight, upstream
+    # connections active and idle.
+    servers: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     # By listener: client connections, tunnels, and the bytes in and out of those tunnels.
     open: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
@@ -171,8 +175,9 @@ class Workers:
         if self.stopping or worker.process is not process:
             return
         log.warning("worker %d exited (code %s): starting another", worker.index, code)
-        worker.in_flight.clear()
+        worker.servers.clear()
         worker.open.clear()
+        worker.restarts += 1
         if self.loop.time() - started < RESPAWN_PAUSE:
             await asyncio.sleep(RESPAWN_PAUSE)  # one that dies at start: not in a tight loop
         await self._spawn(worker)
@@ -268,17 +273,20 @@ class Workers:
     def _add_stats(self, worker: Worker, message: dict[str, Any]) -> None:
         pools = self.registry.pools
         touched = set()
-        for pool_name, server_id, delta, in_flight in message["servers"]:
+        for pool_name, server_id, delta, in_flight, active, idle in message["servers"]:
             server = self._server(pool_name, server_id)
             if server is None:
                 continue
+            key = (pool_name, server_id)
+            figures = worker.servers.setdefault(key, [0, 0, 0, 0])
             if delta is not None:
                 add_stats(server.stats, delta)
-            worker.in_flight[(pool_name, server_id)] = in_flight
-            touched.add((pool_name, server_id))
+                figures[0] += sum(delta["counts"][: len(server.stats.by_class)])
+            figures[1:] = [in_flight, active, idle]
+            touched.add(key)
         for key in touched:
             server = self._server(*key)
-            total = sum(w.in_flight.get(key, 0) for w in self.workers)
+            total = sum(w.servers[key][1] for w in self.workers if key in w.servers)
             server.in_flight = total
             server.max_in_flight = max(server.max_in_flight, total)
         for pool_name, delta in message["pools"]:
@@ -290,6 +298,28 @@ class Workers:
                 if delta is not None:
                     add_stats(listeners[key].rejected, delta)
                 worker.open[key] = tuple(open_)  # type: ignore[assignment]
+
+    def connections(self, pool: str, server_id: str) -> tuple[int, int]:
+        """A server's upstream connections, active and idle, over every worker."""
+        key = (pool, server_id)
+        figures = [w.servers[key] for w in self.workers if key in w.servers]
+        return sum(f[2] for f in figures), sum(f[3] for f in figures)
+
+    def metrics(self, out: Exposition) -> None:
+        """Each worker's own figures, labelled `worker` (its index), for /metrics."""
+        out.family("bunancer_worker_up", "gauge", "1 while the worker process runs.")
+        out.family("bunancer_worker_restarts_total", "counter", "Times the worker was replaced.")
+        out.family("bunancer_worker_requests_total", "counter", "Requests the worker answered.")
+        out.family("bunancer_worker_in_flight", "gauge", "The worker's requests in flight.")
+        for worker in self.workers:
+            labels = {"worker": str(worker.index)}
+            running = worker.process is not None and worker.process.returncode is None
+            out.sample("bunancer_worker_up", labels, int(running))
+            out.sample("bunancer_worker_restarts_total", labels, worker.restarts)
+            for (pool, server_id), figures in worker.servers.items():
+                at = {**labels, "pool": pool, "server": server_id}
+                out.sample("bunancer_worker_requests_total", at, figures[0])
+                out.sample("bunancer_worker_in_flight", at, figures[1])
 
     def open_connections(self, key: str) -> tuple[int, int, int, int]:
         """A listener's client connections, tunnels and their bytes in and out, over every

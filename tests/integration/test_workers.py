@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -255,3 +256,34 @@ def test_killing_a_worker_under_load_fails_only_its_own_connections(
         for thread in threads:
             thread.join(10)
     assert len(failures) <= 8  # at most each client's one connection to the killed worker
+
+
+def test_metrics_carry_each_workers_figures(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([f"127.0.0.1:{backends[0].port}"], args=("--workers", "2"))
+    for _ in range(30):
+        assert answer(proxy)[0] == 200
+
+    def metrics() -> str:
+        with RawClient(proxy.api_port) as client:
+            client.send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            return client.read_response().body.decode()
+
+    server = f"127.0.0.1:{backends[0].port}"
+    pattern = re.compile(
+        rf'bunancer_worker_requests_total\{{worker="(\d)",pool="default",server="{server}"\}} (\d+)'
+    )
+    # Reports come once a second: wait until the workers' counts add up to the 30.
+    wait_for(lambda: sum(int(n) for _, n in pattern.findall(metrics())) >= 30)
+    text = metrics()
+    assert 'bunancer_worker_up{worker="0"} 1' in text
+    assert 'bunancer_worker_up{worker="1"} 1' in text
+    assert 'bunancer_worker_restarts_total{worker="0"} 0' in text
+    # The upstream connections are the workers' (kept alive after the 30 requests).
+    idle = re.search(
+        rf'bunancer_upstream_connections\{{pool="default",server="{server}",state="idle"\}} (\d+)',
+        text,
+    )
+    assert idle is not None
+    assert int(idle.group(1)) >= 1
