@@ -69,8 +69,11 @@ def test_counters_match_requests_of_each_class(
         return sum(server["errors"]["client_abort"] for server in servers)
 
     def settled() -> dict[str, Any] | None:
+        # (With --workers each worker reports once a second: wait for every count to be in.)
         snapshot = stats(proxy)
-        return snapshot if aborts(snapshot) == 1 else None
+        counted = snapshot["pools"]["default"]["requests"] == 9
+        done = aborts(snapshot) == 1 and counted and snapshot["listener_rejected"] == 1
+        return snapshot if done else None
 
     snapshot = wait_for(settled, timeout=5)
     pool = snapshot["pools"]["default"]
