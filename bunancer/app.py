@@ -138,7 +138,7 @@ class Balancer:
             bytes_out = sum(t.bytes_out for t in tunnels)
             if self.workers is not None:  # the workers hold them: their last reports
                 connections, open_tunnels, bytes_in, bytes_out = self.workers.open_connections(
-                    _key(listener)
+                    listener.key
                 )
             views.append(
                 {
@@ -183,10 +183,16 @@ class Balancer:
             registry.protected = protected_pools(config)
             pools = registry.pools
             routes = make_routes(config, pools)
-            removed = {(x.host_port) for x in change.listeners_removed}
+            removed = {x.host_port for x in change.listeners_removed}
+            leaving = [x for x in self.listeners if (x.host, x.port) in removed]
             for listener in self.listeners:
-                if (listener.host, listener.port) not in removed:
+                if listener not in leaving:
                     reconfigure(listener, config, routes, pools)
+            readded = {x.host_port for x in change.listeners_added} & removed
+            for listener in [x for x in leaving if (x.host, x.port) in readded]:
+                self._retire(listener)  # another mode at the same address: this goes first
+            if readded and self.workers is not None:
+                await self.workers.settle()  # (the workers let go of the address too)
             for settings in change.listeners_added:
                 listener = make_listener(config, settings, routes, pools, self.loop)
                 try:
@@ -198,8 +204,8 @@ class Balancer:
                 self.telemetry.listener_stats.append(listener.ctx.rejected)
                 if self.workers is not None:
                     self.workers.add_listener(_sockets_of(listener))
-            for listener in [x for x in self.listeners if (x.host, x.port) in removed]:
-                self._retire(listener)
+            for listener in [x for x in leaving if x in self.listeners]:
+                self._retire(listener)  # (after the new ones opened)
             problems += await remove_pools(registry, change.pools_removed)
             self.config = config
             await self.save_state()
@@ -219,7 +225,7 @@ class Balancer:
         self.listeners.remove(listener)
         if listener.server is not None:
             listener.server.close()
-        self.retired = [x for x in self.retired if _has_connections(x)]  # ended: forgotten
+        self.retired = [x for x in self.retired if x.has_connections]  # ended: forgotten
         self.retired.append(listener)
 
     async def reload_logged(self) -> None:
@@ -442,23 +448,13 @@ def _bound(server: asyncio.Server | None, configured: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _key(listener: Listener) -> str:
-    """How a worker knows a listener: its mode and configured address."""
-    return f"{listener.mode} {listener.address}"
-
-
 def _sockets_of(listener: Listener) -> ListenerSockets:
     assert listener.server is not None
     ctx = listener.ctx
     return ListenerSockets(
-        _key(listener), listener.mode, listener.default_pool, ctx.settings, listener.server,
+        listener.key, listener.mode, listener.default_pool, ctx.settings, listener.server,
         ctx.rejected,
     )  # fmt: skip
-
-
-def _has_connections(listener: Listener) -> bool:
-    ctx = listener.ctx
-    return bool(ctx.tunnels) or (isinstance(ctx, ListenerContext) and bool(ctx.connections))
 
 
 def _exposure(

@@ -34,6 +34,16 @@ class Listener:
     server: ListenGroup | None = None
 
     @property
+    def key(self) -> str:
+        """How a worker knows the listener: its mode and configured address."""
+        return f"{self.mode} {self.address}"
+
+    @property
+    def has_connections(self) -> bool:
+        ctx = self.ctx
+        return bool(ctx.tunnels) or (isinstance(ctx, ListenerContext) and bool(ctx.connections))
+
+    @property
     def bound(self) -> str:
         """The address actually bound (port 0 becomes a real port)."""
         if self.server is None or not self.server.sockets:

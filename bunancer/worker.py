@@ -87,6 +87,7 @@ class Worker:
     def _on_message(self, message: dict[str, Any]) -> None:
         if message.get("type") == "snapshot":
             self.world.apply(message)
+            self._close_gone()  # before saying so: the address may be bound again at once
             if self.channel is not None:
                 self.channel.send({"type": "applied", "version": self.world.version})
             if not self.first.done():
@@ -108,8 +109,7 @@ class Worker:
             self.loop.create_task(self._serve())
 
     async def _serve(self) -> None:
-        """Serve the listeners the snapshot has and whose sockets came; stop accepting on
-        those it no longer has (their connections go on)."""
+        """Serve the listeners the snapshot has and whose sockets came."""
         for key, ctx in list(self.world.listeners.items()):
             fds = self.fds.pop(key, None)
             if key in self.servers or fds is None:
@@ -123,6 +123,9 @@ class Worker:
                 await listen(self.loop, factory, sock=socket.socket(fileno=fd), backlog=4096)
                 for fd in fds
             ]
+
+    def _close_gone(self) -> None:
+        """Stop accepting on listeners the snapshot no longer has (their connections go on)."""
         for key in [key for key in self.servers if key not in self.world.listeners]:
             for group in self.servers.pop(key):
                 group.close()

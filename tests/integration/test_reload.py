@@ -177,3 +177,33 @@ def test_sighup_reloads(start_proxy: StartProxy, backends: list[Backend], worker
     proxy.process.signal(signal.SIGHUP)
     proxy.process.wait_line(r"reload: pool default changed")
     assert pools(proxy)["default"]["algorithm"] == "p2c"
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_listener_that_changes_mode_keeps_its_address(
+    start_proxy: StartProxy, backends: list[Backend], workers: str
+) -> None:
+    one = backends[0]
+    port = free_port()
+    text = f"""
+    [[listeners]]
+    address = "127.0.0.1:0"
+    [[listeners]]
+    address = "127.0.0.1:{port}"
+    MODE
+    [pools.default]
+    algorithm = "round-robin"
+    servers = [{{ address = "127.0.0.1:{one.port}" }}]
+    """.replace("\n    ", "\n")
+    proxy = start_proxy([f"127.0.0.1:{one.port}"], extra=HEAD, args=("--workers", workers))
+    write_config(proxy, text.replace("MODE", ""))
+    assert reload(proxy).returncode == 0
+    with RawClient(port) as client:
+        assert answered_by(client, "/") == one.port  # HTTP: parsed and proxied
+    write_config(proxy, text.replace("MODE", 'mode = "tcp"'))
+    result = reload(proxy)
+    assert result.returncode == 0, result.stderr
+    assert f"listener 127.0.0.1:{port} (tcp) added" in result.stdout
+    with RawClient(port) as client:  # TCP now: the bytes reach the backend as they are
+        assert answered_by(client, "/") == one.port
+        assert client.request("GET", "/echo-headers").body.count(b"X-Forwarded-For") == 0
