@@ -168,6 +168,9 @@ class Workers:
             await asyncio.wait_for(asyncio.shield(worker.ready), READY_TIMEOUT)
         except TimeoutError:
             log.error("worker %d did not start within %.0f s", worker.index, READY_TIMEOUT)
+            return
+        if worker.restarts:
+            log.info("worker %d serving again (pid %d)", worker.index, worker.process.pid)
 
     async def _watch(self, worker: Worker, process: asyncio.subprocess.Process) -> None:
         started = self.loop.time()
