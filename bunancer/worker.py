@@ -48,6 +48,7 @@ class Worker:
         self.servers: dict[str, list[ListenGroup]] = {}
         self.marks: dict[tuple[str, ...], list[int]] = {}
         self.access_log: AccessLog | None = None
+        self.tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
 
     async def run(self) -> int:
         loop = self.loop
@@ -93,7 +94,7 @@ class Worker:
             if not self.first.done():
                 self.first.set_result(None)
             else:
-                self.loop.create_task(self._serve())
+                self._serve_soon()
 
     def _on_sockets(self, fd_sock: socket.socket) -> None:
         """A listener added by a reload: its sockets, passed with SCM_RIGHTS."""
@@ -106,7 +107,12 @@ class Worker:
             return
         self.fds[orjson.loads(data)["key"]] = fds
         if self.first.done():
-            self.loop.create_task(self._serve())
+            self._serve_soon()
+
+    def _serve_soon(self) -> None:
+        task = self.loop.create_task(self._serve())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _serve(self) -> None:
         """Serve the listeners the snapshot has and whose sockets came."""
