@@ -182,11 +182,6 @@ class World:
             self.listeners[key] = ListenerContext(self.loop, table, http_settings)
 
 
-def _address(values: dict[str, Any]) -> str:
-    host = values["host"]
-    return f"[{host}]:{values['port']}" if ":" in host else f"{host}:{values['port']}"
-
-
 def _retire(server: Server) -> None:
     """A server no longer in the snapshot: requests in flight finish, nothing new starts."""
     server.state = State.DRAINING
