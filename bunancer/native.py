@@ -17,24 +17,24 @@ This module must not import `bunancer.core`: it decides how that package loads.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import os
-import shutil
-import subprocess
 import sys
-import sysconfig
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib.machinery import ModuleSpec
+from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 CORE = PACKAGE / "core"
 COMPILED_DIR = CORE / "_compiled"
 DIGEST_FILE = "source.sha256"
+# The interpreter's extension ABI (sysconfig's EXT_SUFFIX, without loading its big table).
+EXT_SUFFIX = EXTENSION_SUFFIXES[0]
 PURE_ENV = "BUNANCER_PURE_PYTHON"
+# Set for a worker by its parent: the build digest the parent checked against the source as it
+# loaded that build. A worker finding the same build needs no hashing (nor hashlib: 0.7 MiB).
+CHECKED_ENV = "BUNANCER_CORE_CHECKED"
 # The per-request path. Everything else (health checks, registry, stats export) runs
 # rarely enough that compiling it would only lengthen the build.
 COMPILED = (
@@ -82,7 +82,9 @@ class CompileError(Exception):
 def source_digest(package: Path = PACKAGE) -> str:
     """What a build depends on: the data plane's source (nothing outside `core/`, which
     imports nothing else of bunancer's but `eventloop`) and the interpreter's extension ABI."""
-    digest = hashlib.sha256(sysconfig.get_config_var("EXT_SUFFIX").encode())
+    import hashlib  # here, not above: a worker that loads its parent's checked build skips it
+
+    digest = hashlib.sha256(EXT_SUFFIX.encode())
     for path in sorted((package / "core").glob("*.py")):
         digest.update(b"\0%s\0" % path.name.encode())
         digest.update(path.read_bytes())
@@ -91,23 +93,27 @@ def source_digest(package: Path = PACKAGE) -> str:
 
 def installed_build() -> bool:
     """Compiled modules beside the source: a wheel built with the package (setup.py)."""
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    return all((CORE / f"{module}{suffix}").exists() for module in COMPILED)
+    return all((CORE / f"{module}{EXT_SUFFIX}").exists() for module in COMPILED)
 
 
 def status() -> str:
     """``compiled``, or why the Python source runs: ``pure: ...``."""
+    return _status()[0]
+
+
+def _status() -> tuple[str, str | None]:
+    """The status, and the digest of the checkout's build when that is what loads."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
-        return f"pure: {PURE_ENV} is set"
+        return f"pure: {PURE_ENV} is set", None
     if installed_build():
         # Python imports an extension module before the source beside it: nothing to switch.
-        return "compiled (built with the package)"
+        return "compiled (built with the package)", None
     built = _built_digest()
     if built is None:
-        return "pure: not compiled (run `bunancer compile`)"
-    if built != source_digest():
-        return "pure: the source changed since the last compile (run `bunancer compile`)"
-    return "compiled"
+        return "pure: not compiled (run `bunancer compile`)", None
+    if built != os.environ.get(CHECKED_ENV) and built != source_digest():
+        return "pure: the source changed since the last compile (run `bunancer compile`)", None
+    return "compiled", built
 
 
 def _built_digest() -> str | None:
@@ -115,6 +121,9 @@ def _built_digest() -> str | None:
         return (COMPILED_DIR / DIGEST_FILE).read_text().strip()
     except FileNotFoundError:
         return None
+
+
+loaded_build: str | None = None  # the digest of the checkout build `activate` put first
 
 
 class _SourceFinder:
@@ -134,12 +143,22 @@ class _SourceFinder:
 def activate(search_path: list[str]) -> str:
     """Called by `bunancer.core` as it loads: put the compiled modules first when usable,
     or the source first when asked to run it."""
-    state = status()
+    global loaded_build
+    state, loaded_build = _status()
     if state == "compiled":
         search_path.insert(0, str(COMPILED_DIR))
     elif state.startswith("pure") and installed_build():
         sys.meta_path.insert(0, _SourceFinder())
     return state
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for a process that loads the data plane the way this one did: the
+    build this process checked is trusted without hashing the source again."""
+    env = dict(os.environ)
+    if loaded_build is not None:
+        env[CHECKED_ENV] = loaded_build
+    return env
 
 
 def compile_core(force: bool = False, log: Callable[[str], object] = print) -> bool:
@@ -157,6 +176,11 @@ def compile_core(force: bool = False, log: Callable[[str], object] = print) -> b
         raise CompileError(
             "mypyc is not installed: pip install 'bunancer[native]' (it comes with mypy)"
         ) from None
+    # The build's tools, imported here: a process that only loads the data plane never needs them.
+    import shutil
+    import subprocess
+    import tempfile
+
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bunancer-compile-") as tmp:
         tree = Path(tmp) / "bunancer"
@@ -184,6 +208,8 @@ def compile_core(force: bool = False, log: Callable[[str], object] = print) -> b
 
 def _install(built: list[Path], digest: str) -> None:
     """Swap the new build in whole: a process starting meanwhile sees a whole build or none."""
+    import shutil
+
     fresh = CORE / f"_compiled.new-{os.getpid()}"
     stale = CORE / f"_compiled.old-{os.getpid()}"
     fresh.mkdir()

@@ -3,7 +3,8 @@
 It serves the listening sockets it inherits from the control process, as that process's
 snapshots say (core/snapshot.py), and reports back over its channel (core/channel.py) once a
 second what its counters gained, and at once a server it saw failing on real traffic. It
-imports the data plane and orjson only: no config, no pydantic, no web.
+imports the data plane only: no config, no pydantic, no web, not even argparse or orjson
+(a worker's memory is mostly the interpreter's; each module it skips is one per worker).
 
 SIGTERM drains it (exit 0, or 3 when the drain timeout cut connections). When the control
 process goes away, it keeps serving the last snapshot for `ORPHAN_GRACE` seconds, then
@@ -12,17 +13,15 @@ drains and exits: nothing would update its routes or take its figures any more.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import getopt
+import marshal
 import signal
 import socket
 import sys
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from .core.accesslog import AccessLog
 from .core.channel import Channel
 from .core.downstream import DownstreamProtocol
 from .core.listen import ListenGroup, drain, listen
@@ -31,13 +30,43 @@ from .core.snapshot import World, take_stats
 from .core.stats import ServerStats
 from .core.tcp import TcpClientEnd
 
+if TYPE_CHECKING:
+    from .core.accesslog import AccessLog
+
 ORPHAN_GRACE = 30.0  # seconds a worker serves on after the control process is gone
 REPORT_EVERY = 1.0
 EXIT_NOT_DRAINED = 3
 
 
+class WorkerArgs:
+    """The command line the control process gives (control/workers.py)."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.channel = -1  # the control channel's descriptor
+        self.sockets = -1  # the descriptor new listeners come by
+        self.listener: list[tuple[str, list[int]]] = []  # a listener's key and its sockets
+        self.access_log = ""
+        self.access_log_format = "combined"
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> WorkerArgs:
+        names = ["index=", "channel=", "sockets=", "listener=", "access-log=", "access-log-format="]
+        options, _ = getopt.getopt(argv, "", names)
+        args = cls()
+        for name, value in options:
+            if name == "--listener":  # KEY=FD,FD
+                key, _, fds = value.rpartition("=")
+                args.listener.append((key, [int(fd) for fd in fds.split(",")]))
+            elif name in ("--index", "--channel", "--sockets"):
+                setattr(args, name[2:], int(value))
+            else:
+                setattr(args, name[2:].replace("-", "_"), value)
+        return args
+
+
 class Worker:
-    def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, args: WorkerArgs, loop: asyncio.AbstractEventLoop) -> None:
         self.args = args
         self.loop = loop
         self.world = World(loop, self._outlier)
@@ -61,6 +90,8 @@ class Worker:
         loop.add_reader(fd_sock.fileno(), self._on_sockets, fd_sock)
         await self.first
         if self.args.access_log:
+            from .core.accesslog import AccessLog  # only when on: it brings orjson
+
             self.access_log = AccessLog(loop, self.args.access_log, self.args.access_log_format)
         await self._serve()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
@@ -105,7 +136,7 @@ class Worker:
         if not data:
             self.loop.remove_reader(fd_sock.fileno())
             return
-        self.fds[orjson.loads(data)["key"]] = fds
+        self.fds[marshal.loads(data)["key"]] = fds
         if self.first.done():
             self._serve_soon()
 
@@ -185,21 +216,8 @@ class Worker:
         return take_stats(stats, self.marks.setdefault(key, []))
 
 
-def _listener(text: str) -> tuple[str, list[int]]:
-    """KEY=FD,FD: a listener's key (its mode and address) and its socket descriptors."""
-    key, _, fds = text.rpartition("=")
-    return key, [int(fd) for fd in fds.split(",")]
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bunancer.worker", description=__doc__)
-    parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--channel", type=int, required=True, help="fd of the control channel")
-    parser.add_argument("--sockets", type=int, required=True, help="fd new listeners come by")
-    parser.add_argument("--listener", type=_listener, action="append", default=[], help="KEY=FD,FD")
-    parser.add_argument("--access-log", default="")
-    parser.add_argument("--access-log-format", default="combined")
-    args = parser.parse_args(argv)
+    args = WorkerArgs.parse(sys.argv[1:] if argv is None else argv)
     from .eventloop import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

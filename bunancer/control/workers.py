@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import signal
 import socket
 import subprocess
@@ -30,8 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import orjson
-
+from .. import native
 from ..config import Config
 from ..core.channel import Channel
 from ..core.listen import ListenGroup
@@ -134,7 +134,7 @@ class Workers:
 
     def add_listener(self, listener: ListenerSockets) -> None:
         """Hand a listener a reload opened to every worker (the next snapshot has it)."""
-        message = orjson.dumps({"key": listener.key})
+        message = marshal.dumps({"key": listener.key})
         fds = [sock.fileno() for sock in listener.server.sockets]
         for worker in self.workers:
             if worker.sockets is not None:
@@ -154,7 +154,7 @@ class Workers:
         if access_log.path is not None:
             argv += ["--access-log", access_log.path, "--access-log-format", access_log.format]
         worker.process = await asyncio.create_subprocess_exec(
-            *argv, pass_fds=fds, stdin=subprocess.DEVNULL
+            *argv, pass_fds=fds, stdin=subprocess.DEVNULL, env=native.child_environment()
         )
         child.close()
         theirs.close()
