@@ -106,6 +106,7 @@ class Workers:
         self.version = 0
         self.stopping = False
         self._push_soon = False
+        self._contents_sent: dict[str, Any] | None = None  # what the newest version holds
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events: Subscription | None = None
 
@@ -193,8 +194,15 @@ class Workers:
     # -- snapshots --------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        """The current snapshot: a new version when anything in it changed since the last."""
+        contents = self._contents()
+        if contents != self._contents_sent:
+            self.version += 1
+            self._contents_sent = contents
+        return {"type": "snapshot", "format": VERSION, "version": self.version, **contents}
+
+    def _contents(self) -> dict[str, Any]:
         registry, config = self.registry, self.config()
-        self.version += 1
         pools = [
             {
                 "name": name,
@@ -212,11 +220,8 @@ class Workers:
              "settings": plain(x.settings)}
             for x in self.listeners()
         ]  # fmt: skip
-        return {
-            "type": "snapshot", "format": VERSION, "version": self.version,
-            "drain": config.timeouts.drain, "pools": pools, "routes": routes,
-            "listeners": listeners,
-        }  # fmt: skip
+        return {"drain": config.timeouts.drain, "pools": pools, "routes": routes,
+                "listeners": listeners}  # fmt: skip
 
     def push(self) -> None:
         """Send every worker the current snapshot (several changes in one loop turn: one)."""
@@ -226,8 +231,13 @@ class Workers:
         self.loop.call_soon(self._push_now)
 
     def _push_now(self) -> None:
+        """Send the snapshot if it changed: the once-a-second push mostly finds nothing new,
+        and with hundreds of servers a snapshot costs a worker's loop a millisecond."""
         self._push_soon = False
+        sent = self.version
         message = self.snapshot()
+        if message["version"] == sent:
+            return
         for worker in self.workers:
             if worker.channel is not None:
                 worker.channel.send(message)

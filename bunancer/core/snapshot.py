@@ -31,7 +31,7 @@ from .settings import BalancingSettings, ListenerSettings, TcpSettings, Upstream
 from .stats import BUCKETS, ServerStats
 from .tcp import TcpListenerContext
 
-VERSION = 1  # of the message format; a worker refuses another
+VERSION = 2  # of the message format; a worker refuses another
 
 # -- settings as plain values ---------------------------------------------------------------------
 
@@ -65,17 +65,15 @@ def balancing_settings(values: dict[str, Any]) -> BalancingSettings:
     return BalancingSettings(**{**values, "retry_on": frozenset(values["retry_on"])})
 
 
-def server_entry(server: Server) -> dict[str, Any]:
-    return {
-        "id": server.id,
-        "host": server.host,
-        "port": server.port,
-        "weight": server.weight,
-        "effective_weight": server.effective_weight,
-        "state": str(server.state),
-        "eject_after": server.eject_after,
-        "eject_statuses": sorted(server.eject_statuses),
-    }
+ServerEntry = tuple[str, str, int, int, float, str, int, tuple[int, ...]]
+
+
+def server_entry(server: Server) -> ServerEntry:
+    """A server as the snapshot carries it: a plain tuple, cheaper to send, read and compare
+    than a dict (a pool of 500 servers, checked often, is sent many times a second)."""
+    statuses = tuple(sorted(server.eject_statuses))
+    return (server.id, server.host, server.port, server.weight, server.effective_weight,
+            str(server.state), server.eject_after, statuses)  # fmt: skip
 
 
 # -- a worker's side ------------------------------------------------------------------------------
@@ -95,15 +93,22 @@ class World:
         self.retired: list[ListenerContext | TcpListenerContext] = []  # gone from the config
         self.version = -1
         self.drain = 10.0  # seconds a stopping worker lets requests finish
+        self.applied: dict[str, dict[str, Any]] = {}  # each pool's entry as last applied
+        self.upstreams: dict[str, UpstreamSettings] = {}  # each pool's upstream settings
 
     def apply(self, snapshot: dict[str, Any]) -> None:
         if snapshot.get("format") != VERSION:
             raise ValueError(f"snapshot format {snapshot.get('format')!r}, expected {VERSION}")
         seen = set()
         for entry in snapshot["pools"]:
-            self._apply_pool(entry)
+            # A pool whose entry did not change is left alone: its selector keeps its state
+            # (a hash table, a round-robin position), and a big pool costs nothing to skip.
+            if self.applied.get(entry["name"]) != entry:
+                self._apply_pool(entry, self.applied.get(entry["name"]))
+                self.applied[entry["name"]] = entry
             seen.add(entry["name"])
         for name in [name for name in self.pools if name not in seen]:
+            del self.applied[name], self.upstreams[name]
             for server in self.pools.pop(name).servers.values():
                 _retire(server)
         routes = [
@@ -120,42 +125,53 @@ class World:
         self.drain = snapshot["drain"]
         self.version = snapshot["version"]
 
-    def _apply_pool(self, entry: dict[str, Any]) -> None:
-        balancing = balancing_settings(entry["balancing"])
-        upstream = UpstreamSettings(**entry["upstream"])
-        pool = self.pools.get(entry["name"])
-        if pool is None:
-            pool = self.pools[entry["name"]] = ServerPool(entry["name"], balancing)
-        elif pool.balancing != balancing:
-            pool.configure(balancing)
-        wanted = {s["id"]: s for s in entry["servers"]}
+    def _apply_pool(self, entry: dict[str, Any], last: dict[str, Any] | None) -> None:
+        name = entry["name"]
+        pool = self.pools.get(name)
+        settings_changed = last is None or (entry["balancing"], entry["upstream"]) != (
+            last["balancing"],
+            last["upstream"],
+        )
+        if settings_changed:
+            balancing = balancing_settings(entry["balancing"])
+            upstream = self.upstreams[name] = UpstreamSettings(**entry["upstream"])
+            if pool is None:
+                pool = self.pools[name] = ServerPool(name, balancing)
+            elif pool.balancing != balancing:
+                pool.configure(balancing)
+        assert pool is not None  # a pool seen before, or made just above
+        upstream = self.upstreams[name]
+        # Only the servers whose entry changed are touched (all of them for new settings).
+        before = {} if settings_changed or last is None else {e[0]: e for e in last["servers"]}
+        wanted = {e[0]: e for e in entry["servers"]}
         for server_id in [sid for sid in pool.servers if sid not in wanted]:
             _retire(pool.servers.pop(server_id))
         for server_id, values in wanted.items():
+            if before.get(server_id) == values:
+                continue
+            _, host, port, weight, effective, state, eject_after, eject_statuses = values
             server = pool.servers.get(server_id)
-            if server is not None and (server.host, server.port) != (
-                values["host"],
-                values["port"],
-            ):
+            if server is not None and (server.host, server.port) != (host, port):
                 _retire(pool.servers.pop(server_id))
                 server = None
             if server is None:
-                server = self._server(pool, values, upstream)
-                pool.servers[server_id] = server
-            elif server.connections is not None:
+                server = pool.servers[server_id] = self._server(
+                    pool, server_id, host, port, upstream
+                )
+            elif settings_changed and server.connections is not None:
                 server.connections.reconfigure(upstream)
-            server.weight = values["weight"]
-            server.effective_weight = values["effective_weight"]
-            server.state = State(values["state"])
-            server.eject_after = values["eject_after"]
-            server.eject_statuses = frozenset(values["eject_statuses"])
+            server.weight = weight
+            server.effective_weight = effective
+            server.state = State(state)
+            server.eject_after = eject_after
+            server.eject_statuses = frozenset(eject_statuses)
         pool.rebuild()
 
     def _server(
-        self, pool: ServerPool, values: dict[str, Any], upstream: UpstreamSettings
+        self, pool: ServerPool, server_id: str, host: str, port: int, upstream: UpstreamSettings
     ) -> Server:
-        server = Server(values["id"], values["host"], values["port"], values["weight"], pool.name)
-        connections = ConnectionPool(server.host, server.port, upstream, self.loop)
+        server = Server(server_id, host, port, 1, pool.name)
+        connections = ConnectionPool(host, port, upstream, self.loop)
         connections.owner = pool
         server.connections = connections
         server.on_outlier = self._outlier
