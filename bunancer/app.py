@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import ApiConfig, Config, ConfigError, DashboardConfig, parse_hostport
 from .control.addresses import AddressPolicy
+from .control.certificates import check_certificates
 from .control.commands import Commands
 from .control.events import EventBus
 from .control.persistence import Persistence
@@ -29,11 +30,14 @@ from .control.workers import ListenerSockets, Workers
 from .core.accesslog import AccessLog
 from .core.listen import ListenGroup, drain, listen
 from .core.listener import ListenerContext
+from .core.tls import TlsTerminator
 from .listeners import (
     Listener,
+    listener_view,
     make_listener,
     make_routes,
     reconfigure,
+    refresh_certificates,
     upstream_settings,
 )
 from .web.api import build_api
@@ -44,6 +48,7 @@ from .web.hosts import HostCheck, is_loopback
 from .web.server import serve as web_serve
 
 log = logging.getLogger("bunancer")
+TLS_WATCH_EVERY = 2.0  # seconds between looks at the certificate files
 
 
 class StartupError(Exception):
@@ -128,30 +133,11 @@ class Balancer:
         ]
 
     def listeners_view(self) -> list[dict[str, object]]:
-        views: list[dict[str, object]] = []
-        for listener in self.listeners:
-            ctx = listener.ctx
-            tunnels = list(ctx.tunnels)
-            connections = len(ctx.connections) if isinstance(ctx, ListenerContext) else 0
-            open_tunnels = len(tunnels)
-            bytes_in = sum(t.bytes_in for t in tunnels)
-            bytes_out = sum(t.bytes_out for t in tunnels)
-            if self.workers is not None:  # the workers hold them: their last reports
-                connections, open_tunnels, bytes_in, bytes_out = self.workers.open_connections(
-                    listener.key
-                )
-            views.append(
-                {
-                    "address": listener.bound,
-                    "mode": listener.mode,
-                    "default_pool": listener.default_pool,
-                    "connections": open_tunnels if listener.mode == "tcp" else connections,
-                    "tunnels": open_tunnels,
-                    "tunnel_bytes_in": bytes_in,
-                    "tunnel_bytes_out": bytes_out,
-                }
-            )
-        return views
+        workers = self.workers  # with workers, they hold the connections: their last reports
+        return [
+            listener_view(x, workers.open_connections(x.key) if workers is not None else None)
+            for x in self.listeners
+        ]
 
     @property
     def api_address(self) -> str:
@@ -175,6 +161,7 @@ class Balancer:
         if self.config_source is None:
             raise ConfigError("no config file to reload: bunancer serve was started without one")
         new = self.config_source()
+        check_certificates(new)  # a bad pair refuses the whole file, as `config check` does
         async with self._reloading:
             change = plan(self.config, new)
             config = running(self.config, new)
@@ -219,6 +206,16 @@ class Balancer:
             log.warning("reload: %s", line)
         return change, problems
 
+    async def _watch_certificates(self) -> None:
+        """Reload a TLS listener's certificates when their files change on disk (a renewal
+        rewrites them): new handshakes take the new pair; a bad one is logged and left."""
+        while True:
+            await asyncio.sleep(TLS_WATCH_EVERY)
+            async with self._reloading:
+                changed = refresh_certificates(self.listeners, self.config)
+            if changed and self.workers is not None:
+                self.workers.push()
+
     def _retire(self, listener: Listener) -> None:
         """Stop accepting on a listener a reload removed; its connections finish their
         requests (and tunnels run on) until they end or the balancer stops."""
@@ -258,6 +255,8 @@ class Balancer:
             await self.workers.start()
         await self._start_api()
         self.telemetry.start()
+        if any(listener.tls is not None for listener in self.listeners):
+            self.registry.spawn(self._watch_certificates())
 
     def _listener_sockets(self) -> list[ListenerSockets]:
         return [_sockets_of(x) for x in self.listeners if x.server is not None]
@@ -271,8 +270,11 @@ class Balancer:
             )  # fmt: skip
             listener.server = ListenGroup([server])
             return
+        if listener.tls is not None:
+            listener.terminator = TlsTerminator(listener.tls)
+        context = listener.terminator.context if listener.terminator is not None else None
         listener.server = await listen(
-            self.loop, listener.factory, listener.host, listener.port, backlog=4096
+            self.loop, listener.factory, listener.host, listener.port, backlog=4096, tls=context
         )
         if isinstance(listener.ctx, ListenerContext):
             listener.ctx.access_log = self.access_log
@@ -453,7 +455,7 @@ def _sockets_of(listener: Listener) -> ListenerSockets:
     ctx = listener.ctx
     return ListenerSockets(
         listener.key, listener.mode, listener.default_pool, ctx.settings, listener.server,
-        ctx.rejected,
+        ctx.rejected, listener.tls,
     )  # fmt: skip
 
 

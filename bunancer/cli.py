@@ -114,6 +114,12 @@ def cli() -> None:
     help="Access log format (default combined).",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="Serve --listen over TLS (HTTPS) with this PEM certificate (and its chain).",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="The --tls-cert's private key.")
+@click.option(
     "--workers",
     metavar="N|auto",
     help="Data-plane processes (0: serve in this process, the default; auto: one per core).",
@@ -143,6 +149,8 @@ def serve(
     access_log: str | None,
     access_log_format: str | None,
     statsd: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     workers: str | None,
     log_level: str,
 ) -> None:
@@ -150,6 +158,7 @@ def serve(
     the drain timeout cut what was still open). SIGHUP reloads the config file."""
     from .app import StartupError
     from .app import serve as run
+    from .banner import banner
 
     overrides: dict[str, Any] = {
         "listen": listen,
@@ -163,6 +172,8 @@ def serve(
         "access_log": access_log,
         "access_log_format": access_log_format,
         "statsd": statsd,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
         "workers": workers,
     }
     config = _load(config_path, **overrides)
@@ -177,7 +188,7 @@ def serve(
     )
     source = config_source if config_path else None
     try:
-        drained = run(config, on_ready=_banner, config_source=source)
+        drained = run(config, on_ready=banner, config_source=source)
     except StartupError as error:
         _fail(str(error))
     except KeyboardInterrupt:
@@ -208,57 +219,15 @@ def compile_command(force: bool, quiet: bool) -> None:
 
 
 def _load(path: str | None, **overrides: object) -> Config:
+    """The config, its certificate files checked too; exit 2 with the problem if not."""
+    from .control.certificates import check_certificates
+
     try:
-        config = load_config(path)
-        return apply_overrides(config, **overrides)  # type: ignore[arg-type]
+        config = apply_overrides(load_config(path), **overrides)  # type: ignore[arg-type]
+        check_certificates(config)
     except ConfigError as error:
         _fail(str(error))
-
-
-def _banner(balancer: object) -> None:
-    from .app import Balancer
-    from .core import NATIVE
-
-    assert isinstance(balancer, Balancer)
-    # soft_wrap: a line longer than the terminal (or than 80 columns when output is not a
-    # terminal) is not broken mid-sentence; the token stays on one line to copy.
-    console = Console(stderr=False, highlight=False, soft_wrap=True)
-    table = Table(title=f"bunancer {__version__}", title_justify="left", show_edge=False)
-    table.add_column("listener")
-    table.add_column("address")
-    table.add_column("default pool")
-    for listener in balancer.listeners:
-        pool = listener.ctx.pool if listener.mode == "tcp" else listener.ctx.routes.default  # type: ignore[union-attr]
-        scheme = "tcp" if listener.mode == "tcp" else "http"
-        table.add_row(f"proxy ({scheme})", f"{scheme}://{listener.bound}", pool.name)
-    console.print(table)
-    pools = Table(show_edge=False)
-    pools.add_column("pool")
-    pools.add_column("algorithm")
-    pools.add_column("servers")
-    for pool in balancer.pools.values():
-        servers = ", ".join(s.address for s in pool.servers.values()) or "(empty)"
-        pools.add_row(pool.name, pool.selector.name, servers)
-    console.print(pools)
-    token = balancer.token
-    console.print(f"api:   http://{balancer.api_address}/api/pools")
-    if balancer.dashboard_server is not None:
-        console.print(f"dashboard: http://{balancer.dashboard_address}/")
-    if token is not None:
-        if token.created:
-            console.print(f"token: {token.value}   (new; saved in {token.source.split(' ', 1)[1]})")
-        else:
-            console.print(f"token: from {token.source}")
-    console.print(f"state: {balancer.config.state_dir}   stop: Ctrl-C (drains in-flight requests)")
-    console.print(f"data plane: {NATIVE}")
-    log = logging.getLogger("bunancer")
-    # Plain lines for scripts and tests that wait for readiness.
-    log.info("ready: api listening on %s", balancer.api_address)
-    if balancer.dashboard_server is not None:
-        log.info("ready: dashboard listening on %s", balancer.dashboard_address)
-    for listener in balancer.listeners:
-        log.info("ready: proxy listening on %s", listener.bound)
-    sys.stdout.flush()
+    return config
 
 
 # -- talking to a running balancer --------------------------------------------------------
@@ -497,12 +466,20 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def config_check(file: str) -> None:
     """Validate FILE without starting; exit 2 with file: key: problem on error."""
+    from .control.certificates import check_certificates
+
     loaded = _load(file)
     servers = sum(len(p.servers) for p in loaded.pools.values())
     click.echo(
         f"{file}: ok ({len(loaded.listeners)} listener(s), {len(loaded.pools)} pool(s), "
         f"{servers} server(s), {len(loaded.routes)} route(s))"
     )
+    for where, certificate in check_certificates(loaded):
+        names = ", ".join(certificate.files.names) or "(no names)"
+        click.echo(
+            f"{where}: {certificate.files.cert}: {names}; expires "
+            f"{certificate.not_after:%Y-%m-%d} ({certificate.days_left():.0f} days left)"
+        )
 
 
 def _add_stubs() -> None:

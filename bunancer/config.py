@@ -8,7 +8,6 @@ configfile.py's.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,7 +19,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
+
+from .problems import KeyedError, describe_problem
+from .values import check_host, networks, parse_backend_url, parse_expect, parse_hostport
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_API_LISTEN = "127.0.0.1:8081"
@@ -38,72 +39,6 @@ class ConfigError(Exception):
 # The rules every way in holds names, hosts and weights to (config file, API, saved state).
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # pool names and chosen server ids
 WEIGHT_MAX = 10000
-_NOT_IN_HOST = frozenset("/@?#[]")
-
-
-def check_host(host: str) -> str:
-    """A bare host name or IP address: no whitespace, control characters or URL parts."""
-    if not host or len(host) > 255:
-        raise ValueError("a host name or IP address of 1 to 255 characters")
-    if any(c.isspace() or c in _NOT_IN_HOST or ord(c) < 32 or ord(c) == 127 for c in host):
-        raise ValueError("a bare host name or IP address")
-    return host
-
-
-def _networks(value: list[str]) -> list[str]:
-    for network in value:
-        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
-    return value
-
-
-def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` or ``:PORT`` too) and check the port."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 0-65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        host = default_host
-    try:
-        check_host(host)
-    except ValueError:
-        raise ValueError(f"invalid host {host!r}") from None
-    return host, port
-
-
-def parse_backend_url(text: str) -> tuple[str, int]:
-    """Accept ``http://HOST:PORT``, ``tcp://HOST:PORT`` or a bare ``HOST:PORT``."""
-    rest = text
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        if scheme not in ("http", "tcp"):
-            raise ValueError(f"unsupported scheme {scheme!r} in {text!r} (http:// or tcp://)")
-        rest = rest.rstrip("/")
-        if "/" in rest:
-            raise ValueError(f"a backend address has no path: {text!r}")
-    host, port = parse_hostport(rest)
-    if port == 0:
-        raise ValueError(f"a backend needs a port other than 0: {text!r}")
-    return host, port
-
-
-def parse_expect(text: str) -> tuple[tuple[int, int], ...]:
-    """``"200-399"``, ``"200,204"`` or ``"200-299, 404"`` -> inclusive ranges."""
-    ranges = []
-    for part in text.split(","):
-        part = part.strip()
-        low, sep, high = part.partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
-            raise ValueError(f"expected status ranges like '200-399' or '200,204', got {text!r}")
-        start, end = int(low), int(high) if sep else int(low)
-        if not 100 <= start <= end <= 599:
-            raise ValueError(f"status range {part!r} is outside 100-599 or reversed")
-        ranges.append((start, end))
-    return tuple(ranges)
 
 
 class _Section(BaseModel):
@@ -114,10 +49,40 @@ Seconds = Annotated[float, Field(gt=0, le=86400)]
 HostPort = Annotated[str, AfterValidator(lambda value: parse_hostport(value) and value)]
 
 
+class CertificateConfig(_Section):
+    cert: str  # PEM file: the certificate, then its chain
+    key: str  # PEM file: its private key
+
+
+class TlsConfig(_Section):
+    """A listener's TLS: `cert` and `key`, and/or `certificates` (chosen by the client's
+    server name; the first one listed is the default)."""
+
+    cert: str | None = None
+    key: str | None = None
+    certificates: list[CertificateConfig] = Field(default_factory=list)
+    client_ca: str | None = None  # set: clients must present a certificate it signed
+
+    @model_validator(mode="after")
+    def _some_certificate(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        if self.cert is None and not self.certificates:
+            raise ValueError("needs cert and key, or certificates")
+        return self
+
+    def pairs(self) -> list[CertificateConfig]:
+        """Every certificate, the default first."""
+        first = [CertificateConfig(cert=self.cert, key=self.key)] if self.cert and self.key else []
+        return [*first, *self.certificates]
+
+
 class ListenerConfig(_Section):
     address: HostPort = DEFAULT_LISTEN
     mode: Literal["http", "tcp"] = "http"
     default_pool: str = DEFAULT_POOL  # for tcp: the pool every connection goes to
+    tls: TlsConfig | None = None  # terminate TLS (HTTPS, or TLS over a TCP listener)
+    redirect_https: bool = False  # a plain HTTP listener answers everything with a 308 to https
     # TCP mode
     idle_timeout: float = Field(default=300.0, gt=0)  # a tunnel with no bytes either way
     max_connections: int = Field(default=0, ge=0)  # 0 = no limit
@@ -130,7 +95,7 @@ class ListenerConfig(_Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
-        return _networks(value)
+        return networks(value)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -138,7 +103,13 @@ class ListenerConfig(_Section):
 
 
 # Keys an HTTP listener has no use for: refused there rather than ignored.
-TCP_ONLY = frozenset(ListenerConfig.model_fields) - {"address", "mode", "default_pool"}
+TCP_ONLY = frozenset(ListenerConfig.model_fields) - {
+    "address",
+    "mode",
+    "default_pool",
+    "tls",
+    "redirect_https",
+}
 
 
 class HealthConfig(_Section):
@@ -387,7 +358,7 @@ class ApiConfig(_AdminListener):
     @field_validator("registration_allow", "registration_deny")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
-        return _networks(value)
+        return networks(value)
 
 
 class StatsConfig(_Section):
@@ -484,37 +455,11 @@ class Config(_Section):
                     raise KeyedError(
                         f"listeners[{index}].{key}", 'applies to mode = "tcp" listeners only'
                     )
+            if listener.redirect_https and (listener.mode == "tcp" or listener.tls is not None):
+                raise KeyedError(
+                    f"listeners[{index}].redirect_https", "is for a plain HTTP listener (no tls)"
+                )
             if listener.host_port in seen:
                 raise KeyedError(f"listeners[{index}].address", "listed twice")
             seen.add(listener.host_port)
         return self
-
-
-class KeyedError(ValueError):
-    """A cross-field problem that knows the key it belongs to."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
-
-
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as people write keys: ``pools.web.servers[0].weight``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def describe_problem(item: ErrorDetails, unknown: str = "unknown key") -> tuple[str, str]:
-    """One pydantic error as people say it: (the key, what is wrong with it)."""
-    keyed = (item.get("ctx") or {}).get("error")
-    if isinstance(keyed, KeyedError):
-        return keyed.key, keyed.problem
-    if item["type"] == "extra_forbidden":
-        return field_path(tuple(item["loc"])), unknown
-    return field_path(tuple(item["loc"])), item["msg"].removeprefix("Value error, ")

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .config import Config, ConfigError, describe_problem
+from .config import Config, ConfigError
+from .problems import describe_problem
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -61,6 +62,8 @@ def apply_overrides(
     access_log: str | None = None,
     access_log_format: str | None = None,
     statsd: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     workers: str | None = None,
 ) -> Config:
     """Apply command-line flags on top of a loaded config: flags win over the file."""
@@ -76,6 +79,10 @@ def apply_overrides(
         data["listeners"][0]["address"] = listen
     if mode is not None:
         data["listeners"][0]["mode"] = mode
+    if tls_cert is not None or tls_key is not None:
+        if tls_cert is None or tls_key is None:
+            raise ConfigError("command line: --tls-cert and --tls-key go together")
+        data["listeners"][0]["tls"] = {"cert": tls_cert, "key": tls_key}
     if api_listen is not None:
         data["api"]["listen"] = api_listen
     if dashboard_listen is not None:

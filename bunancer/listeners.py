@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
-from .config import Config, ListenerConfig
+from .config import Config, ConfigError, ListenerConfig
+from .control.certificates import files_version, tls_settings
 from .core.downstream import DownstreamProtocol
 from .core.headers import ForwardingOptions
 from .core.listen import ListenGroup
@@ -20,6 +22,9 @@ from .core.pool import ServerPool
 from .core.routing import Route, RouteTable
 from .core.settings import ListenerSettings, TcpSettings, UpstreamSettings
 from .core.tcp import TcpClientEnd, TcpListenerContext
+from .core.tls import TlsSettings, TlsTerminator
+
+log = logging.getLogger("bunancer")
 
 
 @dataclass
@@ -32,6 +37,8 @@ class Listener:
     default_pool: str
     mode: str = "http"
     server: ListenGroup | None = None
+    tls: TlsSettings | None = None
+    terminator: TlsTerminator | None = None  # serving TLS in this process (no workers)
 
     @property
     def key(self) -> str:
@@ -66,8 +73,8 @@ def upstream_settings(config: Config) -> UpstreamSettings:
     )
 
 
-def listener_settings(config: Config) -> ListenerSettings:
-    """What every HTTP listener's connections are told."""
+def listener_settings(config: Config, listener: ListenerConfig) -> ListenerSettings:
+    """What an HTTP listener's connections are told."""
     timeouts, limits, headers = config.timeouts, config.limits, config.headers
     return ListenerSettings(
         header_timeout=timeouts.header,
@@ -83,8 +90,12 @@ def listener_settings(config: Config) -> ListenerSettings:
         write_buffer_low=limits.write_buffer_low,
         stats=config.stats.enabled,
         forwarding=ForwardingOptions(
-            forwarded=headers.forwarded, x_forwarded=headers.x_forwarded, via=headers.via
+            forwarded=headers.forwarded,
+            x_forwarded=headers.x_forwarded,
+            via=headers.via,
+            https=listener.tls is not None,
         ),
+        redirect_https=listener.redirect_https,
     )
 
 
@@ -123,10 +134,11 @@ def make_listener(
         ctx = TcpListenerContext(loop, pool, tcp_settings(config, listener))
         factory: Callable[[], asyncio.BaseProtocol] = partial(TcpClientEnd, ctx)
     else:
-        ctx = ListenerContext(loop, RouteTable(routes, pool), listener_settings(config))
+        ctx = ListenerContext(loop, RouteTable(routes, pool), listener_settings(config, listener))
         factory = partial(DownstreamProtocol, ctx)
+    tls = tls_settings(listener, config.listeners.index(listener))
     return Listener(
-        listener.address, host, port, ctx, factory, listener.default_pool, listener.mode
+        listener.address, host, port, ctx, factory, listener.default_pool, listener.mode, tls=tls
     )
 
 
@@ -144,4 +156,68 @@ def reconfigure(
         ctx.pool = pools[settings.default_pool]
         ctx.settings = tcp_settings(config, settings)
     else:
-        ctx.reconfigure(RouteTable(routes, pools[settings.default_pool]), listener_settings(config))
+        table = RouteTable(routes, pools[settings.default_pool])
+        ctx.reconfigure(table, listener_settings(config, settings))
+    tls = tls_settings(settings, config.listeners.index(settings))
+    if tls != listener.tls:
+        use_tls(listener, tls)
+
+
+def use_tls(listener: Listener, tls: TlsSettings | None) -> None:
+    """New certificates for a running listener (checked already): new handshakes take them.
+    Turning TLS on or off on a listener takes a restart (the socket's server is made with it
+    or without)."""
+    listener.tls = tls
+    if tls is None:
+        return
+    if listener.terminator is None or listener.terminator.reload(
+        tls, f"listener {listener.address}"
+    ):
+        log.info("listener %s: new certificates for new handshakes", listener.address)
+
+
+def refresh_certificates(listeners: list[Listener], config: Config) -> bool:
+    """Take the TLS files that changed on disk since they were read (a renewal rewrites
+    them): new handshakes use the new pair, a bad one is logged and the current one stays.
+    Whether a listener took new ones."""
+    changed = False
+    for index, settings in enumerate(config.listeners):
+        address = settings.host_port
+        listener = next((x for x in listeners if (x.host, x.port) == address), None)
+        if listener is None or listener.tls is None:
+            continue
+        version = files_version(settings)
+        if version == listener.tls.version:
+            continue
+        try:
+            tls = tls_settings(settings, index)
+        except ConfigError as error:
+            log.error("changed certificate files refused, the current ones stay: %s", error)
+            listener.tls = replace(listener.tls, version=version)  # said once, not every look
+            continue
+        use_tls(listener, tls)
+        changed = True
+    return changed
+
+
+def listener_view(
+    listener: Listener, figures: tuple[int, int, int, int] | None
+) -> dict[str, object]:
+    """A listener as the API shows it; `figures` (connections, tunnels, tunnel bytes in and
+    out) from the workers' reports, None to count this process's own."""
+    if figures is None:
+        ctx = listener.ctx
+        tunnels = list(ctx.tunnels)
+        connections = len(ctx.connections) if isinstance(ctx, ListenerContext) else 0
+        figures = (connections, len(tunnels), sum(t.bytes_in for t in tunnels),
+                   sum(t.bytes_out for t in tunnels))  # fmt: skip
+    connections, open_tunnels, bytes_in, bytes_out = figures
+    return {
+        "address": listener.bound,
+        "mode": listener.mode,
+        "default_pool": listener.default_pool,
+        "connections": open_tunnels if listener.mode == "tcp" else connections,
+        "tunnels": open_tunnels,
+        "tunnel_bytes_in": bytes_in,
+        "tunnel_bytes_out": bytes_out,
+    }

@@ -156,8 +156,12 @@ class Worker:
                 factory: Any = partial(DownstreamProtocol, ctx)
             else:
                 factory = partial(TcpClientEnd, ctx)
+            terminator = self.world.tls.get(key)
+            tls = terminator.context if terminator is not None else None
             self.servers[key] = [
-                await listen(self.loop, factory, sock=socket.socket(fileno=fd), backlog=4096)
+                await listen(
+                    self.loop, factory, sock=socket.socket(fileno=fd), backlog=4096, tls=tls
+                )
                 for fd in fds
             ]
 

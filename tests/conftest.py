@@ -125,9 +125,11 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
         args: tuple[str, ...] = (),
         state_dir: Path | None = None,
         algorithm: str = "round-robin",
+        listener: str = "",
     ) -> Proxy:
-        """`state_dir` reuses a previous proxy's state (a restart). The default pool is
-        round-robin here (the product's default is p2c) so tests can predict who answers."""
+        """`state_dir` reuses a previous proxy's state (a restart); `listener`, TOML lines
+        for the proxy's listener table. The default pool is round-robin here (the product's
+        default is p2c) so tests can predict who answers."""
         workdir = tmp_path_factory.mktemp("proxy")
         server_lines = ", ".join(f'{{ address = "{s}" }}' for s in servers)
         extra = textwrap.dedent(extra)
@@ -137,7 +139,7 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartProxy
             extra += '\n[dashboard]\nlisten = "127.0.0.1:0"\n'
         toml = (
             extra
-            + '\n[[listeners]]\naddress = "127.0.0.1:0"\n\n'
+            + f'\n[[listeners]]\naddress = "127.0.0.1:0"\n{listener}\n\n'
             + f'[pools.default]\nalgorithm = "{algorithm}"\nservers = [{server_lines}]\n'
         )
         config_path = workdir / "bunancer.toml"

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -285,14 +286,28 @@ class RawClient:
     """A blocking socket client that sends exact bytes and reads exact responses."""
 
     def __init__(
-        self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, source: str = ""
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        timeout: float = 10.0,
+        source: str = "",
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
-        """`source`: the local address to connect from (another 127.0.0.x, say)."""
-        self.sock = socket.create_connection(
+        """`source`: the local address to connect from (another 127.0.0.x, say); `tls`:
+        speak TLS with that context, sending `server_name` as SNI (None: none)."""
+        sock = socket.create_connection(
             (host, port), timeout=timeout, source_address=(source, 0) if source else None
         )
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname=server_name)
         self.buffer = b""
+
+    def peer_names(self) -> list[str]:
+        """The DNS names of the certificate the server presented (over TLS)."""
+        assert isinstance(self.sock, ssl.SSLSocket)
+        certificate = self.sock.getpeercert()
+        return [value for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS"]
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..config import BalancingConfig, HealthConfig, OutlierConfig, describe_problem
+from ..config import BalancingConfig, HealthConfig, OutlierConfig
+from ..problems import describe_problem
 from .addresses import AddressPolicy
 from .records import PoolSettings, RegistryError, ServerRecord
 from .registry import Registry

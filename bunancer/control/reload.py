@@ -96,7 +96,8 @@ def plan(old: Config, new: Config) -> ReloadPlan:
     new_listeners = {x.host_port: x for x in new.listeners}
     for address, listener in new_listeners.items():
         was = old_listeners.get(address)
-        if was is None or was.mode != listener.mode:
+        # Another mode, or TLS turned on or off: another kind of server on that address.
+        if was is None or (was.mode, was.tls is None) != (listener.mode, listener.tls is None):
             result.listeners_added.append(listener)
             if was is not None:
                 result.listeners_removed.append(was)

@@ -35,8 +35,9 @@ from .. import native
 from ..config import Config
 from ..core.channel import Channel
 from ..core.listen import ListenGroup
-from ..core.snapshot import VERSION, add_stats, plain, server_entry
+from ..core.snapshot import VERSION, add_stats, plain, server_entry, tls_entry
 from ..core.stats import ServerStats
+from ..core.tls import TlsSettings
 from .events import (
     POOL_ADDED,
     POOL_REMOVED,
@@ -71,6 +72,7 @@ class ListenerSockets:
     settings: Any  # the control's ListenerSettings or TcpSettings, current after reloads
     server: ListenGroup
     rejected: ServerStats
+    tls: TlsSettings | None = None
 
 
 @dataclass
@@ -217,7 +219,7 @@ class Workers:
         ]
         listeners = [
             {"key": x.key, "mode": x.mode, "default_pool": x.default_pool,
-             "settings": plain(x.settings)}
+             "settings": plain(x.settings), "tls": tls_entry(x.tls)}
             for x in self.listeners()
         ]  # fmt: skip
         return {"drain": config.timeouts.drain, "pools": pools, "routes": routes,

@@ -2,12 +2,11 @@
 
 It parses requests with httptools callbacks (no task or coroutine per request), turns each
 head into an `Exchange` (bunancer.core.plan decides what to send upstream), and answers
-pipelined requests in order: the first is active, the next ones wait in a queue with their
-bodies buffered up to a bound (reading pauses beyond it). A request's bytes go upstream
-only once the read that carried them parsed cleanly (or ended it before an error). One
-lazily re-armed deadline serves every timeout; a first head is watched by the listener's
-sweep. Response bytes produced while one upstream read is parsed are written once.
-"""
+pipelined requests in order: the first is active, the next wait in a queue with their bodies
+buffered up to a bound (reading pauses beyond it). A request's bytes go upstream only once
+the read that carried them parsed cleanly (or ended it before an error). One lazily re-armed
+deadline serves every timeout; a first head is watched by the listener's sweep. Response
+bytes produced while one upstream read is parsed are written once."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from .deadline import Deadline
 from .errors import ProxyError
 from .exchange import Exchange
 from .framing import check_target
-from .headers import RequestHead, build_request_head, scan_request_headers
+from .headers import RequestHead, build_request_head, https_location, scan_request_headers
 from .listener import (
     PAUSE_DONE,
     PAUSE_PIPELINE,
@@ -400,7 +399,9 @@ class DownstreamProtocol(asyncio.Protocol):
         pool = routes.match(head.host, target) if routes.routes else routes.default
         request_head = build_request_head(method, target, head, self._forwarding_of(head), framing)
         exchange = Exchange(self, pool, method, request_head, http11, keep_alive, chunked)
-        if pool is not None and pool.key_kind:
+        if settings.redirect_https:  # (a plain HTTP listener sending everything to https://)
+            exchange.location = https_location(head.host, target)
+        elif pool is not None and pool.key_kind:
             exchange.key = pool.request_key(self.client_ip, target, self.headers)
         if upgrade:
             exchange.upgrade = True
@@ -411,8 +412,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self._queue(exchange, has_body(head))
 
     def _forwarding_of(self, head: RequestHead) -> bytes:
-        """The forwarding lines for this request: the connection's own while its Host stays
-        the same (the usual keep-alive case), else the listener's cache's."""
+        """Forwarding lines: the connection's own while its Host stays, else the listener's."""
         if (
             head.host == self._forwarding_host
             and self._forwarding

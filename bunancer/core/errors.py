@@ -66,6 +66,15 @@ def error_response(status: int, keep_alive: bool = False) -> bytes:
     )
 
 
+def redirect_response(location: bytes, keep_alive: bool) -> bytes:
+    """A 308 to `location`: the method and body are to be sent again there."""
+    connection = b"keep-alive" if keep_alive else b"close"
+    return (
+        b"HTTP/1.1 308 Permanent Redirect\r\nLocation: %s\r\nContent-Length: 0\r\n"
+        b"Connection: %s\r\n\r\n" % (location, connection)
+    )
+
+
 def _status_lines() -> tuple[bytes, ...]:
     lines = []
     for code in range(1000):  # llhttp accepts any three-digit status

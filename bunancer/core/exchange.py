@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .algorithms import sticky_cookie
 from .body import RequestBody, replayable
 from .connections import ConnectionPool
-from .errors import STATUS_LINES, Overloaded, error_response
+from .errors import STATUS_LINES, Overloaded, error_response, redirect_response
 from .framing import (
     BODY_CHUNKED,
     BODY_LENGTH,
@@ -69,6 +69,7 @@ class Exchange:
         "keep_alive",
         "key",
         "local_status",
+        "location",
         "method",
         "out",
         "out_body",
@@ -123,6 +124,7 @@ class Exchange:
         self.set_sticky = False
         self.body: RequestBody | None = None  # made at the first body byte, if any
         self.local_status = 0
+        self.location: bytes | None = None  # set: answered with a 308 to it (redirect_https)
         self.upgrade = False  # asked to switch protocols (WebSocket)
         self.early_data = b""  # client bytes after the upgrade request, held
         self.out: list[bytes] = []
@@ -144,6 +146,9 @@ class Exchange:
         self.started = perf_counter()
         if self.local_status:
             self.fail(self.local_status, REJECTED)
+            return
+        if self.location is not None:
+            self._answer(308, -1, True, self.location)
             return
         pool = self.pool
         if pool is None:
@@ -474,13 +479,18 @@ class Exchange:
         if self.done:
             return
         self._drop_upstream()
-        down = self.down
         if self.resp_started:
             self.flush()
             self.abort_client()
             return
+        self._answer(status, error, status in (502, 503, 504), None)
+
+    def _answer(self, status: int, error: int, may_keep: bool, location: bytes | None) -> None:
+        """Answer from here (a redirect to `location`, or the plain text of `status`),
+        keeping the client connection when `may_keep` and the request allows it."""
+        down = self.down
         keep = (
-            status in (502, 503, 504)
+            may_keep
             and self.req_complete
             and self.keep_alive
             and not down.ctx.draining
@@ -489,7 +499,10 @@ class Exchange:
         self.keep_alive = keep
         self.resp_started = True
         self.status = status
-        response = error_response(status, keep)
+        if location is None:
+            response = error_response(status, keep)
+        else:
+            response = redirect_response(location, keep)
         self.bytes_out += len(response)
         down.write(response)
         self._finish(error)

@@ -93,6 +93,7 @@ class ForwardingOptions:
     forwarded: bool = True
     x_forwarded: bool = True
     via: bool = True
+    https: bool = False  # the client's connection is TLS: proto=https
 
 
 # Connection tokens that are not names of other headers to drop.
@@ -217,6 +218,17 @@ def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     return head
 
 
+def https_location(host: bytes | None, target: bytes) -> bytes:
+    """Where a redirect to HTTPS sends a request: the Host without its port (the default
+    port, 443), the same path and query."""
+    if host is None:
+        raise ProxyError(400, "no Host to redirect to")
+    colon = host.rfind(b":")
+    if colon > host.rfind(b"]"):  # (`[::1]` has colons of its own)
+        host = host[:colon]
+    return b"https://" + host + target
+
+
 def _forwarded_node(ip: str) -> bytes:
     return b'"[%s]"' % ip.encode() if ":" in ip else ip.encode()
 
@@ -227,11 +239,20 @@ def forwarding_lines(head: RequestHead, client_ip: str, options: ForwardingOptio
     if options.x_forwarded:
         ip = client_ip.encode()
         xff = ip if head.x_forwarded_for is None else head.x_forwarded_for + b", " + ip
-        parts.extend((b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: http\r\n"))
+        proto = (
+            b"\r\nX-Forwarded-Proto: https\r\n"
+            if options.https
+            else b"\r\nX-Forwarded-Proto: http\r\n"
+        )
+        parts.extend((b"X-Forwarded-For: ", xff, proto))
         if head.host:
             parts.extend((b"X-Forwarded-Host: ", head.host, b"\r\n"))
     if options.forwarded:
-        node = b"for=" + _forwarded_node(client_ip) + b";proto=http"
+        node = (
+            b"for="
+            + _forwarded_node(client_ip)
+            + (b";proto=https" if options.https else b";proto=http")
+        )
         if head.host:
             node += b';host="' + head.host + b'"'
         value = node if head.forwarded is None else head.forwarded + b", " + node

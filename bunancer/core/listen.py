@@ -19,10 +19,12 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..eventloop import uvloop
+from .tls import HANDSHAKE_TIMEOUT
 
 log = logging.getLogger("bunancer")
 
@@ -58,13 +60,18 @@ async def listen(
     backlog: int,
     accepts_per_turn: int = ACCEPTS_PER_TURN,
     sock: socket.socket | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> ListenGroup:
     """Bind host:port (every address it resolves to), or take `sock` (bound already: a
-    worker's, inherited from the control process), and serve `factory` on it."""
+    worker's, inherited from the control process), and serve `factory` on it (over TLS
+    with the `tls` context)."""
+    options: dict[str, Any] = {"backlog": backlog}
+    if tls is not None:
+        options.update(ssl=tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
     if sock is None:
-        first = await loop.create_server(factory, host, port, reuse_address=True, backlog=backlog)
+        first = await loop.create_server(factory, host, port, reuse_address=True, **options)
     else:
-        first = await loop.create_server(factory, sock=sock, backlog=backlog)
+        first = await loop.create_server(factory, sock=sock, **options)
     group = ListenGroup([first])
     if not isinstance(loop, uvloop.Loop):
         return group  # asyncio's loop accepts in a loop already
@@ -74,7 +81,7 @@ async def listen(
                 spare = socket.socket(
                     bound.family, bound.type, bound.proto, fileno=os.dup(bound.fileno())
                 )
-                group.servers.append(await loop.create_server(factory, sock=spare, backlog=backlog))
+                group.servers.append(await loop.create_server(factory, sock=spare, **options))
     except BaseException:
         group.close()
         raise

@@ -30,6 +30,7 @@ class ListenerSettings:
     write_buffer_low: int = 64 * 1024
     forwarding: ForwardingOptions = field(default_factory=ForwardingOptions)
     stats: bool = True
+    redirect_https: bool = False  # answer every request with a 308 to its https:// URL
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from .server import Server, State
 from .settings import BalancingSettings, ListenerSettings, TcpSettings, UpstreamSettings
 from .stats import BUCKETS, ServerStats
 from .tcp import TcpListenerContext
+from .tls import CertificateFiles, TlsSettings, TlsTerminator
 
 VERSION = 2  # of the message format; a worker refuses another
 
@@ -49,6 +50,19 @@ def plain(settings: Any) -> dict[str, Any]:
             value = [str(v) for v in value]
         out[item.name] = value
     return out
+
+
+def tls_entry(settings: TlsSettings | None) -> dict[str, Any] | None:
+    if settings is None:
+        return None
+    certificates = [(c.cert, c.key, c.names) for c in settings.certificates]
+    return {"certificates": certificates, "client_ca": settings.client_ca,
+            "version": settings.version}  # fmt: skip
+
+
+def tls_from(entry: dict[str, Any]) -> TlsSettings:
+    certificates = tuple(CertificateFiles(c, k, tuple(n)) for c, k, n in entry["certificates"])
+    return TlsSettings(certificates, entry["client_ca"], entry["version"])
 
 
 def listener_settings(values: dict[str, Any]) -> ListenerSettings:
@@ -91,6 +105,7 @@ class World:
         self.pools: dict[str, ServerPool] = {}
         self.listeners: dict[str, ListenerContext | TcpListenerContext] = {}  # by address
         self.retired: list[ListenerContext | TcpListenerContext] = []  # gone from the config
+        self.tls: dict[str, TlsTerminator] = {}  # by listener key, for the TLS listeners
         self.version = -1
         self.drain = 10.0  # seconds a stopping worker lets requests finish
         self.applied: dict[str, dict[str, Any]] = {}  # each pool's entry as last applied
@@ -122,6 +137,7 @@ class World:
             keys.add(entry["key"])
         for key in [key for key in self.listeners if key not in keys]:
             self.retired.append(self.listeners.pop(key))
+            self.tls.pop(key, None)
         self.drain = snapshot["drain"]
         self.version = snapshot["version"]
 
@@ -182,6 +198,7 @@ class World:
 
     def _apply_listener(self, entry: dict[str, Any], routes: list[Route[ServerPool]]) -> None:
         key, pool = entry["key"], self.pools[entry["default_pool"]]
+        self._apply_tls(key, entry["tls"])
         known = self.listeners.get(key)
         if entry["mode"] == "tcp":
             settings = tcp_settings(entry["settings"])
@@ -196,6 +213,17 @@ class World:
             known.reconfigure(table, http_settings)
         else:
             self.listeners[key] = ListenerContext(self.loop, table, http_settings)
+
+    def _apply_tls(self, key: str, entry: dict[str, Any] | None) -> None:
+        if entry is None:
+            self.tls.pop(key, None)
+            return
+        settings = tls_from(entry)
+        terminator = self.tls.get(key)
+        if terminator is None:
+            self.tls[key] = TlsTerminator(settings)  # (the control process read the files)
+        elif terminator.settings != settings:
+            terminator.reload(settings, f"listener {key}")
 
 
 def _retire(server: Server) -> None:

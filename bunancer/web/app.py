@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ..config import field_path
+from ..problems import field_path
 from .router import Match, MethodNotAllowed, NotFound, ParamValue, Router
 
 log = logging.getLogger("bunancer.web")

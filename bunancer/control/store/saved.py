@@ -22,8 +22,8 @@ from ...config import (
     HealthConfig,
     OutlierConfig,
     check_host,
-    describe_problem,
 )
+from ...problems import describe_problem
 from .errors import StoreCorrupt
 
 FORMAT = 1  # bumped when the saved shape changes incompatibly

@@ -1,0 +1,205 @@
+"""HTTPS listeners: certificates by SNI, protocol versions, reload from the files while
+connections stay open, client certificates, redirects to HTTPS, and `config check`.
+
+Certificates come from a test CA made by trustme; clients are Python's ssl module."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.conftest import Backend, Proxy, StartProxy
+from tests.helpers import RawClient, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def write_pair(ca: trustme.CA, directory: Path, stem: str, *names: str, **dates: object) -> str:
+    """A certificate for `names` as `stem.pem` and `stem.key`; the TOML table naming them."""
+    leaf = ca.issue_cert(*names, **dates)  # type: ignore[arg-type]
+    leaf.cert_chain_pems[0].write_to_path(directory / f"{stem}.pem")
+    leaf.private_key_pem.write_to_path(directory / f"{stem}.key")
+    return f'{{ cert = "{directory / stem}.pem", key = "{directory / stem}.key" }}'
+
+
+def client_context(ca: trustme.CA, **versions: ssl.TLSVersion) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False  # some tests send no name, or a name for the default
+    ca.configure_trust(context)
+    for name, version in versions.items():
+        setattr(context, name, version)
+    return context
+
+
+def https(proxy: Proxy, context: ssl.SSLContext, name: str | None) -> RawClient:
+    return RawClient(proxy.port, tls=context, server_name=name)
+
+
+@pytest.fixture(scope="module")
+def sni_proxy(
+    start_proxy: StartProxy, backends: list[Backend], ca: trustme.CA, tmp_path_factory
+) -> Proxy:
+    directory = tmp_path_factory.mktemp("certs")
+    first = write_pair(ca, directory, "default", "default.example")
+    other = write_pair(ca, directory, "other", "other.example")
+    wild = write_pair(ca, directory, "wild", "*.wild.example")
+    return start_proxy(
+        [backends[0].url],
+        listener=f"tls = {{ certificates = [{first}, {other}, {wild}] }}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [
+        ("other.example", "other.example"),
+        ("OTHER.example", "other.example"),
+        ("a.wild.example", "*.wild.example"),
+        ("unknown.example", "default.example"),
+        ("a.b.wild.example", "default.example"),  # a wildcard covers one label
+        (None, "default.example"),
+    ],
+)
+def test_the_server_name_picks_the_certificate(
+    sni_proxy: Proxy, ca: trustme.CA, name: str | None, served: str
+) -> None:
+    client = https(sni_proxy, client_context(ca), name)
+    assert client.peer_names() == [served]
+    response = client.request("GET", "/echo-headers")
+    assert response.status == 200
+    seen = dict(json.loads(response.body)["headers"])
+    assert seen["X-Forwarded-Proto"] == "https"
+    assert "proto=https" in seen["Forwarded"]
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_tls_1_2_and_1_3_are_served_and_older_versions_refused(
+    sni_proxy: Proxy, ca: trustme.CA
+) -> None:
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = client_context(ca, maximum_version=version)
+        client = https(sni_proxy, context, "other.example")
+        assert client.sock.version() == {"TLSv1_2": "TLSv1.2", "TLSv1_3": "TLSv1.3"}[version.name]
+        assert client.request("GET", "/").status == 200
+    old = client_context(
+        ca, minimum_version=ssl.TLSVersion.TLSv1, maximum_version=ssl.TLSVersion.TLSv1_1
+    )
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # so that this client can offer TLS 1.1 at all
+    # The server ends the handshake (a client unable to offer 1.1 would fail otherwise).
+    with pytest.raises(ssl.SSLError, match=r"UNEXPECTED_EOF|(?i:protocol version|unsupported)"):
+        https(sni_proxy, old, "other.example")
+
+
+def test_alpn_offers_http_1_1(sni_proxy: Proxy, ca: trustme.CA) -> None:
+    context = client_context(ca)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    client = https(sni_proxy, context, "other.example")
+    assert client.sock.selected_alpn_protocol() == "http/1.1"
+
+
+def test_changed_files_are_used_for_new_handshakes_and_open_connections_go_on(
+    start_proxy: StartProxy, backends: list[Backend], ca: trustme.CA, tmp_path: Path
+) -> None:
+    table = write_pair(ca, tmp_path, "site", "before.example")
+    proxy = start_proxy([backends[0].url], listener=f"tls = {table}")
+    context = client_context(ca)
+    kept = https(proxy, context, "before.example")
+    assert kept.request("GET", "/").status == 200
+    assert kept.peer_names() == ["before.example"]
+
+    # A bad pair first (the key of another certificate): refused, the current one stays.
+    other = ca.issue_cert("after.example")
+    other.cert_chain_pems[0].write_to_path(tmp_path / "site.pem")
+    proxy.process.wait_line(r"certificate files refused, the current ones stay: .*does not match")
+    assert https(proxy, context, None).peer_names() == ["before.example"]
+
+    other.private_key_pem.write_to_path(tmp_path / "site.key")
+    wait_for(lambda: https(proxy, context, None).peer_names() == ["after.example"], timeout=10)
+    assert kept.request("GET", "/").status == 200  # opened before: its session goes on
+    assert kept.peer_names() == ["before.example"]
+
+
+def test_client_certificates_signed_by_the_ca_are_required(
+    start_proxy: StartProxy, backends: list[Backend], ca: trustme.CA, tmp_path: Path
+) -> None:
+    table = write_pair(ca, tmp_path, "site", "mtls.example")
+    clients = trustme.CA()
+    clients.cert_pem.write_to_path(tmp_path / "clients.pem")
+    proxy = start_proxy(
+        [backends[0].url],
+        listener=f'tls = {{ certificates = [{table}], client_ca = "{tmp_path / "clients.pem"}" }}',
+    )
+    good = client_context(ca)
+    clients.issue_cert("alice@example.org").configure_cert(good)
+    assert https(proxy, good, "mtls.example").request("GET", "/").status == 200
+
+    stranger = client_context(ca)
+    trustme.CA().issue_cert("mallory@example.org").configure_cert(stranger)
+    for refused in (client_context(ca), stranger):  # no certificate; one from another CA
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            # TLS 1.3: the server's verdict arrives after the client's handshake ends
+            https(proxy, refused, "mtls.example").request("GET", "/")
+
+
+def test_a_plain_listener_can_send_everything_to_https(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([backends[0].url], listener="redirect_https = true")
+    client = proxy.client()
+    client.send(b"GET /a/b?c=1 HTTP/1.1\r\nHost: shop.example:8080\r\n\r\n")
+    response = client.read_response()
+    assert response.status == 308
+    assert response.header("Location") == "https://shop.example/a/b?c=1"
+    assert client.request("GET", "/again").status == 308  # the connection stays open
+
+
+def run_check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bunancer", "config", "check", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_config_check_reads_the_pairs(ca: trustme.CA, tmp_path: Path) -> None:
+    config = tmp_path / "bunancer.toml"
+    good = write_pair(ca, tmp_path, "good", "good.example", "www.good.example")
+    config.write_text(f'[[listeners]]\naddress = "127.0.0.1:8443"\ntls = {good}\n')
+    result = run_check(config)
+    assert result.returncode == 0, result.stderr
+    assert "good.example, www.good.example; expires" in result.stdout
+    assert "days left" in result.stdout
+
+    ca.issue_cert("other.example").private_key_pem.write_to_path(tmp_path / "good.key")
+    result = run_check(config)
+    assert result.returncode == 2
+    assert "listeners[0].tls" in result.stderr
+    assert "the key does not match the certificate" in result.stderr
+
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    expired = write_pair(
+        ca,
+        tmp_path,
+        "old",
+        "old.example",
+        not_before=past - datetime.timedelta(days=30),
+        not_after=past,
+    )
+    config.write_text(f'[[listeners]]\naddress = "127.0.0.1:8443"\ntls = {expired}\n')
+    result = run_check(config)
+    assert result.returncode == 2
+    assert "old.pem: expired on" in result.stderr
