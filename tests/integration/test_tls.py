@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.conftest import Backend, Proxy, StartProxy
-from tests.helpers import RawClient, wait_for
+from tests.conftest import Backend, Proxy, StartProxy, single_process_only
+from tests.helpers import RawClient, spawn, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -203,3 +203,49 @@ def test_config_check_reads_the_pairs(ca: trustme.CA, tmp_path: Path) -> None:
     result = run_check(config)
     assert result.returncode == 2
     assert "old.pem: expired on" in result.stderr
+
+
+@single_process_only  # each worker has its own ticket keys: the next connection may reach another
+def test_sessions_resume(sni_proxy: Proxy, ca: trustme.CA) -> None:
+    context = client_context(ca, maximum_version=ssl.TLSVersion.TLSv1_2)
+    first = https(sni_proxy, context, "other.example")
+    assert first.request("GET", "/").status == 200
+    assert isinstance(first.sock, ssl.SSLSocket)
+    session = first.sock.session
+    again = RawClient(sni_proxy.port)
+    resumed = context.wrap_socket(again.sock, server_hostname="other.example", session=session)
+    assert resumed.session_reused
+
+
+def test_a_tcp_listener_terminates_tls_and_tunnels_the_plain_bytes(
+    start_proxy: StartProxy, ca: trustme.CA, tmp_path: Path
+) -> None:
+    echo = spawn(["-m", "tests.echo_backend", "0"])
+    try:
+        port = int(echo.wait_line(r"^PORT (\d+)$").group(1))
+        table = write_pair(ca, tmp_path, "tcp", "tcp.example")
+        proxy = start_proxy([f"tcp://127.0.0.1:{port}"], listener=f'mode = "tcp"\ntls = {table}')
+        client = https(proxy, client_context(ca), "tcp.example")
+        payload = bytes(range(256)) * 64
+        client.send(payload)
+        assert client._take(len(payload)) == payload
+    finally:
+        echo.stop()
+
+
+def test_the_command_line_serves_https(
+    backends: list[Backend], ca: trustme.CA, tmp_path: Path
+) -> None:
+    write_pair(ca, tmp_path, "cli", "cli.example")
+    pem, key = tmp_path / "cli.pem", tmp_path / "cli.key"
+    args = ["--tls-cert", str(pem), "--tls-key", str(key), "--backend", backends[0].url]
+    for flag in ("--listen", "--api-listen", "--dashboard-listen"):
+        args += [flag, "127.0.0.1:0"]
+    process = spawn(["-m", "bunancer", "serve", *args, "--state-dir", str(tmp_path / "state")])
+    try:
+        port = int(process.wait_line(r"ready: proxy listening on 127\.0\.0\.1:(\d+)").group(1))
+        client = RawClient(port, tls=client_context(ca), server_name="cli.example")
+        assert client.peer_names() == ["cli.example"]
+        assert client.request("GET", "/").status == 200
+    finally:
+        process.stop()
