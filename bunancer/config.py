@@ -237,15 +237,35 @@ class ServerConfig(_Section):
         return parse_backend_url(self.address)
 
 
+class UpstreamTlsConfig(_Section):
+    """TLS from the balancer to a pool's servers."""
+
+    verify: bool = True  # false: any certificate is taken (warned at start)
+    ca_file: str | None = None  # verify against this CA bundle, not the system's store
+    server_name: str | None = None  # SNI and the name verified; default: each server's host
+
+
 class PoolConfig(_Section):
     algorithm: Algorithm = DEFAULT_ALGORITHM
     servers: list[ServerConfig] = Field(default_factory=list)
+    tls: UpstreamTlsConfig | None = None  # set, or https:// servers: the servers speak TLS
+
+    @property
+    def upstream_tls(self) -> UpstreamTlsConfig | None:
+        """TLS to the servers: the `tls` table, or its defaults for https:// servers."""
+        if self.tls is None and any(s.address.startswith("https://") for s in self.servers):
+            return UpstreamTlsConfig()
+        return self.tls
+
     health: HealthConfig = Field(default_factory=HealthConfig)
     outlier: OutlierConfig = Field(default_factory=OutlierConfig)
     balancing: BalancingConfig = Field(default_factory=BalancingConfig)
 
     @model_validator(mode="after")
     def _unique_servers(self) -> PoolConfig:
+        schemes = {s.address.partition("://")[0] for s in self.servers if "://" in s.address}
+        if {"http", "https"} <= schemes:
+            raise ValueError("http:// and https:// servers in one pool (TLS is the pool's)")
         seen_ids: set[str] = set()
         seen_addresses: set[tuple[str, int]] = set()
         for index, server in enumerate(self.servers):

@@ -44,12 +44,15 @@ def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, 
 
 
 def parse_backend_url(text: str) -> tuple[str, int]:
-    """Accept ``http://HOST:PORT``, ``tcp://HOST:PORT`` or a bare ``HOST:PORT``."""
+    """Accept ``http://HOST:PORT``, ``https://HOST:PORT`` (TLS to the server: its pool's
+    `tls`), ``tcp://HOST:PORT`` or a bare ``HOST:PORT``."""
     rest = text
     if "://" in text:
         scheme, _, rest = text.partition("://")
-        if scheme not in ("http", "tcp"):
-            raise ValueError(f"unsupported scheme {scheme!r} in {text!r} (http:// or tcp://)")
+        if scheme not in ("http", "https", "tcp"):
+            raise ValueError(
+                f"unsupported scheme {scheme!r} in {text!r} (http://, https:// or tcp://)"
+            )
         rest = rest.rstrip("/")
         if "/" in rest:
             raise ValueError(f"a backend address has no path: {text!r}")

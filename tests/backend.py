@@ -1,6 +1,7 @@
 """A backend with scripted behaviours for the integration tests, run as a real process.
 
-``python -m tests.backend`` prints ``PORT <n>`` once listening. Paths choose behaviour:
+``python -m tests.backend [PORT [CERT KEY]]`` prints ``PORT <n>`` once listening (over TLS
+with the CERT and KEY files when given). Paths choose behaviour:
 
   /size/N            N bytes (pattern from `pattern_bytes`) with Content-Length,
                      streamed with backpressure when large
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 import sys
 from collections.abc import Iterator
 
@@ -270,13 +272,17 @@ class BackendProtocol(asyncio.Protocol):
         self.transport.write(b"0\r\n\r\n")
 
 
-async def main(port: int) -> None:
+async def main(port: int, tls: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(BackendProtocol, "127.0.0.1", port)
+    server = await loop.create_server(BackendProtocol, "127.0.0.1", port, ssl=tls)
     STATE.port = server.sockets[0].getsockname()[1]
     print(f"PORT {STATE.port}", flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    context = None
+    if len(sys.argv) > 3:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[2], sys.argv[3])
+    uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 0, context))

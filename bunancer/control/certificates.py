@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import os
 import ssl
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from ..core.tls import CertificateFiles, TlsSettings, server_context
 
 if TYPE_CHECKING:
     from cryptography import x509
+
+log = logging.getLogger("bunancer")
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,18 @@ def read_listener(listener: ListenerConfig, index: int) -> list[Certificate]:
 
 
 def check_certificates(config: Config) -> list[tuple[str, Certificate]]:
-    """Every listener's certificates, read and checked, with where each is configured; a
-    ConfigError names the first bad one."""
+    """Every listener's certificates, read and checked, with where each is configured, and
+    the CA files the pools verify their servers with; a ConfigError names the first bad one."""
+    for name, pool in config.pools.items():
+        tls = pool.upstream_tls
+        if tls is not None and not tls.verify:
+            log.warning("pool %s: TLS to its servers is not verified (tls.verify = false)", name)
+        if tls is not None and tls.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=tls.ca_file)
+            except (OSError, ssl.SSLError) as error:
+                problem = getattr(error, "strerror", None) or error
+                raise ConfigError(f"pools.{name}.tls.ca_file: {tls.ca_file}: {problem}") from None
     return [
         (f"listeners[{index}].tls", certificate)
         for index, listener in enumerate(config.listeners)

@@ -102,6 +102,7 @@ class Commands:
             old.outlier if outlier is None else merged(old.outlier, outlier, "outlier"),
             old.source,
             old.balancing if balancing is None else merged(old.balancing, balancing, "balancing"),
+            old.tls,
         )
         changed = [
             what

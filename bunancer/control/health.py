@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
+from ..core.tls import tls_problem
 from .states import CheckResult
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ class CheckSpec:
     path: str = "/"
     expect: tuple[tuple[int, int], ...] = ((200, 499),)  # inclusive status ranges
     timeout: float = 1.0
+    tls: ssl.SSLContext | None = None  # the server speaks TLS (its pool's context)
+    server_name: str | None = None  # the name sent and verified; default: the server's host
 
     def passes(self, status: int) -> bool:
         return any(low <= status <= high for low, high in self.expect)
@@ -83,6 +87,8 @@ class _Probe(asyncio.Protocol):
 
 
 def _describe_error(error: BaseException, timeout: float) -> str:
+    if isinstance(error, ssl.SSLError):
+        return tls_problem(error)
     if isinstance(error, TimeoutError):
         return f"timeout after {timeout:g}s"
     if isinstance(error, ConnectionRefusedError):
@@ -92,6 +98,12 @@ def _describe_error(error: BaseException, timeout: float) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return type(error).__name__
+
+
+def _tls(host: str, spec: CheckSpec) -> dict[str, Any]:
+    if spec.tls is None:
+        return {}
+    return {"ssl": spec.tls, "server_hostname": spec.server_name or host}
 
 
 async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
@@ -105,7 +117,9 @@ async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
     try:
         async with asyncio.timeout(spec.timeout):
             done: asyncio.Future[int] = loop.create_future()
-            transport, _ = await loop.create_connection(lambda: _Probe(done), host, port)
+            transport, _ = await loop.create_connection(
+                lambda: _Probe(done), host, port, **_tls(host, spec)
+            )
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             transport.write(  # type: ignore[attr-defined]
                 f"{spec.method} {spec.path} HTTP/1.1\r\nHost: {authority}\r\n"

@@ -19,11 +19,13 @@ from ..config import (
     HealthConfig,
     OutlierConfig,
     PoolConfig,
+    UpstreamTlsConfig,
     parse_expect,
 )
 from ..core.pool import ServerPool
 from ..core.server import Server, State
 from ..core.settings import BalancingSettings
+from ..core.tls import client_context
 from .health import CheckSpec
 from .states import CheckResult, HealthPolicy, ServerHealth
 
@@ -54,10 +56,12 @@ class PoolSettings:
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     source: str = "config"
     balancing: BalancingConfig = field(default_factory=BalancingConfig)
+    tls: UpstreamTlsConfig | None = None  # TLS to the servers (the config file's pools)
 
     @classmethod
     def from_config(cls, config: PoolConfig, source: str = "config") -> PoolSettings:
-        return cls(config.algorithm, config.health, config.outlier, source, config.balancing)
+        return cls(config.algorithm, config.health, config.outlier, source, config.balancing,
+                   config.upstream_tls)  # fmt: skip
 
     def for_data_plane(self) -> BalancingSettings:
         """What the request path reads: plain values, no pydantic."""
@@ -95,7 +99,7 @@ def health_policy(health: HealthConfig, outlier: OutlierConfig) -> HealthPolicy:
     )
 
 
-def check_spec(health: HealthConfig) -> CheckSpec:
+def check_spec(health: HealthConfig, tls: UpstreamTlsConfig | None = None) -> CheckSpec:
     return CheckSpec(
         enabled=health.enabled,
         kind=health.type,
@@ -103,6 +107,8 @@ def check_spec(health: HealthConfig) -> CheckSpec:
         path=health.path,
         expect=parse_expect(health.expect),
         timeout=health.timeout,
+        tls=client_context(tls.verify, tls.ca_file) if tls is not None else None,
+        server_name=tls.server_name if tls is not None else None,
     )
 
 
@@ -133,7 +139,7 @@ class ServerRecord:
     def apply_settings(self, settings: PoolSettings) -> None:
         """The pool's check and ejection settings, with this server's overrides."""
         health = settings.health.merged(self.overrides) if self.overrides else settings.health
-        self.check = check_spec(health)
+        self.check = check_spec(health, settings.tls)
         self.health.policy = health_policy(health, settings.outlier)
         outlier = settings.outlier
         self.server.eject_after = outlier.consecutive_failures

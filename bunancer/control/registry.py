@@ -240,10 +240,17 @@ class Registry:
         return None
 
     def upstream_for(self, settings: PoolSettings) -> UpstreamSettings:
+        """The connection settings of a pool's servers: the balancer's, with the pool's own
+        connection limit and TLS."""
         limit = settings.balancing.max_connections
-        if limit is None:
+        tls = settings.tls
+        if limit is None and tls is None:
             return self.upstream
-        return dataclasses.replace(self.upstream, max_connections=limit)
+        options: dict[str, Any] = {} if limit is None else {"max_connections": limit}
+        if tls is not None:
+            options.update(tls=True, tls_verify=tls.verify, tls_ca_file=tls.ca_file,
+                           tls_server_name=tls.server_name)  # fmt: skip
+        return dataclasses.replace(self.upstream, **options)
 
     def reconfigure_upstream(self, upstream: UpstreamSettings) -> None:
         """New connection timeouts and limits for every server (a config reload)."""

@@ -10,15 +10,20 @@ connection awaits (one task per new connection, none per request).
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import Overloaded
 from .settings import UpstreamSettings
+from .tls import client_context, tls_problem
 from .upstream import UpstreamProtocol
 
 if TYPE_CHECKING:
     from .exchange import Exchange
+
+log = logging.getLogger("bunancer")
 
 
 class PendingCounter(Protocol):
@@ -41,6 +46,7 @@ class ConnectionPool:
         "owner",
         "port",
         "settings",
+        "tls_problem",
         "total",
         "waiters",
     )
@@ -59,6 +65,7 @@ class ConnectionPool:
         self.waiters: deque[tuple[Exchange, asyncio.TimerHandle]] = deque()
         self.closing = False
         self.owner: PendingCounter | None = None  # the server's pool: caps waiting requests
+        self.tls_problem = ""  # why the last TLS handshake failed (logged when it changes)
 
     def acquire(self, exchange: Exchange) -> None:
         """Give `exchange` a connection now (idle one) or later (opened, or freed)."""
@@ -95,12 +102,22 @@ class ConnectionPool:
                 return
 
     async def _open(self, exchange: Exchange | None) -> None:
+        settings = self.settings
         try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: UpstreamProtocol(self), self.host, self.port
-                )
+            async with asyncio.timeout(settings.connect_timeout):
+                if settings.tls:
+                    _, conn = await self.loop.create_connection(
+                        lambda: UpstreamProtocol(self), self.host, self.port,
+                        ssl=client_context(settings.tls_verify, settings.tls_ca_file),
+                        server_hostname=settings.tls_server_name or self.host,
+                    )  # fmt: skip
+                else:
+                    _, conn = await self.loop.create_connection(
+                        lambda: UpstreamProtocol(self), self.host, self.port
+                    )
         except (OSError, TimeoutError) as error:
+            if isinstance(error, ssl.SSLError):
+                self._tls_failed(tls_problem(error))
             self.total -= 1
             self.opening -= 1
             if exchange is not None:
@@ -108,10 +125,17 @@ class ConnectionPool:
             self._serve_waiter()
             return
         self.opening -= 1
+        self.tls_problem = ""
         if exchange is not None and exchange.wants_connection:
             exchange.attach(conn)
         else:
             self.release(conn, True)
+
+    def _tls_failed(self, problem: str) -> None:
+        """A handshake with the server failed: said once per new reason, not per request."""
+        if problem != self.tls_problem:
+            self.tls_problem = problem
+            log.warning("upstream %s: %s", self.address, problem)
 
     def release(self, conn: UpstreamProtocol, reusable: bool) -> None:
         """Take back a connection; keep it for reuse only if both messages ended cleanly."""

@@ -42,6 +42,12 @@ class UpstreamSettings:
     max_connections: int = 0  # 0: no limit
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
+    # TLS to the servers (`https://` servers): verified against the system's CAs, or
+    # `tls_ca_file`'s; the name sent (SNI) and verified is each server's host, or this one.
+    tls: bool = False
+    tls_verify: bool = True
+    tls_ca_file: str | None = None
+    tls_server_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

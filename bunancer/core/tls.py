@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from functools import cache
 
 log = logging.getLogger("bunancer")
 
@@ -117,3 +118,29 @@ class TlsTerminator:
 
     def _choose(self, ssl_object: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         ssl_object.context = self.choose(name)
+
+
+# -- to the servers -------------------------------------------------------------------------------
+
+
+@cache
+def client_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """The context of a pool's TLS connections to its servers (shared: one per settings).
+    Verified against `ca_file`, or the system's store (OpenSSL honours SSL_CERT_FILE and
+    SSL_CERT_DIR there)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def tls_problem(error: BaseException) -> str:
+    """What went wrong in a TLS handshake, in a few words for a log line or a check."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS: certificate not accepted: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS: {error.reason or error}"
+    return str(error)

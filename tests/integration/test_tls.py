@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import trustme
 
+from bunancer.client import ApiClient
 from tests.conftest import Backend, Proxy, StartProxy, single_process_only
-from tests.helpers import RawClient, spawn, wait_for
+from tests.helpers import Process, RawClient, spawn, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -249,3 +250,103 @@ def test_the_command_line_serves_https(
         assert client.request("GET", "/").status == 200
     finally:
         process.stop()
+
+
+# -- TLS to the servers ---------------------------------------------------------------------
+
+
+def tls_backend(ca: trustme.CA, directory: Path, *names: str, **dates: object) -> Process:
+    """tests.backend over TLS with a certificate from `ca` for `names`."""
+    write_pair(ca, directory, "backend", *names, **dates)
+    return spawn(
+        ["-m", "tests.backend", "0", str(directory / "backend.pem"), str(directory / "backend.key")]
+    )
+
+
+def backend_port(process: Process) -> int:
+    return int(process.wait_line(r"^PORT (\d+)$").group(1))
+
+
+def pool_tls(directory: Path, ca: trustme.CA, options: str = "") -> str:
+    ca.cert_pem.write_to_path(directory / "ca.pem")
+    return f'[pools.default.tls]\nca_file = "{directory / "ca.pem"}"\n{options}\n'
+
+
+def test_https_servers_are_checked_verified_and_pooled(
+    start_proxy: StartProxy, ca: trustme.CA, tmp_path: Path
+) -> None:
+    backend = tls_backend(ca, tmp_path, "127.0.0.1")
+    try:
+        port = backend_port(backend)
+        # The server must pass its (TLS) check first: a plain one would fail and leave a 503.
+        proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=pool_tls(tmp_path, ca))
+        client = proxy.client()
+        for _ in range(5):
+            assert client.request("GET", "/").body == b"ok %d\n" % port
+        log = json.loads(client.request("GET", "/log").body)
+        assert log["proxied_connections"] == 1  # one TLS connection, kept alive, reused
+    finally:
+        backend.stop()
+
+
+@pytest.mark.parametrize(
+    ("names", "dates", "options", "reason"),
+    [
+        (("127.0.0.1",), {}, 'server_name = "other.example"', "Hostname mismatch"),
+        (("127.0.0.1",), {"expired": True}, "", "certificate has expired"),
+        (("127.0.0.1",), {"stranger": True}, "", "unable to get local issuer certificate"),
+    ],
+)
+def test_a_server_certificate_not_accepted_is_a_502_with_the_reason(
+    start_proxy: StartProxy,
+    ca: trustme.CA,
+    tmp_path: Path,
+    names: tuple[str, ...],
+    dates: dict[str, bool],
+    options: str,
+    reason: str,
+) -> None:
+    issuer = trustme.CA() if dates.get("stranger") else ca
+    validity = {}
+    if dates.get("expired"):
+        past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+        validity = {"not_before": past - datetime.timedelta(days=30), "not_after": past}
+    backend = tls_backend(issuer, tmp_path, *names, **validity)
+    try:
+        port = backend_port(backend)
+        checks_off = "[pools.default.health]\nenabled = false\n"  # so that requests go to it
+        extra = pool_tls(tmp_path, ca, options) + checks_off
+        proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
+        assert proxy.client().request("GET", "/").status == 502
+        proxy.process.wait_line(rf"upstream 127\.0\.0\.1:{port}: TLS: .*{reason}")
+    finally:
+        backend.stop()
+
+
+def test_the_check_of_a_server_says_why_tls_failed(
+    start_proxy: StartProxy, ca: trustme.CA, tmp_path: Path
+) -> None:
+    backend = tls_backend(ca, tmp_path, "127.0.0.1")
+    try:
+        port = backend_port(backend)
+        extra = pool_tls(tmp_path, ca, 'server_name = "other.example"')
+        proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
+        client = ApiClient(f"127.0.0.1:{proxy.api_port}", proxy.token)
+        (server,) = client.pool("default")["servers"]
+        assert "Hostname mismatch" in server["last_check"]["detail"]
+    finally:
+        backend.stop()
+
+
+def test_verify_false_takes_any_certificate_and_says_so(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    backend = tls_backend(trustme.CA(), tmp_path, "127.0.0.1")
+    try:
+        port = backend_port(backend)
+        extra = "[pools.default.tls]\nverify = false\n"
+        proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
+        proxy.process.wait_line(r"pool default: TLS to its servers is not verified")
+        assert proxy.client().request("GET", "/").body == b"ok %d\n" % port
+    finally:
+        backend.stop()
