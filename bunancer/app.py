@@ -33,6 +33,7 @@ from .core.listener import ListenerContext
 from .core.tls import TlsTerminator
 from .listeners import (
     Listener,
+    certificate_expiry,
     listener_view,
     make_listener,
     make_routes,
@@ -91,6 +92,7 @@ class Balancer:
             statsd_prefix=config.stats.statsd_prefix,
         )
         self.telemetry.listeners_view = self.listeners_view
+        self.telemetry.certificates = lambda: certificate_expiry(self.listeners)
         self.access_log: AccessLog | None = None
         self.token: Token | None = None
         self.failed_attempts = FailedAttempts(loop.time)  # wrong tokens: API and dashboard

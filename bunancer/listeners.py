@@ -221,3 +221,13 @@ def listener_view(
         "tunnel_bytes_in": bytes_in,
         "tunnel_bytes_out": bytes_out,
     }
+
+
+def certificate_expiry(listeners: list[Listener]) -> list[tuple[dict[str, str], float]]:
+    """Each TLS listener's certificates, labelled, with when they expire (Unix time)."""
+    return [
+        ({"listener": x.address, "certificate": c.cert, "names": ",".join(c.names)}, c.not_after)
+        for x in listeners
+        if x.tls is not None
+        for c in x.tls.certificates
+    ]

@@ -57,9 +57,8 @@ def read_pair(cert: str, key: str, where: str) -> Certificate:
     not_after = loaded.not_valid_after_utc
     if not_after <= datetime.datetime.now(datetime.UTC):
         raise ConfigError(f"{where}: {cert}: expired on {not_after:%Y-%m-%d %H:%M} UTC")
-    return Certificate(
-        CertificateFiles(cert, key, _names(loaded)), loaded.subject.rfc4514_string(), not_after
-    )
+    files = CertificateFiles(cert, key, _names(loaded), not_after.timestamp())
+    return Certificate(files, loaded.subject.rfc4514_string(), not_after)
 
 
 def _names(certificate: x509.Certificate) -> tuple[str, ...]:

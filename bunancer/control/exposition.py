@@ -32,7 +32,10 @@ class WorkerFigures(Protocol):
 
 
 def prometheus_text(
-    registry: Registry, listener_stats: list[ServerStats], workers: WorkerFigures | None = None
+    registry: Registry,
+    listener_stats: list[ServerStats],
+    workers: WorkerFigures | None = None,
+    certificates: list[tuple[dict[str, str], float]] | None = None,
 ) -> str:
     """Every pool's and server's counters, states and checks, and the process's figures."""
     out = Exposition()
@@ -60,6 +63,14 @@ def prometheus_text(
         _counters(out, stats, {"pool": "", "server": ""})
     if workers is not None:
         workers.metrics(out)
+    if certificates:
+        out.family(
+            "bunancer_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When a TLS listener's certificate expires (Unix time).",
+        )
+        for labels, not_after in certificates:
+            out.sample("bunancer_tls_certificate_expiry_timestamp_seconds", labels, not_after)
     _process_metrics(out)
     return out.text()
 

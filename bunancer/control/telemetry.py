@@ -45,6 +45,8 @@ class Telemetry:
         self.listener_stats = list(listener_stats)
         # Set by the app: the listeners with their open connections and tunnels.
         self.listeners_view: Callable[[], list[dict[str, Any]]] = list
+        # The TLS listeners' certificates: labels and expiry (Unix time), for /metrics.
+        self.certificates: Callable[[], list[tuple[dict[str, str], float]]] = list
         self.workers: WorkerFigures | None = None  # set by the app with --workers
         self.started_at = time.time()
         self._handle: asyncio.TimerHandle | None = None
@@ -199,7 +201,9 @@ class Telemetry:
     # -- Prometheus and StatsD ----------------------------------------------------------------
 
     def prometheus(self) -> str:
-        return prometheus_text(self.registry, self.listener_stats, self.workers)
+        return prometheus_text(
+            self.registry, self.listener_stats, self.workers, self.certificates()
+        )
 
     def _send_statsd(self) -> None:
         assert self._statsd is not None

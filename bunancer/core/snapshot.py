@@ -55,13 +55,15 @@ def plain(settings: Any) -> dict[str, Any]:
 def tls_entry(settings: TlsSettings | None) -> dict[str, Any] | None:
     if settings is None:
         return None
-    certificates = [(c.cert, c.key, c.names) for c in settings.certificates]
+    certificates = [(c.cert, c.key, c.names, c.not_after) for c in settings.certificates]
     return {"certificates": certificates, "client_ca": settings.client_ca,
             "version": settings.version}  # fmt: skip
 
 
 def tls_from(entry: dict[str, Any]) -> TlsSettings:
-    certificates = tuple(CertificateFiles(c, k, tuple(n)) for c, k, n in entry["certificates"])
+    certificates = tuple(
+        CertificateFiles(c, k, tuple(n), at) for c, k, n, at in entry["certificates"]
+    )
     return TlsSettings(certificates, entry["client_ca"], entry["version"])
 
 

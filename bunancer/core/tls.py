@@ -36,6 +36,7 @@ class CertificateFiles:
     cert: str  # PEM: the certificate, then its chain
     key: str  # PEM: its private key
     names: tuple[str, ...] = ()  # the DNS names it serves, lower case (`*.x` for wildcards)
+    not_after: float = 0.0  # when it expires (Unix time), for /metrics
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import json
 import ssl
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,16 @@ def test_verify_false_takes_any_certificate_and_says_so(
         assert proxy.client().request("GET", "/").body == b"ok %d\n" % port
     finally:
         backend.stop()
+
+
+def test_metrics_show_when_each_certificate_expires(sni_proxy: Proxy) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sni_proxy.api_port}/metrics") as answer:
+        text = answer.read().decode()
+    expiries = {
+        line.split('names="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("bunancer_tls_certificate_expiry_timestamp_seconds{")
+    }
+    assert set(expiries) == {"default.example", "other.example", "*.wild.example"}
+    trustme_default = datetime.datetime(3000, 1, 1, tzinfo=datetime.UTC).timestamp()
+    assert set(expiries.values()) == {trustme_default}
