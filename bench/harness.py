@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -211,9 +212,16 @@ def wait_log_line(child: Child, pattern: str, timeout: float = READY_TIMEOUT) ->
     return wait_until(f"line matching {pattern!r}", child, search, timeout)
 
 
-def http_status(port: int) -> int | None:
-    """Status of one GET / on 127.0.0.1:port, or None if the connection fails."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=2.0)
+def http_status(port: int, tls: bool = False) -> int | None:
+    """Status of one GET / on 127.0.0.1:port (over TLS, the certificate not checked: a
+    benchmark's own), or None if the connection fails."""
+    connection = (
+        http.client.HTTPSConnection(
+            HOST, port, timeout=2.0, context=ssl._create_unverified_context()
+        )
+        if tls
+        else http.client.HTTPConnection(HOST, port, timeout=2.0)
+    )
     try:
         connection.request("GET", "/")
         response = connection.getresponse()
@@ -225,9 +233,13 @@ def http_status(port: int) -> int | None:
         connection.close()
 
 
-def wait_http_ok(child: Child, port: int, timeout: float = READY_TIMEOUT) -> None:
+def wait_http_ok(
+    child: Child, port: int, timeout: float = READY_TIMEOUT, tls: bool = False
+) -> None:
     """Wait until GET / through this port answers; it must answer 200."""
-    status = wait_until(f"HTTP answer on port {port}", child, lambda: http_status(port), timeout)
+    status = wait_until(
+        f"HTTP answer on port {port}", child, lambda: http_status(port, tls), timeout
+    )
     if status != 200:
         raise RuntimeError(f"{child.name} on port {port} answered {status}:\n{child.log_tail()}")
 

@@ -88,6 +88,7 @@ from bench.harness import (
     wait_log_line,
 )
 from bunancer import native
+from bunancer.core.tls import INTERMEDIATE_CIPHERS
 from bunancer.native import PURE_ENV
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -135,6 +136,27 @@ class Endpoint:
     name: str
     port: int
     child: Child
+    tls: bool = False  # wrk speaks https to it
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """One certificate every TLS front serves (--tls), made for this run by a test CA."""
+
+    cert: Path
+    key: Path
+    combined: Path  # both in one file, as HAProxy takes them
+
+
+def make_certificate(workdir: Path) -> TlsFiles:
+    import trustme  # the bench extra's; only --tls needs it
+
+    leaf = trustme.CA().issue_cert(HOST, "localhost")  # ECDSA P-256
+    files = TlsFiles(workdir / "front.pem", workdir / "front.key", workdir / "front-all.pem")
+    leaf.cert_chain_pems[0].write_to_path(files.cert)
+    leaf.private_key_pem.write_to_path(files.key)
+    leaf.private_key_and_cert_chain_pem.write_to_path(files.combined)
+    return files
 
 
 def nginx_common(workdir: Path) -> str:
@@ -194,7 +216,10 @@ def start_nginx_backend(supervisor: Supervisor, backend_id: str, size: int) -> E
 
 
 def start_bunancer(
-    supervisor: Supervisor, backends: list[Endpoint], name: str = "bunancer"
+    supervisor: Supervisor,
+    backends: list[Endpoint],
+    name: str = "bunancer",
+    tls: TlsFiles | None = None,
 ) -> Endpoint:
     servers = ", ".join(f'{{ address = "{HOST}:{b.port}" }}' for b in backends)
     config = supervisor.workdir / f"{name}.toml"
@@ -202,14 +227,16 @@ def start_bunancer(
     algorithm = f'algorithm = "{ALGORITHM[name]}"\n' if name in ALGORITHM else ""
     config.write_text(
         f'{extra}[api]\nlisten = "{HOST}:0"\n[dashboard]\nlisten = "{HOST}:0"\n'
-        f'[[listeners]]\naddress = "{HOST}:0"\n\n'
+        f'[[listeners]]\naddress = "{HOST}:0"\n'
+        + (f'tls = {{ cert = "{tls.cert}", key = "{tls.key}" }}\n' if tls else "")
+        + "\n"
         f"[pools.default]\n{algorithm}servers = [{servers}]\n"
     )
     state_dir = supervisor.workdir / f"{name}-state"
     argv = [sys.executable, "-m", "bunancer", "serve", "--config", str(config)]
     child = supervisor.start(name, [*argv, "--state-dir", str(state_dir)], ENVIRONMENT.get(name))
     ready = wait_log_line(child, r"ready: proxy listening on 127\.0\.0\.1:(\d+)")
-    return Endpoint(name, int(ready.group(1)), child)
+    return Endpoint(name, int(ready.group(1)), child, tls is not None)
 
 
 # What bunancer adds to every request by default (Host kept, X-Forwarded-*, Forwarded,
@@ -242,7 +269,11 @@ def nginx_buffers(size: int) -> str:
 
 
 def start_nginx_front(
-    supervisor: Supervisor, backends: list[Endpoint], forwarding: bool = True, size: int = 0
+    supervisor: Supervisor,
+    backends: list[Endpoint],
+    forwarding: bool = True,
+    size: int = 0,
+    tls: TlsFiles | None = None,
 ) -> Endpoint:
     port = free_port()
     servers = "".join(f"        server {HOST}:{b.port};\n" for b in backends)
@@ -254,7 +285,8 @@ def start_nginx_front(
         "        keepalive 2048;\n"
         "        keepalive_requests 1000000;\n"
         "    }\n"
-        f"    server {{\n        listen {HOST}:{port} backlog=4096;\n"
+        f"    server {{\n        listen {HOST}:{port}{' ssl' if tls else ''} backlog=4096;\n"
+        f"{nginx_tls(tls) if tls else ''}"
         "        location / {\n"
         "            proxy_pass http://backends;\n"
         "            proxy_http_version 1.1;\n"
@@ -264,11 +296,23 @@ def start_nginx_front(
         "        }\n"
         "    }\n"
     )
-    return Endpoint("nginx", port, start_nginx(supervisor, "nginx", http_block))
+    return Endpoint("nginx", port, start_nginx(supervisor, "nginx", http_block), tls is not None)
+
+
+# The TLS every front serves under --tls: bunancer's (core/tls.py), asked of the peers.
+def nginx_tls(tls: TlsFiles) -> str:
+    return (
+        f"        ssl_certificate {tls.cert};\n        ssl_certificate_key {tls.key};\n"
+        f"        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_ciphers {INTERMEDIATE_CIPHERS};\n"
+        "        ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;\n"
+    )
 
 
 def start_haproxy_front(
-    supervisor: Supervisor, backends: list[Endpoint], forwarding: bool = True
+    supervisor: Supervisor,
+    backends: list[Endpoint],
+    forwarding: bool = True,
+    tls: TlsFiles | None = None,
 ) -> Endpoint:
     port = free_port()
     servers = "".join(
@@ -284,12 +328,29 @@ def start_haproxy_front(
         "defaults\n    mode http\n    option http-keep-alive\n    http-reuse always\n"
         "    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
         "    timeout http-keep-alive 30s\n\n"
-        f"frontend front\n    bind {HOST}:{port}\n    default_backend backends\n"
-        f"{HAPROXY_FORWARDING if forwarding else ''}\n"
+        f"frontend front\n    bind {HOST}:{port}{haproxy_tls(tls) if tls else ''}\n"
+        "    default_backend backends\n"
+        f"{haproxy_forwarding(tls is not None) if forwarding else ''}\n"
         f"backend backends\n    balance roundrobin\n{servers}"
     )
     child = supervisor.start("haproxy", ["haproxy", "-db", "-f", str(conf)])
-    return Endpoint("haproxy", port, child)
+    return Endpoint("haproxy", port, child, tls is not None)
+
+
+def haproxy_tls(tls: TlsFiles) -> str:
+    return (
+        f" ssl crt {tls.combined} alpn http/1.1 ssl-min-ver TLSv1.2 ciphers {INTERMEDIATE_CIPHERS}"
+    )
+
+
+def haproxy_forwarding(tls: bool) -> str:
+    return (
+        HAPROXY_FORWARDING.replace("proto=http", "proto=https").replace(
+            "X-Forwarded-Proto http", "X-Forwarded-Proto https"
+        )
+        if tls
+        else HAPROXY_FORWARDING
+    )
 
 
 def haproxy_socket(supervisor: Supervisor) -> Path:
@@ -353,13 +414,15 @@ def start_fronts(
     backends: list[Endpoint],
     peer_forwarding: bool = True,
     size: int = 0,
+    tls: TlsFiles | None = None,
 ) -> dict[str, Endpoint]:
     """Start the named fronts; nginx and HAProxy add bunancer's forwarding headers
-    unless `peer_forwarding` is off (then they pass the client's head through as is)."""
+    unless `peer_forwarding` is off (then they pass the client's head through as is).
+    With `tls`, bunancer, nginx and HAProxy serve HTTPS with that certificate."""
     starters: dict[str, Callable[[Supervisor, list[Endpoint]], Endpoint]] = {
-        "bunancer": start_bunancer,
-        "nginx": lambda sup, ends: start_nginx_front(sup, ends, peer_forwarding, size),
-        "haproxy": lambda sup, ends: start_haproxy_front(sup, ends, peer_forwarding),
+        "bunancer": lambda sup, ends: start_bunancer(sup, ends, tls=tls),
+        "nginx": lambda sup, ends: start_nginx_front(sup, ends, peer_forwarding, size, tls),
+        "haproxy": lambda sup, ends: start_haproxy_front(sup, ends, peer_forwarding, tls),
         BARE: start_bare_front,
     }
     fronts: dict[str, Endpoint] = {}
@@ -371,7 +434,7 @@ def start_fronts(
         else:
             fronts[name] = starters[name](supervisor, backends)
     for front in fronts.values():
-        wait_http_ok(front.child, front.port)
+        wait_http_ok(front.child, front.port, tls=front.tls)
     return fronts
 
 
@@ -443,12 +506,17 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def run_wrk(
-    port: int, mode: str, duration: float, connections: int, cpus: set[int] | None = None
+    port: int,
+    mode: str,
+    duration: float,
+    connections: int,
+    cpus: set[int] | None = None,
+    tls: bool = False,
 ) -> WrkResult:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if mode == "close":
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://{HOST}:{port}/")
+    argv.append(f"{'https' if tls else 'http'}://{HOST}:{port}/")
     completed = subprocess.run(
         argv,
         capture_output=True,
@@ -489,7 +557,7 @@ class Sample:
 def measure(endpoint: Endpoint, run: int, mode: str, args: argparse.Namespace) -> Sample:
     cpu_before = group_cpu_seconds(endpoint.child.pid)
     cpus = getattr(args, "wrk_cpus", None)
-    result = run_wrk(endpoint.port, mode, args.duration, args.connections, cpus)
+    result = run_wrk(endpoint.port, mode, args.duration, args.connections, cpus, endpoint.tls)
     cpu = group_cpu_seconds(endpoint.child.pid) - cpu_before
     return Sample(
         run=run,
@@ -513,7 +581,7 @@ def warm_up(fronts: dict[str, Endpoint], seconds: float, connections: int) -> No
         return
     console.print(f"warming up each front for {seconds:g}s")
     for front in fronts.values():
-        run_wrk(front.port, "keepalive", seconds, connections)
+        run_wrk(front.port, "keepalive", seconds, connections, tls=front.tls)
 
 
 def rotated(items: list[str], by: int) -> list[str]:
@@ -736,6 +804,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=float, default=1, help="unrecorded seconds per front first (0: none)"
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the fronts serve HTTPS (one certificate, TLS 1.2-1.3, the same ciphers); "
+        "close mode is then a full handshake per request",
+    )
+    parser.add_argument(
         "--reference",
         type=Path,
         metavar="DIR",
@@ -754,6 +828,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.fronts += ",bunancer-ref"
     elif "bunancer-ref" in args.fronts.split(","):
         parser.error("the front bunancer-ref needs --reference DIR")
+    if args.tls:  # the backends speak plain HTTP: no `direct` peer to compare with
+        args.fronts = ",".join(
+            f for f in args.fronts.split(",") if f in ("bunancer", "nginx", "haproxy")
+        )
     return args
 
 
@@ -800,8 +878,9 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     supervisor = Supervisor(workdir)
     try:
         backends = start_backends(supervisor, args.backend_kind, args.size)
+        tls = make_certificate(workdir) if args.tls else None
         fronts = start_fronts(
-            supervisor, args.front_names, backends, not args.plain_peers, args.size
+            supervisor, args.front_names, backends, not args.plain_peers, args.size, tls
         )
         place(args.placement, backends, fronts)
         ports = ", ".join(f"{name} :{front.port}" for name, front in fronts.items())
@@ -880,6 +959,7 @@ def build_report(
             "warmup",
             "plain_peers",
             "no_pin",
+            "tls",
         )
     }
     return {

@@ -10,6 +10,7 @@ import pytest
 import bench.throughput as throughput
 from bench.harness import Supervisor
 from bench.throughput import Sample, nginx_buffers, nginx_warnings, parse_args, ratios, summarise
+from bunancer.core.tls import INTERMEDIATE_CIPHERS
 
 
 def sample(front: str, rps: float, cpu: float, errors: int = 0, run: int = 1) -> Sample:
@@ -93,3 +94,18 @@ def test_a_reference_that_cannot_run_is_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
     assert exit_info.value.code == 2
+
+
+def test_tls_fronts_serve_the_same_certificate_and_ciphers(tmp_path: Path) -> None:
+    files = throughput.make_certificate(tmp_path)
+    nginx, haproxy = throughput.nginx_tls(files), throughput.haproxy_tls(files)
+    for config in (nginx, haproxy):
+        assert INTERMEDIATE_CIPHERS in config
+    assert f"ssl_certificate {files.cert};" in nginx
+    assert "TLSv1.2 TLSv1.3" in nginx
+    assert f"crt {files.combined} " in haproxy
+    assert "ssl-min-ver TLSv1.2" in haproxy
+    assert "X-Forwarded-Proto https" in throughput.haproxy_forwarding(True)
+    assert "proto=https" in throughput.haproxy_forwarding(True)
+    args = throughput.parse_args(["--tls"])
+    assert args.fronts.split(",") == ["bunancer", "nginx", "haproxy"]  # no plain `direct`
