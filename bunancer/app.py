@@ -457,7 +457,7 @@ def _sockets_of(listener: Listener) -> ListenerSockets:
     ctx = listener.ctx
     return ListenerSockets(
         listener.key, listener.mode, listener.default_pool, ctx.settings, listener.server,
-        ctx.rejected, listener.tls,
+        ctx.rejected, listener.tls, listener.sni_routes,
     )  # fmt: skip
 
 

@@ -77,11 +77,27 @@ class TlsConfig(_Section):
         return [*first, *self.certificates]
 
 
+def host_pattern(value: str) -> str:
+    """An exact host, or `*.suffix` for every host ending so."""
+    if "*" in value.removeprefix("*.") or value == "*.":
+        raise ValueError("use an exact host or '*.suffix'")
+    return value
+
+
+class SniRouteConfig(_Section):
+    """A TCP listener's route by the server name of a TLS ClientHello (passed through)."""
+
+    host: Annotated[str, Field(min_length=1), AfterValidator(host_pattern)]
+    pool: str
+
+
 class ListenerConfig(_Section):
     address: HostPort = DEFAULT_LISTEN
     mode: Literal["http", "tcp"] = "http"
     default_pool: str = DEFAULT_POOL  # for tcp: the pool every connection goes to
     tls: TlsConfig | None = None  # terminate TLS (HTTPS, or TLS over a TCP listener)
+    # TCP mode: pick the pool by the ClientHello's server name, the TLS passed through
+    sni_routes: list[SniRouteConfig] = Field(default_factory=list)
     redirect_https: bool = False  # a plain HTTP listener answers everything with a 308 to https
     # TCP mode
     idle_timeout: float = Field(default=300.0, gt=0)  # a tunnel with no bytes either way
@@ -300,9 +316,7 @@ class RouteConfig(_Section):
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str | None) -> str | None:
-        if value is not None and ("*" in value.removeprefix("*.") or value == "*."):
-            raise ValueError("use an exact host or '*.suffix'")
-        return value
+        return value if value is None else host_pattern(value)
 
 
 class TimeoutsConfig(_Section):
@@ -447,7 +461,9 @@ class Config(_Section):
         for index, route in enumerate(self.routes):
             if route.pool not in self.pools:
                 raise KeyedError(f"routes[{index}].pool", f"unknown pool {route.pool!r}")
-        tcp_pools = {x.default_pool for x in self.listeners if x.mode == "tcp"}
+        tcp_listeners = [x for x in self.listeners if x.mode == "tcp"]
+        tcp_pools = {x.default_pool for x in tcp_listeners}
+        tcp_pools |= {r.pool for x in tcp_listeners for r in x.sni_routes}
         http_pools = {x.default_pool for x in self.listeners if x.mode == "http"}
         http_pools |= {r.pool for r in self.routes}
         for name in tcp_pools - http_pools:
@@ -468,6 +484,10 @@ class Config(_Section):
                 raise KeyedError(
                     f"listeners[{index}].default_pool", f"unknown pool {listener.default_pool!r}"
                 )
+            for number, route in enumerate(listener.sni_routes):
+                if route.pool not in self.pools:
+                    key = f"listeners[{index}].sni_routes[{number}].pool"
+                    raise KeyedError(key, f"unknown pool {route.pool!r}")
         seen: set[tuple[str, int]] = set()
         for index, listener in enumerate(self.listeners):
             if listener.mode == "http":

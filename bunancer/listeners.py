@@ -9,7 +9,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from .config import Config, ConfigError, ListenerConfig
@@ -38,6 +38,7 @@ class Listener:
     mode: str = "http"
     server: ListenGroup | None = None
     tls: TlsSettings | None = None
+    sni_routes: list[tuple[str, str]] = field(default_factory=list)  # TCP: (host, pool)
     terminator: TlsTerminator | None = None  # serving TLS in this process (no workers)
 
     @property
@@ -113,6 +114,16 @@ def tcp_settings(config: Config, listener: ListenerConfig) -> TcpSettings:
     )
 
 
+def sni_routes(
+    listener: ListenerConfig, pools: dict[str, ServerPool]
+) -> RouteTable[ServerPool] | None:
+    """A TCP listener's routes by server name (None without any: no ClientHello is read)."""
+    if not listener.sni_routes:
+        return None
+    routes = [Route(pools[r.pool], r.host.encode(), b"/") for r in listener.sni_routes]
+    return RouteTable(routes, pools[listener.default_pool])
+
+
 def make_routes(config: Config, pools: dict[str, ServerPool]) -> list[Route[ServerPool]]:
     return [
         Route(pools[r.pool], r.host.encode() if r.host else None, r.path_prefix.encode())
@@ -131,15 +142,18 @@ def make_listener(
     pool = pools[listener.default_pool]
     ctx: ListenerContext | TcpListenerContext
     if listener.mode == "tcp":
-        ctx = TcpListenerContext(loop, pool, tcp_settings(config, listener))
+        routes = sni_routes(listener, pools)
+        ctx = TcpListenerContext(loop, pool, tcp_settings(config, listener), routes)
         factory: Callable[[], asyncio.BaseProtocol] = partial(TcpClientEnd, ctx)
     else:
         ctx = ListenerContext(loop, RouteTable(routes, pool), listener_settings(config, listener))
         factory = partial(DownstreamProtocol, ctx)
     tls = tls_settings(listener, config.listeners.index(listener))
+    by_name = [(r.host, r.pool) for r in listener.sni_routes]
     return Listener(
-        listener.address, host, port, ctx, factory, listener.default_pool, listener.mode, tls=tls
-    )
+        listener.address, host, port, ctx, factory, listener.default_pool, listener.mode, tls=tls,
+        sni_routes=by_name,
+    )  # fmt: skip
 
 
 def reconfigure(
@@ -155,6 +169,8 @@ def reconfigure(
     if isinstance(ctx, TcpListenerContext):
         ctx.pool = pools[settings.default_pool]
         ctx.settings = tcp_settings(config, settings)
+        ctx.routes = sni_routes(settings, pools)
+        listener.sni_routes = [(r.host, r.pool) for r in settings.sni_routes]
     else:
         table = RouteTable(routes, pools[settings.default_pool])
         ctx.reconfigure(table, listener_settings(config, settings))

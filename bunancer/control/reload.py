@@ -126,7 +126,8 @@ def running(old: Config, new: Config) -> Config:
 
 def protected_pools(config: Config) -> set[str]:
     """The pools a listener or route points at (they cannot be removed)."""
-    return {r.pool for r in config.routes} | {x.default_pool for x in config.listeners}
+    by_name = {r.pool for x in config.listeners for r in x.sni_routes}
+    return {r.pool for r in config.routes} | {x.default_pool for x in config.listeners} | by_name
 
 
 async def apply_to_pools(

@@ -73,6 +73,7 @@ class ListenerSockets:
     server: ListenGroup
     rejected: ServerStats
     tls: TlsSettings | None = None
+    sni_routes: list[tuple[str, str]] = field(default_factory=list)  # TCP: (host, pool)
 
 
 @dataclass
@@ -219,7 +220,8 @@ class Workers:
         ]
         listeners = [
             {"key": x.key, "mode": x.mode, "default_pool": x.default_pool,
-             "settings": plain(x.settings), "tls": tls_entry(x.tls)}
+             "settings": plain(x.settings), "tls": tls_entry(x.tls),
+             "sni_routes": x.sni_routes}
             for x in self.listeners()
         ]  # fmt: skip
         return {"drain": config.timeouts.drain, "pools": pools, "routes": routes,

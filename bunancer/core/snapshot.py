@@ -204,10 +204,12 @@ class World:
         known = self.listeners.get(key)
         if entry["mode"] == "tcp":
             settings = tcp_settings(entry["settings"])
+            by_name = [Route(self.pools[p], h.encode(), b"/") for h, p in entry["sni_routes"]]
+            sni = RouteTable(by_name, pool) if by_name else None
             if isinstance(known, TcpListenerContext):
-                known.pool, known.settings = pool, settings
+                known.pool, known.settings, known.routes = pool, settings, sni
             else:
-                self.listeners[key] = TcpListenerContext(self.loop, pool, settings)
+                self.listeners[key] = TcpListenerContext(self.loop, pool, settings, sni)
             return
         table = RouteTable(routes, pool)
         http_settings = listener_settings(entry["settings"])

@@ -1,7 +1,9 @@
 """TCP mode: balance whole TCP connections (databases, Redis, anything) over a pool.
 
 For each accepted connection: optionally read a PROXY header (trusted sources only),
-select a server through the pool's `Selector` (a `hash` pool keys on the client address),
+optionally read the TLS ClientHello's server name and pick the pool by it (SNI routes: the
+TLS passes through untouched), select a server through the pool's `Selector` (a `hash` pool
+keys on the client address),
 connect with a timeout (a failed connect is retried on another server), optionally send a
 PROXY header, then hand both sides to a `Tunnel`. Bytes that arrive meanwhile are held
 (bounded) and delivered first.
@@ -15,6 +17,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import proxyproto
+from .clienthello import server_name
+from .routing import RouteTable
 from .settings import TcpSettings
 from .stats import CONNECT, TIMEOUT, ServerStats
 from .tunnel import Tunnel, TunnelEnd
@@ -24,17 +28,23 @@ if TYPE_CHECKING:
     from .server import Server
 
 log = logging.getLogger("bunancer.tcp")
+HELLO_TIMEOUT = 10.0  # seconds a client of an SNI-routed listener has to send its ClientHello
 
 
 class TcpListenerContext:
     """What every connection of one TCP listener shares."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, pool: ServerPool, settings: TcpSettings
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pool: ServerPool,
+        settings: TcpSettings,
+        routes: RouteTable[ServerPool] | None = None,
     ) -> None:
         self.loop = loop
         self.pool = pool
         self.settings = settings
+        self.routes = routes  # by the ClientHello's server name; None: every connection to `pool`
         self.tunnels: set[Tunnel] = set()
         self.rejected = ServerStats()  # connections refused before reaching a server
         self.draining = False
@@ -74,6 +84,8 @@ class TcpClientEnd(TunnelEnd):
         self.awaiting_header = False
         self.sniffing = False  # untrusted source: do its first bytes forge a PROXY header?
         self.server: Server | None = None
+        self.pool = ctx.pool  # or the one the ClientHello's server name routes to
+        self.hello: asyncio.TimerHandle | None = None  # reading the ClientHello, until then
         self.tries = 0
         self.started = 0.0
 
@@ -97,7 +109,13 @@ class TcpClientEnd(TunnelEnd):
                 self.awaiting_header = True
                 return
             self.sniffing = True
-        self._connect()
+        self._route_or_connect()
+
+    def _route_or_connect(self) -> None:
+        if self.ctx.routes is None:
+            self._connect()
+        else:
+            self.hello = self.ctx.loop.call_later(HELLO_TIMEOUT, self.close, True)
 
     def data_received(self, data: bytes) -> None:
         if self.awaiting_header:
@@ -118,9 +136,15 @@ class TcpClientEnd(TunnelEnd):
                 log.warning("PROXY header from untrusted %s: closing", self.client_address[0])
                 self.close(abort=True)
                 return
+        if self.hello is not None:
+            self._read_hello(data)
+            return
         super().data_received(data)
 
     def eof_received(self) -> bool:
+        if self.hello is not None:  # gone before its ClientHello was whole: nothing to route
+            self.close(abort=True)
+            return False
         if self.sniffing and self.header:
             # The client ended inside what could have been a signature: it was plain data.
             held, self.header, self.sniffing = self.header, b"", False
@@ -142,14 +166,31 @@ class TcpClientEnd(TunnelEnd):
         if addresses is not None:
             self.client_address = (addresses.source, addresses.source_port)
             self.local_address = (addresses.destination, addresses.destination_port)
-        self._connect()
+        self._route_or_connect()
         if rest:
-            super().data_received(rest)
+            self.data_received(rest)
+
+    def _read_hello(self, data: bytes) -> None:
+        """Hold the client's first bytes until its ClientHello names a server (or they are
+        not one): then connect to the pool routed to, and pass them all on."""
+        held = self.header + data
+        decided, name = server_name(held)
+        if not decided:
+            self.header = held
+            return
+        if self.hello is not None:
+            self.hello.cancel()
+        self.hello, self.header = None, b""
+        routes = self.ctx.routes  # (None if a reload took the routes away meanwhile)
+        if routes is not None:
+            self.pool = routes.match(name.encode() if name else None, b"/")
+        self._connect()
+        super().data_received(held)
 
     # -- connecting ---------------------------------------------------------------------------
 
     def _connect(self, avoid: Server | None = None) -> None:
-        pool = self.ctx.pool
+        pool = self.pool
         key = self.client_address[0].encode() if pool.key_kind else None
         # Counted in flight until the tunnel ends: least-connections sees open tunnels.
         server = pool.begin(key, avoid=avoid)
@@ -167,12 +208,12 @@ class TcpClientEnd(TunnelEnd):
             async with asyncio.timeout(self.ctx.settings.connect_timeout):
                 await loop.create_connection(lambda: self.tunnel.server, server.host, server.port)
         except (OSError, TimeoutError) as error:
-            self.ctx.pool.end(server)
+            self.pool.end(server)
             timeout = isinstance(error, TimeoutError)
             server.passive_failure("connect timeouts" if timeout else "connect failures")
             error_class = TIMEOUT if timeout else CONNECT
             self.server = None
-            others = any(s is not server for s in self.ctx.pool.routable)
+            others = any(s is not server for s in self.pool.routable)
             if not self.closed and self.tries <= self.ctx.settings.retries and others:
                 server.stats.record_retried(0, error_class, True)
                 self._connect(avoid=server)
@@ -203,9 +244,11 @@ class TcpClientEnd(TunnelEnd):
     def _tunnel_closed(self, tunnel: Tunnel) -> None:
         ctx = self.ctx
         ctx.tunnels.discard(tunnel)
+        if self.hello is not None:
+            self.hello.cancel()
         server = self.server
         if server is not None:
-            ctx.pool.end(server)
+            self.pool.end(server)
             self.server = None
             us = int((ctx.loop.time() - self.started) * 1_000_000)
             server.stats.record(0, us, tunnel.bytes_in, tunnel.bytes_out, -1)

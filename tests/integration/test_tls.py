@@ -364,3 +364,47 @@ def test_metrics_show_when_each_certificate_expires(sni_proxy: Proxy) -> None:
     assert set(expiries) == {"default.example", "other.example", "*.wild.example"}
     trustme_default = datetime.datetime(3000, 1, 1, tzinfo=datetime.UTC).timestamp()
     assert set(expiries.values()) == {trustme_default}
+
+
+# -- TCP: routed by the ClientHello's server name, passed through --------------------------
+
+
+def test_a_tcp_listener_routes_tls_by_server_name_and_passes_it_through(
+    start_proxy: StartProxy, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    started = []
+    try:
+        ports = {}
+        for name in ("a.example", "b.example", "default.example"):
+            started.append(tls_backend(ca, tmp_path_factory.mktemp(name), name))
+            ports[name] = backend_port(started[-1])
+        routes = ", ".join(
+            f'{{ host = "{host}", pool = "{pool}" }}'
+            for host, pool in (("a.example", "a"), ("*.b.example", "b"))
+        )
+        extra = "".join(
+            f'[pools.{pool}]\nservers = [{{ address = "tcp://127.0.0.1:{ports[name]}" }}]\n'
+            for pool, name in (("a", "a.example"), ("b", "b.example"))
+        )
+        proxy = start_proxy(
+            [f"tcp://127.0.0.1:{ports['default.example']}"],
+            extra=extra,
+            listener=f'mode = "tcp"\nsni_routes = [{routes}]',
+        )
+        context = client_context(ca)
+        # The backend's own certificate comes back: the TLS went through untouched.
+        for sni, served in [
+            ("a.example", "a.example"),
+            ("x.b.example", "b.example"),
+            ("elsewhere.example", "default.example"),
+            (None, "default.example"),
+        ]:
+            client = https(proxy, context, sni)
+            assert client.peer_names() == [served], sni
+            assert client.request("GET", "/").body == b"ok %d\n" % ports[served]
+        plain = proxy.client()  # not TLS at all: the default pool, bytes as they came
+        with pytest.raises(ConnectionError):
+            plain.request("GET", "/")  # (the default backend speaks only TLS)
+    finally:
+        for process in started:
+            process.stop()
