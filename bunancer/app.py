@@ -16,7 +16,8 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ApiConfig, Config, ConfigError, DashboardConfig, parse_hostport
+from .admin import exposure, serve_options
+from .config import Config, ConfigError, parse_hostport
 from .control.addresses import AddressPolicy
 from .control.certificates import check_certificates
 from .control.commands import Commands
@@ -45,7 +46,6 @@ from .web.api import build_api
 from .web.app import App
 from .web.attempts import FailedAttempts
 from .web.auth import Token, TokenError, load_token
-from .web.hosts import HostCheck, is_loopback
 from .web.server import serve as web_serve
 
 log = logging.getLogger("bunancer")
@@ -291,7 +291,7 @@ class Balancer:
             await self.close_listeners()
             raise StartupError(str(error)) from None
         host, port = parse_hostport(api.listen)
-        public_reads, host_check = _exposure(api, "api", host)
+        public_reads, host_check = exposure(api, "api", host)
         self.api_app = build_api(
             self.registry,
             self.commands,
@@ -303,7 +303,7 @@ class Balancer:
             reload=self.reload,
         )
         try:
-            self.api_server = await web_serve(self.api_app, host, port, **_caps(api))
+            self.api_server = await web_serve(self.api_app, host, port, **serve_options(api, "api"))
         except OSError as error:
             await self.close_listeners()
             raise StartupError(_bind_problem(f"{api.listen} (API)", error)) from None
@@ -316,7 +316,7 @@ class Balancer:
         assert self.token is not None
         listen = self.config.dashboard.listen
         host, port = parse_hostport(listen)
-        public_reads, host_check = _exposure(self.config.dashboard, "dashboard", host)
+        public_reads, host_check = exposure(self.config.dashboard, "dashboard", host)
         self.dashboard_app = build_dashboard(
             DashboardContext(
                 registry=self.registry,
@@ -337,7 +337,7 @@ class Balancer:
         )
         try:
             self.dashboard_server = await web_serve(
-                self.dashboard_app, host, port, **_caps(self.config.dashboard)
+                self.dashboard_app, host, port, **serve_options(self.config.dashboard, "dashboard")
             )
         except OSError as error:
             await self.close_listeners()
@@ -459,30 +459,6 @@ def _sockets_of(listener: Listener) -> ListenerSockets:
         listener.key, listener.mode, listener.default_pool, ctx.settings, listener.server,
         ctx.rejected, listener.tls, listener.sni_routes,
     )  # fmt: skip
-
-
-def _exposure(
-    listener: ApiConfig | DashboardConfig, section: str, host: str
-) -> tuple[bool, HostCheck]:
-    """Whether reads need no token on an admin listener (unset: only on loopback), and the
-    Host names it answers; a warning when reads are public beyond this machine."""
-    loopback = is_loopback(host)
-    public = listener.public_reads if listener.public_reads is not None else loopback
-    if public and not loopback:
-        log.warning(
-            "[%s] public_reads = true on %s: anyone who can reach it reads the pools, servers, "
-            "check results, figures and events without the token",
-            section,
-            listener.listen,
-        )
-    return public, HostCheck(host, listener.allowed_hosts, f"[{section}] allowed_hosts")
-
-
-def _caps(listener: ApiConfig | DashboardConfig) -> dict[str, int]:
-    return {
-        "max_connections": listener.max_connections,
-        "max_per_client": listener.max_connections_per_client,
-    }
 
 
 def _bind_problem(address: str, error: OSError) -> str:

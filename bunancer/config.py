@@ -372,6 +372,7 @@ class _AdminListener(_Section):
     public_reads: bool | None = None
     allowed_hosts: list[str] = Field(default_factory=list)  # Host names answered besides
     # localhost, IP addresses and the listen address's name (against DNS rebinding)
+    tls: TlsConfig | None = None  # serve HTTPS (the certificates are read at start)
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -17,7 +17,7 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..config import Config, ConfigError, ListenerConfig
+from ..config import Config, ConfigError, ListenerConfig, TlsConfig
 from ..core.tls import CertificateFiles, TlsSettings, server_context
 
 if TYPE_CHECKING:
@@ -78,10 +78,11 @@ def _names(certificate: x509.Certificate) -> tuple[str, ...]:
 
 def read_listener(listener: ListenerConfig, index: int) -> list[Certificate]:
     """Every certificate of `listeners[index]`'s tls table, checked (ConfigError if not)."""
-    tls = listener.tls
-    if tls is None:
-        return []
-    where = f"listeners[{index}].tls"
+    return [] if listener.tls is None else read_tls(listener.tls, f"listeners[{index}].tls")
+
+
+def read_tls(tls: TlsConfig, where: str) -> list[Certificate]:
+    """Every certificate of the tls table at `where`, checked (ConfigError if not)."""
     if tls.client_ca is not None and not os.access(tls.client_ca, os.R_OK):
         raise ConfigError(f"{where}.client_ca: {tls.client_ca}: cannot read")
     return [read_pair(pair.cert, pair.key, where) for pair in tls.pairs()]
@@ -100,11 +101,15 @@ def check_certificates(config: Config) -> list[tuple[str, Certificate]]:
             except (OSError, ssl.SSLError) as error:
                 problem = getattr(error, "strerror", None) or error
                 raise ConfigError(f"pools.{name}.tls.ca_file: {tls.ca_file}: {problem}") from None
-    return [
+    found = [
         (f"listeners[{index}].tls", certificate)
         for index, listener in enumerate(config.listeners)
         for certificate in read_listener(listener, index)
     ]
+    for section, admin in (("api", config.api), ("dashboard", config.dashboard)):
+        if admin.tls is not None:
+            found += [(f"[{section}].tls", c) for c in read_tls(admin.tls, f"[{section}].tls")]
+    return found
 
 
 def tls_settings(listener: ListenerConfig, index: int) -> TlsSettings | None:

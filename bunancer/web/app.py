@@ -67,6 +67,7 @@ class Request:
         "query",
         "refused",
         "route",
+        "tls",
     )
 
     def __init__(
@@ -79,6 +80,7 @@ class Request:
         body: bytes = b"",
         client_ip: str = "",
         http_version: str = "1.1",
+        tls: bool = False,
     ) -> None:
         self.method = method
         self.path = path
@@ -87,6 +89,7 @@ class Request:
         self.body = body
         self.client_ip = client_ip
         self.http_version = http_version
+        self.tls = tls  # it came over a TLS connection to this listener
         self.params: dict[str, ParamValue] = {}
         self.route: str | None = None  # the matched pattern, set before middlewares run
         self.data: Any = None

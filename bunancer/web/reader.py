@@ -69,6 +69,7 @@ class RequestReader:
         "parser",
         "raw_headers",
         "request",
+        "tls",
         "url",
     )
 
@@ -77,6 +78,7 @@ class RequestReader:
         self.owner = owner
         self.max_body = max_body
         self.client_ip = ""
+        self.tls = False  # the connection is TLS (the listener serves HTTPS)
         self.parser = httptools.HttpRequestParser(self)
         self.in_request = False  # between a request's first byte and its last
         self.in_head = False
@@ -155,6 +157,7 @@ class RequestReader:
             headers=headers,
             client_ip=self.client_ip,
             http_version="1.1" if self.http11 else "1.0",
+            tls=self.tls,
         )
         if (length not in (None, "0") or "transfer-encoding" in headers) and (
             refusal := self.app.check_head(request)

@@ -12,18 +12,19 @@ What a client can make the server hold is bounded, before any token is checked: 
 read (`_READ_SIZE`: the socket is read into a buffer of that size), requests queued on a
 connection (16, and `max_body` bytes of bodies; only one behind a streaming response), and
 bodies: a request with a body is first shown to `App.check_head`, and one it refuses (no
-token) is answered without its body being read.
-"""
+token) is answered without its body being read."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.framing import LAST_CHUNK, encode_chunk  # chunks framed as the proxy frames them
+from ..core.tls import HANDSHAKE_TIMEOUT
 from .app import AnyResponse, App, StreamResponse, error_response
 from .reader import Pending, RequestReader
 from .wire import (
@@ -104,20 +105,23 @@ async def serve(
     keepalive_timeout: float = 30.0,
     max_connections: int = 256,
     max_per_client: int = 32,
+    tls: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
-    """Listen on `host:port` (0: any free port) and serve `app` on the running loop; the
-    server's `sockets` give the bound address.
-
-    `header_timeout` bounds how long a request (head and body) may take to arrive, and how
-    long a new connection may stay silent; `keepalive_timeout` how long an idle connection
-    stays open, and how long a client may leave a response unread before it is dropped.
-    `max_connections` and `max_per_client` cap open connections (beyond: 503, closed)."""
+    """Listen on `host:port` (0: any free port; over TLS with `tls`) and serve `app` on the
+    running loop; the server's `sockets` give the bound address. `header_timeout` bounds how
+    long a request (head and body) may take to arrive, and how long a new connection may stay
+    silent; `keepalive_timeout` how long an idle connection stays open, and how long a client
+    may leave a response unread before it is dropped. `max_connections` and `max_per_client`
+    cap open connections (beyond: 503, closed)."""
     loop = asyncio.get_running_loop()
     settings = _Settings(
         max_body, header_timeout, keepalive_timeout, max_connections, max_per_client
     )
     census = _Census()
-    return await loop.create_server(lambda: _Connection(app, settings, census, loop), host, port)
+    return await loop.create_server(
+        lambda: _Connection(app, settings, census, loop), host, port, ssl=tls,
+        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
+    )  # fmt: skip
 
 
 async def _close_iterator(iterator: object) -> None:
@@ -194,6 +198,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.client_ip = self.reader.client_ip = peer[0] if peer else ""
+        self.reader.tls = transport.get_extra_info("sslcontext") is not None
         refusal = self.census.enter(self.client_ip, self.settings)
         if refusal is not None:
             self.reading_done = True

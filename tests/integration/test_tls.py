@@ -408,3 +408,32 @@ def test_a_tcp_listener_routes_tls_by_server_name_and_passes_it_through(
     finally:
         for process in started:
             process.stop()
+
+
+def test_the_api_and_dashboard_serve_https_and_the_cookie_is_secure(
+    start_proxy: StartProxy, backends: list[Backend], ca: trustme.CA, tmp_path: Path
+) -> None:
+    table = write_pair(ca, tmp_path, "admin", "127.0.0.1")
+    extra = (
+        f'[api]\nlisten = "127.0.0.1:0"\ntls = {table}\n'
+        f'[dashboard]\nlisten = "127.0.0.1:0"\ntls = {table}\n'
+    )
+    proxy = start_proxy([backends[0].url], extra=extra)
+    context = client_context(ca)
+    api = RawClient(proxy.api_port, tls=context, server_name="127.0.0.1")
+    get = b"GET /api/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    api.send(get)
+    assert api.read_response().status == 200
+    plain = RawClient(proxy.api_port)
+    plain.send(get)
+    with pytest.raises(ConnectionError):  # plain HTTP to a TLS listener: no answer
+        plain.read_response()
+
+    dashboard = RawClient(proxy.dashboard_port, tls=context, server_name="127.0.0.1")
+    body = f"token={proxy.token}&next=%2F".encode()
+    dashboard.send(
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+        b"application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    cookie = str(dashboard.read_response().header("Set-Cookie"))
+    assert cookie.endswith("; HttpOnly; SameSite=Strict; Secure")

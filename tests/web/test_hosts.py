@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from bunancer.app import _exposure
+from bunancer.admin import exposure
 from bunancer.config import ApiConfig, DashboardConfig
 from bunancer.web.app import Request
 from bunancer.web.hosts import HostCheck, host_name, is_loopback
@@ -67,14 +67,14 @@ def test_the_listen_name_is_allowed() -> None:
 
 def test_public_reads_default_to_on_only_on_loopback(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="bunancer"):
-        assert _exposure(ApiConfig(), "api", "127.0.0.1")[0] is True
-        assert _exposure(ApiConfig(listen="0.0.0.0:8081"), "api", "0.0.0.0")[0] is False
-        assert _exposure(DashboardConfig(listen="[::]:8082"), "dashboard", "::")[0] is False
-        assert _exposure(ApiConfig(public_reads=False), "api", "127.0.0.1")[0] is False
+        assert exposure(ApiConfig(), "api", "127.0.0.1")[0] is True
+        assert exposure(ApiConfig(listen="0.0.0.0:8081"), "api", "0.0.0.0")[0] is False
+        assert exposure(DashboardConfig(listen="[::]:8082"), "dashboard", "::")[0] is False
+        assert exposure(ApiConfig(public_reads=False), "api", "127.0.0.1")[0] is False
     assert caplog.records == []
     # Set explicitly beyond loopback: on, with a warning saying what anyone can read.
     with caplog.at_level(logging.WARNING, logger="bunancer"):
         config = ApiConfig(listen="0.0.0.0:8081", public_reads=True)
-        assert _exposure(config, "api", "0.0.0.0")[0] is True
+        assert exposure(config, "api", "0.0.0.0")[0] is True
     (record,) = caplog.records
     assert record.getMessage().startswith("[api] public_reads = true on 0.0.0.0:8081: anyone")

@@ -193,7 +193,9 @@ class Pages:
         dash.sessions.delete(request.cookies.get(name))
         session = dash.sessions.create()
         session.flash("Logged in: actions are enabled.")
-        cookie = set_cookie(name, session, dash.sessions.ttl, over_https(request.headers))
+        cookie = set_cookie(
+            name, session, dash.sessions.ttl, request.tls or over_https(request.headers)
+        )
         return redirect(after, [("Set-Cookie", cookie)])
 
     def _login_page(self, request: Request, after: str, error: str, status: int) -> Response:
