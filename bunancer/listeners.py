@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -228,9 +229,19 @@ def listener_view(
         figures = (connections, len(tunnels), sum(t.bytes_in for t in tunnels),
                    sum(t.bytes_out for t in tunnels))  # fmt: skip
     connections, open_tunnels, bytes_in, bytes_out = figures
+    now = time.time()
+    certificates = [
+        {"names": list(c.names), "expires": time.strftime("%Y-%m-%d", time.gmtime(c.not_after)),
+         "days_left": round((c.not_after - now) / 86400, 1)}
+        for c in (listener.tls.certificates if listener.tls is not None else ())
+    ]  # fmt: skip
+    secure = {"http": "https", "tcp": "tls"}[listener.mode] if listener.tls else listener.mode
     return {
         "address": listener.bound,
         "mode": listener.mode,
+        "scheme": secure,
+        "certificates": certificates,
+        "sni_routes": [{"host": host, "pool": pool} for host, pool in listener.sni_routes],
         "default_pool": listener.default_pool,
         "connections": open_tunnels if listener.mode == "tcp" else connections,
         "tunnels": open_tunnels,

@@ -437,3 +437,12 @@ def test_the_api_and_dashboard_serve_https_and_the_cookie_is_secure(
     )
     cookie = str(dashboard.read_response().header("Set-Cookie"))
     assert cookie.endswith("; HttpOnly; SameSite=Strict; Secure")
+
+
+def test_the_dashboard_shows_each_certificate_and_its_expiry(sni_proxy: Proxy) -> None:
+    url = f"http://127.0.0.1:{sni_proxy.dashboard_port}/routing"
+    with urllib.request.urlopen(url) as answer:
+        page = answer.read().decode()
+    assert f"https://127.0.0.1:{sni_proxy.port}" in page
+    for name in ("default.example", "other.example", "*.wild.example"):
+        assert f"<code>{name}</code> expires 3000-01-01" in page
