@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -256,16 +257,24 @@ def test_the_command_line_serves_https(
 # -- TLS to the servers ---------------------------------------------------------------------
 
 
-def tls_backend(ca: trustme.CA, directory: Path, *names: str, **dates: object) -> Process:
-    """tests.backend over TLS with a certificate from `ca` for `names`."""
-    write_pair(ca, directory, "backend", *names, **dates)
-    return spawn(
-        ["-m", "tests.backend", "0", str(directory / "backend.pem"), str(directory / "backend.key")]
-    )
+StartTlsBackend = Callable[..., int]
 
 
-def backend_port(process: Process) -> int:
-    return int(process.wait_line(r"^PORT (\d+)$").group(1))
+@pytest.fixture
+def tls_backend() -> Iterator[StartTlsBackend]:
+    """Start tests.backend over TLS with a certificate from a CA for names (and dates):
+    its port; every one started is stopped after the test."""
+    started: list[Process] = []
+
+    def start(ca: trustme.CA, directory: Path, *names: str, **dates: object) -> int:
+        write_pair(ca, directory, "backend", *names, **dates)
+        pem, key = str(directory / "backend.pem"), str(directory / "backend.key")
+        started.append(spawn(["-m", "tests.backend", "0", pem, key]))
+        return int(started[-1].wait_line(r"^PORT (\d+)$").group(1))
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 def pool_tls(directory: Path, ca: trustme.CA, options: str = "") -> str:
@@ -274,20 +283,16 @@ def pool_tls(directory: Path, ca: trustme.CA, options: str = "") -> str:
 
 
 def test_https_servers_are_checked_verified_and_pooled(
-    start_proxy: StartProxy, ca: trustme.CA, tmp_path: Path
+    start_proxy: StartProxy, tls_backend: StartTlsBackend, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    backend = tls_backend(ca, tmp_path, "127.0.0.1")
-    try:
-        port = backend_port(backend)
-        # The server must pass its (TLS) check first: a plain one would fail and leave a 503.
-        proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=pool_tls(tmp_path, ca))
-        client = proxy.client()
-        for _ in range(5):
-            assert client.request("GET", "/").body == b"ok %d\n" % port
-        log = json.loads(client.request("GET", "/log").body)
-        assert log["proxied_connections"] == 1  # one TLS connection, kept alive, reused
-    finally:
-        backend.stop()
+    port = tls_backend(ca, tmp_path, "127.0.0.1")
+    # The server must pass its (TLS) check first: a plain one would fail and leave a 503.
+    proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=pool_tls(tmp_path, ca))
+    client = proxy.client()
+    for _ in range(5):
+        assert client.request("GET", "/").body == b"ok %d\n" % port
+    log = json.loads(client.request("GET", "/log").body)
+    assert log["proxied_connections"] == 1  # one TLS connection, kept alive, reused
 
 
 @pytest.mark.parametrize(
@@ -300,6 +305,7 @@ def test_https_servers_are_checked_verified_and_pooled(
 )
 def test_a_server_certificate_not_accepted_is_a_502_with_the_reason(
     start_proxy: StartProxy,
+    tls_backend: StartTlsBackend,
     ca: trustme.CA,
     tmp_path: Path,
     names: tuple[str, ...],
@@ -312,45 +318,33 @@ def test_a_server_certificate_not_accepted_is_a_502_with_the_reason(
     if dates.get("expired"):
         past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
         validity = {"not_before": past - datetime.timedelta(days=30), "not_after": past}
-    backend = tls_backend(issuer, tmp_path, *names, **validity)
-    try:
-        port = backend_port(backend)
-        checks_off = "[pools.default.health]\nenabled = false\n"  # so that requests go to it
-        extra = pool_tls(tmp_path, ca, options) + checks_off
-        proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
-        assert proxy.client().request("GET", "/").status == 502
-        proxy.process.wait_line(rf"upstream 127\.0\.0\.1:{port}: TLS: .*{reason}")
-    finally:
-        backend.stop()
+    port = tls_backend(issuer, tmp_path, *names, **validity)
+    checks_off = "[pools.default.health]\nenabled = false\n"  # so that requests go to it
+    extra = pool_tls(tmp_path, ca, options) + checks_off
+    proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
+    assert proxy.client().request("GET", "/").status == 502
+    proxy.process.wait_line(rf"upstream 127\.0\.0\.1:{port}: TLS: .*{reason}")
 
 
 def test_the_check_of_a_server_says_why_tls_failed(
-    start_proxy: StartProxy, ca: trustme.CA, tmp_path: Path
+    start_proxy: StartProxy, tls_backend: StartTlsBackend, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    backend = tls_backend(ca, tmp_path, "127.0.0.1")
-    try:
-        port = backend_port(backend)
-        extra = pool_tls(tmp_path, ca, 'server_name = "other.example"')
-        proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
-        client = ApiClient(f"127.0.0.1:{proxy.api_port}", proxy.token)
-        (server,) = client.pool("default")["servers"]
-        assert "Hostname mismatch" in server["last_check"]["detail"]
-    finally:
-        backend.stop()
+    port = tls_backend(ca, tmp_path, "127.0.0.1")
+    extra = pool_tls(tmp_path, ca, 'server_name = "other.example"')
+    proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
+    client = ApiClient(f"127.0.0.1:{proxy.api_port}", proxy.token)
+    (server,) = client.pool("default")["servers"]
+    assert "Hostname mismatch" in server["last_check"]["detail"]
 
 
 def test_verify_false_takes_any_certificate_and_says_so(
-    start_proxy: StartProxy, tmp_path: Path
+    start_proxy: StartProxy, tls_backend: StartTlsBackend, tmp_path: Path
 ) -> None:
-    backend = tls_backend(trustme.CA(), tmp_path, "127.0.0.1")
-    try:
-        port = backend_port(backend)
-        extra = "[pools.default.tls]\nverify = false\n"
-        proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
-        proxy.process.wait_line(r"pool default: TLS to its servers is not verified")
-        assert proxy.client().request("GET", "/").body == b"ok %d\n" % port
-    finally:
-        backend.stop()
+    port = tls_backend(trustme.CA(), tmp_path, "127.0.0.1")
+    extra = "[pools.default.tls]\nverify = false\n"
+    proxy = start_proxy([f"https://127.0.0.1:{port}"], extra=extra)
+    proxy.process.wait_line(r"pool default: TLS to its servers is not verified")
+    assert proxy.client().request("GET", "/").body == b"ok %d\n" % port
 
 
 def test_metrics_show_when_each_certificate_expires(sni_proxy: Proxy) -> None:
@@ -370,44 +364,41 @@ def test_metrics_show_when_each_certificate_expires(sni_proxy: Proxy) -> None:
 
 
 def test_a_tcp_listener_routes_tls_by_server_name_and_passes_it_through(
-    start_proxy: StartProxy, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+    start_proxy: StartProxy,
+    tls_backend: StartTlsBackend,
+    ca: trustme.CA,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    started = []
-    try:
-        ports = {}
-        for name in ("a.example", "b.example", "default.example"):
-            started.append(tls_backend(ca, tmp_path_factory.mktemp(name), name))
-            ports[name] = backend_port(started[-1])
-        routes = ", ".join(
-            f'{{ host = "{host}", pool = "{pool}" }}'
-            for host, pool in (("a.example", "a"), ("*.b.example", "b"))
-        )
-        extra = "".join(
-            f'[pools.{pool}]\nservers = [{{ address = "tcp://127.0.0.1:{ports[name]}" }}]\n'
-            for pool, name in (("a", "a.example"), ("b", "b.example"))
-        )
-        proxy = start_proxy(
-            [f"tcp://127.0.0.1:{ports['default.example']}"],
-            extra=extra,
-            listener=f'mode = "tcp"\nsni_routes = [{routes}]',
-        )
-        context = client_context(ca)
-        # The backend's own certificate comes back: the TLS went through untouched.
-        for sni, served in [
-            ("a.example", "a.example"),
-            ("x.b.example", "b.example"),
-            ("elsewhere.example", "default.example"),
-            (None, "default.example"),
-        ]:
-            client = https(proxy, context, sni)
-            assert client.peer_names() == [served], sni
-            assert client.request("GET", "/").body == b"ok %d\n" % ports[served]
-        plain = proxy.client()  # not TLS at all: the default pool, bytes as they came
-        with pytest.raises(ConnectionError):
-            plain.request("GET", "/")  # (the default backend speaks only TLS)
-    finally:
-        for process in started:
-            process.stop()
+    ports = {}
+    for name in ("a.example", "b.example", "default.example"):
+        ports[name] = tls_backend(ca, tmp_path_factory.mktemp(name), name)
+    routes = ", ".join(
+        f'{{ host = "{host}", pool = "{pool}" }}'
+        for host, pool in (("a.example", "a"), ("*.b.example", "b"))
+    )
+    extra = "".join(
+        f'[pools.{pool}]\nservers = [{{ address = "tcp://127.0.0.1:{ports[name]}" }}]\n'
+        for pool, name in (("a", "a.example"), ("b", "b.example"))
+    )
+    proxy = start_proxy(
+        [f"tcp://127.0.0.1:{ports['default.example']}"],
+        extra=extra,
+        listener=f'mode = "tcp"\nsni_routes = [{routes}]',
+    )
+    context = client_context(ca)
+    # The backend's own certificate comes back: the TLS went through untouched.
+    for sni, served in [
+        ("a.example", "a.example"),
+        ("x.b.example", "b.example"),
+        ("elsewhere.example", "default.example"),
+        (None, "default.example"),
+    ]:
+        client = https(proxy, context, sni)
+        assert client.peer_names() == [served], sni
+        assert client.request("GET", "/").body == b"ok %d\n" % ports[served]
+    plain = proxy.client()  # not TLS at all: the default pool, bytes as they came
+    with pytest.raises(ConnectionError):
+        plain.request("GET", "/")  # (the default backend speaks only TLS)
 
 
 def test_the_api_and_dashboard_serve_https_and_the_cookie_is_secure(
