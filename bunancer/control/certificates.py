@@ -45,10 +45,10 @@ def read_pair(cert: str, key: str, where: str) -> Certificate:
         with open(cert, "rb") as handle:
             loaded = x509.load_pem_x509_certificate(handle.read())
         server_context(CertificateFiles(cert, key), None)  # readable, and the key matches
-    except FileNotFoundError as error:
-        raise ConfigError(f"{where}: {error.filename}: file not found") from None
+    except FileNotFoundError as error:  # (ssl names no file: then it is the key)
+        raise ConfigError(f"{where}: {error.filename or key}: file not found") from None
     except PermissionError as error:
-        raise ConfigError(f"{where}: {error.filename}: permission denied") from None
+        raise ConfigError(f"{where}: {error.filename or key}: permission denied") from None
     except ssl.SSLError as error:
         problem = "the key does not match the certificate" if "MISMATCH" in str(error) else error
         raise ConfigError(f"{where}: {cert}, {key}: {problem}") from None

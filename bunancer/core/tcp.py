@@ -3,10 +3,9 @@
 For each accepted connection: optionally read a PROXY header (trusted sources only),
 optionally read the TLS ClientHello's server name and pick the pool by it (SNI routes: the
 TLS passes through untouched), select a server through the pool's `Selector` (a `hash` pool
-keys on the client address),
-connect with a timeout (a failed connect is retried on another server), optionally send a
-PROXY header, then hand both sides to a `Tunnel`. Bytes that arrive meanwhile are held
-(bounded) and delivered first.
+keys on the client address), connect with a timeout (a failed connect is retried on another
+server), optionally send a PROXY header, then hand both sides to a `Tunnel`. Bytes that
+arrive meanwhile are held (bounded) and delivered first.
 """
 
 from __future__ import annotations
