@@ -1,6 +1,6 @@
 """Config reloads under load: what clients saw, and whether a tunnel outlived them.
 
-    python -m bench.reload [--reloads 10] [--connections 64] [--every 0.5] [--workers N]
+    python -m bench.reload [--reloads 10] [--connections 64] [--every 0.5] [--workers N] [--wrk]
 
 Starts three stub backends and `bunancer serve` on 127.0.0.1 with a config file, drives a
 keep-alive GET load from this process over `--connections` connections, and reloads
@@ -9,6 +9,9 @@ files: A (round-robin over s1-s3) and B (p2c, s3 removed, s1 weighted 3, a `/v1/
 a second pool of s3, and a second HTTP listener). So every other reload drains a server
 the load is using, and adds and removes a listener, a pool and a route. A TCP tunnel opened
 through a TCP listener before the first reload carries one request after each reload.
+
+With `--wrk`, the load is `wrk -c<connections>` instead (the issue's load generator): it
+runs through every reload, and its socket errors and non-2xx answers are the failures.
 
 Verdict (the README's promise for reload: no failed request, no closed tunnel): PASS when
 no request failed and the tunnel answered after every reload, FAIL otherwise.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +31,7 @@ import uvloop
 
 from bench.failover import Load, start_stub
 from bench.harness import Supervisor, free_port, start_python
+from bench.throughput import parse_wrk
 from bunancer.client import ApiClient
 
 
@@ -92,7 +97,8 @@ async def reload_under_load(args: argparse.Namespace, supervisor: Supervisor) ->
     )
     reader, writer = await asyncio.open_connection("127.0.0.1", listen["tcp"])
     load = Load(listen["proxy"], args.connections)
-    workers = [asyncio.create_task(load.worker()) for _ in range(args.connections)]
+    wrk = await start_wrk(args, listen["proxy"]) if args.wrk else None
+    workers = [] if wrk else [asyncio.create_task(load.worker()) for _ in range(args.connections)]
     begin = time.monotonic()
     answered, took = 0, []
     await asyncio.sleep(args.every)
@@ -105,19 +111,38 @@ async def reload_under_load(args: argparse.Namespace, supervisor: Supervisor) ->
         await asyncio.sleep(args.every)
     load.running = False
     await asyncio.gather(*workers, return_exceptions=True)
+    if wrk is not None:
+        output, _ = await wrk.communicate()
+        result = parse_wrk(output.decode())
+        requests, failed = result.requests, result.errors
+        kinds = [f"{kind}: {n}" for kind, n in result.socket_errors.items() if n]
+        kinds += [f"non-2xx: {result.non_2xx}"] if result.non_2xx else []
+    else:
+        requests = len(load.records)
+        failed = sum(not r.ok for r in load.records)
+        kinds = sorted({r.stub for r in load.records if not r.ok})
     end = time.monotonic()
     writer.close()
-    failed = [r for r in load.records if not r.ok]
     return {
-        "requests": len(load.records),
-        "rps": round(len(load.records) / (end - begin)),
+        "load": "wrk" if wrk else "this process",
+        "requests": requests,
+        "rps": round(requests / (end - begin)),
         "reloads": args.reloads,
         "reload_seconds_max": round(max(took), 3),
-        "failed_requests": len(failed),
-        "failure_kinds": sorted({r.stub for r in failed}),
+        "failed_requests": failed,
+        "failure_kinds": kinds,
         "tunnel_answers": answered,
-        "verdict": verdict(len(failed), answered, args.reloads),
+        "verdict": verdict(failed, answered, args.reloads),
     }
+
+
+async def start_wrk(args: argparse.Namespace, port: int) -> asyncio.subprocess.Process:
+    """wrk for as long as the reloads take, and a little more (it counts whole seconds)."""
+    seconds = math.ceil(args.every * (args.reloads + 1) + 0.2 * args.reloads) + 1
+    return await asyncio.create_subprocess_exec(
+        "wrk", "-t1", f"-c{args.connections}", f"-d{seconds}s", "--latency",
+        f"http://127.0.0.1:{port}/", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
 
 
 async def scenario(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
@@ -134,6 +159,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--every", type=float, default=0.5, help="seconds between reloads")
     parser.add_argument("--workers", type=int, default=0, help="bunancer serve --workers (0)")
+    parser.add_argument("--wrk", action="store_true", help="drive the load with wrk")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bunancer-reload-") as tmp:
