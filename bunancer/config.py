@@ -62,9 +62,13 @@ class TlsConfig(_Section):
     key: str | None = None
     certificates: list[CertificateConfig] = Field(default_factory=list)
     client_ca: str | None = None  # set: clients must present a certificate it signed
+    # With client_ca: the header that carries the verified certificate's subject upstream
+    client_subject_header: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{1,64}$")
 
     @model_validator(mode="after")
     def _some_certificate(self) -> TlsConfig:
+        if self.client_subject_header is not None and self.client_ca is None:
+            raise ValueError("client_subject_header needs client_ca (a verified certificate)")
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key go together")
         if self.cert is None and not self.certificates:

@@ -98,6 +98,9 @@ def listener_settings(config: Config, listener: ListenerConfig) -> ListenerSetti
             https=listener.tls is not None,
         ),
         redirect_https=listener.redirect_https,
+        client_subject_header=(
+            (listener.tls.client_subject_header or "").encode() if listener.tls else b""
+        ),
     )
 
 

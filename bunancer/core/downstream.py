@@ -49,6 +49,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_forwarding",
         "_forwarding_host",
         "_pause",
+        "_subject",
         "active",
         "born",
         "client_eof",
@@ -76,8 +77,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        # Made on first use: a connection that carries a single request never needs one.
-        self.deadline: Deadline | None = None
+        self.deadline: Deadline | None = None  # made on first use (not for a single request)
         self.timeout_kind = T_NONE
         self.born = -1.0  # when the listener's sweep first saw it waiting for a first head
         self.client_ip = ""
@@ -111,6 +111,7 @@ class DownstreamProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(settings.write_buffer_high, settings.write_buffer_low)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
+        self._subject = ctx.subject_line(transport) if settings.client_subject_header else b""
         ctx.connections.add(self)
         # The first head is due `header_timeout` from the listener's next sweep, which
         # watches for it (no timer of our own); a later head, from its first byte.
@@ -367,8 +368,7 @@ class DownstreamProtocol(asyncio.Protocol):
             raise ProxyError(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Limits are checked once the head is complete; until then the raw byte count in
-        # data_received bounds what can pile up here.
+        # Limits: checked once the head is whole; until then data_received's byte count.
         self.headers.append((name, value))
         self.head_size += len(name) + len(value)
 
@@ -381,12 +381,12 @@ class DownstreamProtocol(asyncio.Protocol):
         target = self.url
         if target[:1] != b"/" or 35 in target or method == b"CONNECT":  # "#" is 35
             check_target(method, target)  # the usual origin-form passes without a call
-        head = scan_request_headers(self.headers)
+        head = scan_request_headers(self.headers, settings.client_subject_header)
         keep_alive = parser.should_keep_alive()
         http11 = is_http11(parser, method, self.url, keep_alive, head, self.line_read)
         if target[:1] != b"/" and target != b"*":
             target, self.headers = absolute_form(target, self.headers)
-            head = scan_request_headers(self.headers)
+            head = scan_request_headers(self.headers, settings.client_subject_header)
         if head.host is None and http11:
             raise ProxyError(400, "HTTP/1.1 request without Host")
         chunked = head.transfer_encoding is not None
@@ -420,7 +420,7 @@ class DownstreamProtocol(asyncio.Protocol):
             and head.forwarded is None
         ):
             return self._forwarding
-        forwarding = self.ctx.forwarding.get(head, self.client_ip)
+        forwarding = self.ctx.forwarding.get(head, self.client_ip) + self._subject
         if head.x_forwarded_for is None and head.forwarded is None:
             self._forwarding_host = head.host
             self._forwarding = forwarding

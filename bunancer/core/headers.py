@@ -168,8 +168,9 @@ def _without(lines: list[bytes], names: frozenset[bytes]) -> list[bytes]:
     return kept
 
 
-def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
-    """Split request headers into forwarded lines and facts; raise ProxyError on bad Host."""
+def scan_request_headers(headers: list[tuple[bytes, bytes]], drop: bytes = b"") -> RequestHead:
+    """Split request headers into forwarded lines and facts; raise ProxyError on bad Host.
+    A header named `drop` is left out (the balancer sets it: a client must not forge it)."""
     head = RequestHead()
     lines = head.lines
     named: frozenset[bytes] | None = None
@@ -215,6 +216,8 @@ def scan_request_headers(headers: list[tuple[bytes, bytes]]) -> RequestHead:
         # Rare: Connection names end-to-end-looking headers; they go in a second pass
         # (never Host or Expect, which a client cannot make hop-by-hop).
         head.lines = _without(lines, named - _REQUEST_SPECIAL)
+    if drop:
+        head.lines = _without(head.lines, frozenset((drop.lower(),)))
     return head
 
 

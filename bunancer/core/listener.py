@@ -12,6 +12,7 @@ from .plan import ForwardingCache
 from .routing import RouteTable
 from .settings import ListenerSettings
 from .stats import ServerStats
+from .tls import subject_text
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
@@ -89,6 +90,14 @@ class ListenerContext:
         self.tunnels: set[Tunnel] = set()  # upgraded connections (WebSocket)
         self.rejected = ServerStats()  # requests refused before any pool was chosen
         self.sweeping = False
+
+    def subject_line(self, transport: asyncio.BaseTransport) -> bytes:
+        """The header line carrying a TLS client's verified certificate subject upstream
+        (`client_subject_header`), or nothing."""
+        name = self.settings.client_subject_header
+        if not name:
+            return b""
+        return b"%s: %s\r\n" % (name, subject_text(transport.get_extra_info("peercert")))
 
     def reconfigure(self, routes: RouteTable[ServerPool], settings: ListenerSettings) -> None:
         """A config reload: the next request of every connection uses these."""

@@ -31,6 +31,7 @@ class ListenerSettings:
     forwarding: ForwardingOptions = field(default_factory=ForwardingOptions)
     stats: bool = True
     redirect_https: bool = False  # answer every request with a 308 to its https:// URL
+    client_subject_header: bytes = b""  # carries a TLS client certificate's subject upstream
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 log = logging.getLogger("bunancer")
 
@@ -145,3 +146,37 @@ def tls_problem(error: BaseException) -> str:
     if isinstance(error, ssl.SSLError):
         return f"TLS: {error.reason or error}"
     return str(error)
+
+
+# RFC 4514's short names for the attributes a subject usually has.
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+    "domainComponent": "DC",
+    "userId": "UID",
+    "emailAddress": "emailAddress",
+}
+
+
+def subject_text(certificate: dict[str, Any] | None) -> bytes:
+    """A verified peer certificate's subject (`ssl`'s `getpeercert()` form) as an RFC 4514
+    string, `CN=alice,O=Example`, safe in a header: a byte outside printable ASCII and the
+    characters RFC 4514 escapes become `\\XX`."""
+    if not certificate:
+        return b""
+    parts = []
+    for attributes in reversed(certificate.get("subject", ())):
+        for name, value in attributes:
+            escaped = "".join(_escape(c) for c in value)
+            parts.append(f"{_SHORT_NAMES.get(name, name)}={escaped}")
+    return ",".join(parts).encode("ascii")
+
+
+def _escape(char: str) -> str:
+    if char in ',+"\\<>;=' or not " " <= char <= "~":
+        return "".join(f"\\{byte:02X}" for byte in char.encode())
+    return char

@@ -140,13 +140,22 @@ def test_client_certificates_signed_by_the_ca_are_required(
     table = write_pair(ca, tmp_path, "site", "mtls.example")
     clients = trustme.CA()
     clients.cert_pem.write_to_path(tmp_path / "clients.pem")
+    client_ca = f'client_ca = "{tmp_path / "clients.pem"}"'
+    subject = 'client_subject_header = "X-Client-Subject"'
     proxy = start_proxy(
         [backends[0].url],
-        listener=f'tls = {{ certificates = [{table}], client_ca = "{tmp_path / "clients.pem"}" }}',
+        listener=f"tls = {{ certificates = [{table}], {client_ca}, {subject} }}",
     )
     good = client_context(ca)
-    clients.issue_cert("alice@example.org").configure_cert(good)
-    assert https(proxy, good, "mtls.example").request("GET", "/").status == 200
+    clients.issue_cert("alice@example.org", common_name="Alice, Ops").configure_cert(good)
+    client = https(proxy, good, "mtls.example")
+    # The verified subject goes upstream; one the client sent itself does not.
+    answer = client.request("GET", "/echo-headers", headers={"X-Client-Subject": "CN=admin"})
+    assert answer.status == 200
+    seen = [v for n, v in json.loads(answer.body)["headers"] if n.lower() == "x-client-subject"]
+    assert len(seen) == 1
+    assert seen[0].startswith("CN=Alice\\2C Ops,")  # RFC 4514: the comma escaped
+    assert ",O=trustme" in seen[0]
 
     stranger = client_context(ca)
     trustme.CA().issue_cert("mallory@example.org").configure_cert(stranger)
