@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
@@ -100,12 +100,6 @@ def _describe_error(error: BaseException, timeout: float) -> str:
     return type(error).__name__
 
 
-def _tls(host: str, spec: CheckSpec) -> dict[str, Any]:
-    if spec.tls is None:
-        return {}
-    return {"ssl": spec.tls, "server_hostname": spec.server_name or host}
-
-
 async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
     """Run one check against host:port; never raises."""
     if spec.kind == "tcp":
@@ -117,8 +111,9 @@ async def probe(host: str, port: int, spec: CheckSpec) -> CheckResult:
     try:
         async with asyncio.timeout(spec.timeout):
             done: asyncio.Future[int] = loop.create_future()
+            name = (spec.server_name or host) if spec.tls is not None else None
             transport, _ = await loop.create_connection(
-                lambda: _Probe(done), host, port, **_tls(host, spec)
+                lambda: _Probe(done), host, port, ssl=spec.tls, server_hostname=name
             )
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             transport.write(  # type: ignore[attr-defined]

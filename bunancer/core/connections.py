@@ -39,6 +39,7 @@ class ConnectionPool:
     __slots__ = (
         "address",
         "closing",
+        "handshake_problem",
         "host",
         "idle",
         "loop",
@@ -46,7 +47,6 @@ class ConnectionPool:
         "owner",
         "port",
         "settings",
-        "tls_problem",
         "total",
         "waiters",
     )
@@ -65,7 +65,7 @@ class ConnectionPool:
         self.waiters: deque[tuple[Exchange, asyncio.TimerHandle]] = deque()
         self.closing = False
         self.owner: PendingCounter | None = None  # the server's pool: caps waiting requests
-        self.tls_problem = ""  # why the last TLS handshake failed (logged when it changes)
+        self.handshake_problem = ""  # why the last TLS handshake failed (logged on change)
 
     def acquire(self, exchange: Exchange) -> None:
         """Give `exchange` a connection now (idle one) or later (opened, or freed)."""
@@ -103,18 +103,14 @@ class ConnectionPool:
 
     async def _open(self, exchange: Exchange | None) -> None:
         settings = self.settings
+        tls = client_context(settings.tls_verify, settings.tls_ca_file) if settings.tls else None
+        name = (settings.tls_server_name or self.host) if tls is not None else None
         try:
             async with asyncio.timeout(settings.connect_timeout):
-                if settings.tls:
-                    _, conn = await self.loop.create_connection(
-                        lambda: UpstreamProtocol(self), self.host, self.port,
-                        ssl=client_context(settings.tls_verify, settings.tls_ca_file),
-                        server_hostname=settings.tls_server_name or self.host,
-                    )  # fmt: skip
-                else:
-                    _, conn = await self.loop.create_connection(
-                        lambda: UpstreamProtocol(self), self.host, self.port
-                    )
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamProtocol(self), self.host, self.port,
+                    ssl=tls, server_hostname=name,
+                )  # fmt: skip
         except (OSError, TimeoutError) as error:
             if isinstance(error, ssl.SSLError):
                 self._tls_failed(tls_problem(error))
@@ -125,7 +121,7 @@ class ConnectionPool:
             self._serve_waiter()
             return
         self.opening -= 1
-        self.tls_problem = ""
+        self.handshake_problem = ""
         if exchange is not None and exchange.wants_connection:
             exchange.attach(conn)
         else:
@@ -133,8 +129,8 @@ class ConnectionPool:
 
     def _tls_failed(self, problem: str) -> None:
         """A handshake with the server failed: said once per new reason, not per request."""
-        if problem != self.tls_problem:
-            self.tls_problem = problem
+        if problem != self.handshake_problem:
+            self.handshake_problem = problem
             log.warning("upstream %s: %s", self.address, problem)
 
     def release(self, conn: UpstreamProtocol, reusable: bool) -> None:

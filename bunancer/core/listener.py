@@ -92,11 +92,9 @@ class ListenerContext:
         self.sweeping = False
 
     def subject_line(self, transport: asyncio.BaseTransport) -> bytes:
-        """The header line carrying a TLS client's verified certificate subject upstream
-        (`client_subject_header`), or nothing."""
+        """The `client_subject_header` line (the listener has one) carrying a TLS client's
+        verified certificate subject upstream."""
         name = self.settings.client_subject_header
-        if not name:
-            return b""
         return b"%s: %s\r\n" % (name, subject_text(transport.get_extra_info("peercert")))
 
     def reconfigure(self, routes: RouteTable[ServerPool], settings: ListenerSettings) -> None:
