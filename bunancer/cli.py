@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -20,6 +20,9 @@ from .client import ApiClient, ApiError, BalancerUnreachable, find_token
 from .config import Config, ConfigError, parse_backend_url, parse_hostport
 from .configfile import apply_overrides, load_config
 from .console import STATE_STYLES
+
+if TYPE_CHECKING:
+    from .control.certificates import Certificate
 
 EXIT_USAGE = 2
 EXIT_NOT_DRAINED = 3  # serve stopped, but the drain timeout cut requests or tunnels
@@ -176,7 +179,7 @@ def serve(
         "tls_key": tls_key,
         "workers": workers,
     }
-    config = _load(config_path, **overrides)
+    config, _ = _load(config_path, **overrides)
 
     def config_source() -> Config:  # the file read again, the flags on top (as at start)
         return apply_overrides(load_config(config_path), **overrides)
@@ -218,16 +221,16 @@ def compile_command(force: bool, quiet: bool) -> None:
         sys.exit(1)
 
 
-def _load(path: str | None, **overrides: object) -> Config:
-    """The config, its certificate files checked too; exit 2 with the problem if not."""
+def _load(path: str | None, **overrides: object) -> tuple[Config, list[tuple[str, Certificate]]]:
+    """The config and its certificates (read and checked, with where each is configured);
+    exit 2 with the problem if either is bad."""
     from .control.certificates import check_certificates
 
     try:
         config = apply_overrides(load_config(path), **overrides)  # type: ignore[arg-type]
-        check_certificates(config)
+        return config, check_certificates(config)
     except ConfigError as error:
         _fail(str(error))
-    return config
 
 
 # -- talking to a running balancer --------------------------------------------------------
@@ -466,15 +469,13 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def config_check(file: str) -> None:
     """Validate FILE without starting; exit 2 with file: key: problem on error."""
-    from .control.certificates import check_certificates
-
-    loaded = _load(file)
+    loaded, certificates = _load(file)
     servers = sum(len(p.servers) for p in loaded.pools.values())
     click.echo(
         f"{file}: ok ({len(loaded.listeners)} listener(s), {len(loaded.pools)} pool(s), "
         f"{servers} server(s), {len(loaded.routes)} route(s))"
     )
-    for where, certificate in check_certificates(loaded):
+    for where, certificate in certificates:
         names = ", ".join(certificate.files.names) or "(no names)"
         click.echo(
             f"{where}: {certificate.files.cert}: {names}; expires "
