@@ -282,6 +282,20 @@ class Response:
         return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """`python -m bunancer ARGS`, its output captured (it may fail: the caller checks)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bunancer", *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class RawClient:
     """A blocking socket client that sends exact bytes and reads exact responses."""
 

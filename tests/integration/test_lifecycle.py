@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Backend, Proxy, StartProxy
-from tests.helpers import ROOT, RawClient, spawn, wait_for
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bunancer", *args],
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+from tests.helpers import RawClient, run_cli, spawn, wait_for
 
 
 def test_help_lists_commands() -> None:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Backend, Proxy, StartProxy
-from tests.helpers import ROOT, RawClient, free_port, wait_for
+from tests.helpers import RawClient, free_port, run_cli, wait_for
 
 HEAD = """
 [api]
@@ -29,22 +28,7 @@ def write_config(proxy: Proxy, text: str) -> None:
 
 def reload(proxy: Proxy) -> subprocess.CompletedProcess[str]:
     api = f"http://127.0.0.1:{proxy.api_port}"
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bunancer",
-            "reload",
-            "--api",
-            api,
-            "--state-dir",
-            str(proxy.state_dir),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli("reload", "--api", api, "--state-dir", str(proxy.state_dir), timeout=60)
 
 
 def answered_by(client: RawClient, path: str) -> int:
@@ -154,13 +138,7 @@ def test_a_file_that_does_not_load_is_refused_and_the_running_config_stays(
     path = proxy.state_dir.parent / "bunancer.toml"
     good = path.read_text()
     path.write_text(good + '\n[[routes]]\npool = "nope"\n')
-    check = subprocess.run(
-        [sys.executable, "-m", "bunancer", "config", "check", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    check = run_cli("config", "check", str(path))
     result = reload(proxy)
     assert result.returncode == 2
     assert result.stderr == check.stderr  # the same one line as `config check`

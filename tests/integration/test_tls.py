@@ -8,8 +8,6 @@ from __future__ import annotations
 import datetime
 import json
 import ssl
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import trustme
 
 from bunancer.client import ApiClient
 from tests.conftest import Backend, Proxy, StartProxy, single_process_only
-from tests.helpers import Process, RawClient, spawn, wait_for
+from tests.helpers import Process, RawClient, run_cli, spawn, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -177,27 +175,17 @@ def test_a_plain_listener_can_send_everything_to_https(
     assert client.request("GET", "/again").status == 308  # the connection stays open
 
 
-def run_check(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bunancer", "config", "check", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_config_check_reads_the_pairs(ca: trustme.CA, tmp_path: Path) -> None:
     config = tmp_path / "bunancer.toml"
     good = write_pair(ca, tmp_path, "good", "good.example", "www.good.example")
     config.write_text(f'[[listeners]]\naddress = "127.0.0.1:8443"\ntls = {good}\n')
-    result = run_check(config)
+    result = run_cli("config", "check", str(config), timeout=60)
     assert result.returncode == 0, result.stderr
     assert "good.example, www.good.example; expires" in result.stdout
     assert "days left" in result.stdout
 
     ca.issue_cert("other.example").private_key_pem.write_to_path(tmp_path / "good.key")
-    result = run_check(config)
+    result = run_cli("config", "check", str(config), timeout=60)
     assert result.returncode == 2
     assert "listeners[0].tls" in result.stderr
     assert "the key does not match the certificate" in result.stderr
@@ -212,7 +200,7 @@ def test_config_check_reads_the_pairs(ca: trustme.CA, tmp_path: Path) -> None:
         not_after=past,
     )
     config.write_text(f'[[listeners]]\naddress = "127.0.0.1:8443"\ntls = {expired}\n')
-    result = run_check(config)
+    result = run_cli("config", "check", str(config), timeout=60)
     assert result.returncode == 2
     assert "old.pem: expired on" in result.stderr
 
