@@ -2,11 +2,11 @@
 
 It parses requests with httptools callbacks (no task or coroutine per request), turns each
 head into an `Exchange` (bunancer.core.plan decides what to send upstream), and answers
-pipelined requests in order: the first is active, the next wait in a queue with their bodies
-buffered up to a bound (reading pauses beyond it). A request's bytes go upstream only once
-the read that carried them parsed cleanly (or ended it before an error). One lazily re-armed
-deadline serves every timeout; a first head is watched by the listener's sweep. Response
-bytes produced while one upstream read is parsed are written once."""
+pipelined requests in order: the first is active, the next wait in a queue, bodies buffered
+up to a bound (reading pauses beyond it). A request's bytes go upstream only once the read
+that carried them parsed cleanly (or ended it before an error). One lazily re-armed deadline
+serves every timeout; a first head is watched by the listener's sweep. Response bytes made
+while one upstream read is parsed are written once."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from .listener import (
     T_SEND,
     ListenerContext,
 )
-from .plan import absolute_form, check_head_size, framing_lines, has_body, is_http11
+from .plan import absolute_form, add_host, check_head_size, framing_lines, has_body, is_http11
 from .tunnel import Tunnel
 
 log = logging.getLogger("bunancer.proxy")
@@ -387,8 +387,9 @@ class DownstreamProtocol(asyncio.Protocol):
         if target[:1] != b"/" and target != b"*":
             target, self.headers = absolute_form(target, self.headers)
             head = scan_request_headers(self.headers, settings.client_subject_header)
-        if head.host is None and http11:
-            raise ProxyError(400, "HTTP/1.1 request without Host")
+        if head.host is None:
+            assert self.transport is not None
+            add_host(head, http11, self.transport.get_extra_info("sockname"))
         chunked = head.transfer_encoding is not None
         upgrade = (
             (chunked or head.upgrade) and parser.should_upgrade() and head.upgrade_value is not None
@@ -483,8 +484,7 @@ class DownstreamProtocol(asyncio.Protocol):
         error still goes; the one the error is in sends nothing of this read upstream."""
         starting = self.starting
         self.starting = None
-        if starting is not None and not starting.req_complete:
-            # The error is in it: it answers `status` and sends nothing upstream.
+        if starting is not None and not starting.req_complete:  # the error is in it
             self.set_paused(PAUSE_DONE, True)
             self.in_head = False
             self.parsing = None

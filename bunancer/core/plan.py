@@ -96,6 +96,18 @@ def is_http11(
     return version == "1.1" or check_version(version)
 
 
+def add_host(head: RequestHead, http11: bool, sockname: tuple[str, int]) -> None:
+    """A request without Host: a 400 for HTTP/1.1. HTTP/1.0 may leave it out, but goes
+    upstream as 1.1, which must carry one (nginx answers 400 without): the address the
+    client reached, the authority of its effective URI then (RFC 9110 7.2)."""
+    if http11:
+        raise ProxyError(400, "HTTP/1.1 request without Host")
+    ip, port = sockname[0], sockname[1]
+    host = (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode()
+    head.host = host
+    head.lines += (b"Host: ", host, b"\r\n")
+
+
 def has_body(head: RequestHead) -> bool:
     """Whether body bytes follow the head (its idle timeout then applies)."""
     return head.transfer_encoding is not None or (

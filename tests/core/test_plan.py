@@ -10,6 +10,7 @@ from bunancer.core.plan import (
     FORWARDING_CACHE_SIZE,
     ForwardingCache,
     absolute_form,
+    add_host,
     check_head_size,
     framing_lines,
     has_body,
@@ -48,6 +49,17 @@ def test_an_absolute_target_without_a_host_is_400(target: bytes) -> None:
     with pytest.raises(ProxyError) as error:
         absolute_form(target, [])
     assert status_of(error) == 400
+
+
+def test_a_request_without_host_is_400_in_http11_and_gets_the_local_address_in_http10() -> None:
+    with pytest.raises(ProxyError) as raised:
+        add_host(scan_request_headers([]), True, ("127.0.0.1", 8080))
+    assert raised.value.status == 400
+    for sockname, host in ((("127.0.0.1", 8080), b"127.0.0.1:8080"), (("::1", 443), b"[::1]:443")):
+        head = scan_request_headers([(b"Accept", b"*/*")])
+        add_host(head, False, sockname)
+        assert head.host == host
+        assert b"".join(head.lines[1:]) == b"Accept: */*\r\nHost: " + host + b"\r\n"
 
 
 def test_framing_lines_carry_the_length_or_the_coding_or_the_upgrade() -> None:

@@ -170,6 +170,17 @@ def test_http10_client(proxy: Proxy) -> None:
     assert body == pattern_bytes(1000)
 
 
+def test_http10_request_without_host_gets_the_address_it_reached(proxy: Proxy) -> None:
+    # Sent on as HTTP/1.1, which must carry a Host: without one a backend answers 400
+    # (nginx does) and closes its kept-alive connection.
+    with proxy.client() as client:
+        client.send(b"GET /echo-headers HTTP/1.0\r\n\r\n")
+        response = client.read_response()
+    headers = {k.lower(): v for k, v in json.loads(response.body)["headers"]}
+    assert headers["host"] == f"127.0.0.1:{proxy.port}"
+    assert headers["x-forwarded-host"] == f"127.0.0.1:{proxy.port}"
+
+
 def test_http10_keep_alive(proxy: Proxy) -> None:
     with proxy.client() as client:
         for _ in range(3):
