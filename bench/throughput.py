@@ -21,6 +21,10 @@ which adds accept/close work on the front; upstream connections stay kept alive)
 are interleaved within every run, and their order rotates from run to run, so noise from
 the machine lands on all of them alike; the table shows medians over the runs.
 
+With ``--tls`` every front serves HTTPS: ``close`` is then a full handshake per request,
+and a third mode, ``resumed``, has four ``openssl s_time -reuse`` clients connect again
+and again with a resumed session, one request each (bench/resumed.py; wrk never resumes).
+
     python -m bench.throughput                       # 3 runs x 10 s, both modes
     python -m bench.throughput --runs 1 --duration 3 --fronts bunancer,haproxy
     python -m bench.throughput --backend-kind nginx --size 4096 --mode keepalive
@@ -87,6 +91,7 @@ from bench.harness import (
     wait_http_ok,
     wait_log_line,
 )
+from bench.resumed import ResumedResult, run_s_time
 from bunancer import native
 from bunancer.core.tls import INTERMEDIATE_CIPHERS
 from bunancer.native import PURE_ENV
@@ -117,7 +122,8 @@ ENVIRONMENT: dict[str, dict[str, str]] = {"bunancer-pure": {PURE_ENV: "1"}}
 # Not run by default either: the floor for a Python proxy (bench/bare_relay.py).
 BARE = "bare"
 ALL_FRONTS = (*FRONTS, BARE, *VARIANTS)
-MODES = ("keepalive", "close")
+MODES = ("keepalive", "close", "resumed")  # resumed: TLS only (--tls), by bench/resumed.py
+RESUMING_CLIENTS = 4  # s_time clients at once: each waits for its answer before reconnecting
 INSTALL_HINT = "install them with: apt-get install wrk nginx haproxy"
 EXIT_USAGE = 2
 
@@ -461,8 +467,8 @@ def place(
 class WrkResult:
     requests: int
     rps: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p99_ms: float | None
     socket_errors: dict[str, int]
     non_2xx: int
 
@@ -540,8 +546,8 @@ class Sample:
     front: str
     requests: int
     rps: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None: the client measures no latency (s_time, resumed mode)
+    p99_ms: float | None
     cpu_seconds: float
     cpu_us_per_request: float | None
     socket_errors: dict[str, int]
@@ -557,7 +563,11 @@ class Sample:
 def measure(endpoint: Endpoint, run: int, mode: str, args: argparse.Namespace) -> Sample:
     cpu_before = group_cpu_seconds(endpoint.child.pid)
     cpus = getattr(args, "wrk_cpus", None)
-    result = run_wrk(endpoint.port, mode, args.duration, args.connections, cpus, endpoint.tls)
+    result: WrkResult | ResumedResult
+    if mode == "resumed":
+        result = run_s_time(endpoint.port, args.duration, RESUMING_CLIENTS, cpus)
+    else:
+        result = run_wrk(endpoint.port, mode, args.duration, args.connections, cpus, endpoint.tls)
     cpu = group_cpu_seconds(endpoint.child.pid) - cpu_before
     return Sample(
         run=run,
@@ -600,8 +610,8 @@ def run_all(
                 samples.append(sample)
                 console.print(
                     f"run {run}/{args.runs} {mode:<9} {name:<8} {sample.rps:>10,.0f} req/s  "
-                    f"p99 {sample.p99_ms:7.2f} ms  cpu {format_cpu(sample.cpu_us_per_request)}"
-                    f" µs/req  errors {sample.errors}"
+                    f"p99 {format_ms(sample.p99_ms):>7} ms  "
+                    f"cpu {format_cpu(sample.cpu_us_per_request)} µs/req  errors {sample.errors}"
                 )
     return samples
 
@@ -619,8 +629,8 @@ class Summary:
     rps: float
     rps_min: float
     rps_max: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p99_ms: float | None
     cpu_us_per_request: float | None
     errors: int
     runs: int
@@ -647,8 +657,8 @@ def summarise(samples: list[Sample]) -> list[Summary]:
                 rps=statistics.median(rps),
                 rps_min=min(rps),
                 rps_max=max(rps),
-                p50_ms=statistics.median(s.p50_ms for s in clean),
-                p99_ms=statistics.median(s.p99_ms for s in clean),
+                p50_ms=median_or_none([s.p50_ms for s in clean]),
+                p99_ms=median_or_none([s.p99_ms for s in clean]),
                 cpu_us_per_request=statistics.median(cpu) if cpu else None,
                 errors=sum(s.errors for s in group),
                 runs=len(group),
@@ -660,8 +670,17 @@ def summarise(samples: list[Sample]) -> list[Summary]:
     return summaries
 
 
+def median_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
+
+
 def format_cpu(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def format_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def ratios(summaries: list[Summary]) -> list[dict[str, Any]]:
@@ -738,8 +757,8 @@ def results_table(summaries: list[Summary], args: argparse.Namespace) -> Table:
             format_cpu(s.cpu_us_per_request),
             f"{s.rps:,.0f}",
             f"{s.rps_min:,.0f}-{s.rps_max:,.0f}",
-            f"{s.p50_ms:.2f}",
-            f"{s.p99_ms:.2f}",
+            format_ms(s.p50_ms),
+            format_ms(s.p99_ms),
             f"{s.errors}{flagged}",
         )
     return table
@@ -777,7 +796,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
     parser.add_argument("--size", type=int, default=100, help="response body bytes")
-    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument(
+        "--mode",
+        choices=[*MODES, "both"],
+        default="both",
+        help="both (the default): keepalive and close, and resumed with --tls",
+    )
     parser.add_argument(
         "--fronts",
         default=",".join(FRONTS),
@@ -807,7 +831,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tls",
         action="store_true",
         help="the fronts serve HTTPS (one certificate, TLS 1.2-1.3, the same ciphers); "
-        "close mode is then a full handshake per request",
+        "close mode is then a full handshake per request, and resumed mode (openssl "
+        "s_time -reuse) a resumed one",
     )
     parser.add_argument(
         "--reference",
@@ -828,6 +853,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.fronts += ",bunancer-ref"
     elif "bunancer-ref" in args.fronts.split(","):
         parser.error("the front bunancer-ref needs --reference DIR")
+    if args.mode == "resumed" and not args.tls:
+        parser.error("--mode resumed resumes TLS sessions: it needs --tls")
     if args.tls:  # the backends speak plain HTTP: no `direct` peer to compare with
         args.fronts = ",".join(
             f for f in args.fronts.split(",") if f in ("bunancer", "nginx", "haproxy")
@@ -855,6 +882,12 @@ def choose_fronts(requested: str) -> list[str]:
     return chosen
 
 
+def chosen_modes(args: argparse.Namespace) -> list[str]:
+    if args.mode != "both":
+        return [args.mode]
+    return [mode for mode in MODES if args.tls or mode != "resumed"]
+
+
 def fail(message: str) -> NoReturn:
     console.print(f"[red]bench.throughput: {message}[/]")
     sys.exit(EXIT_USAGE)
@@ -863,6 +896,8 @@ def fail(message: str) -> NoReturn:
 def check_tools(args: argparse.Namespace) -> None:
     if shutil.which("wrk") is None:
         fail(f"wrk is not on PATH; {INSTALL_HINT}")
+    if args.tls and shutil.which("openssl") is None:
+        fail("--tls needs the openssl command (s_time resumes sessions): apt-get install openssl")
     if args.backend_kind == "nginx" and shutil.which("nginx") is None:
         fail(f"--backend-kind nginx needs nginx on PATH; {INSTALL_HINT}")
 
@@ -976,7 +1011,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_tools(args)
     args.front_names = choose_fronts(args.fronts)
-    args.modes = list(MODES) if args.mode == "both" else [args.mode]
+    args.modes = chosen_modes(args)
     args.data_plane = native.status()  # as the fronts start: compiled, or why not
     args.placement = None if args.no_pin else split_cpus()
     args.wrk_cpus = args.placement[1] if args.placement else None
