@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .config import ApiConfig, DashboardConfig
-from .control.certificates import read_tls
+from .config import ApiConfig, ConfigError, DashboardConfig
+from .control.certificates import files_version, read_tls
 from .core.tls import TlsSettings, TlsTerminator
 from .web.hosts import HostCheck, is_loopback
 
@@ -31,14 +31,49 @@ def exposure(
     return public, HostCheck(host, listener.allowed_hosts, f"[{section}] allowed_hosts")
 
 
-def serve_options(listener: ApiConfig | DashboardConfig, section: str) -> dict[str, Any]:
-    """`web.server.serve`'s options for an admin listener: its caps, and its TLS context
-    (its certificates read at start: a restart takes new ones)."""
+class AdminTls:
+    """An admin listener's certificates: read at start, and again when their files change
+    on disk (the balancer's certificate watch asks); new handshakes take the new ones."""
+
+    def __init__(self, listener: ApiConfig | DashboardConfig, section: str) -> None:
+        assert listener.tls is not None
+        self.tls = listener.tls
+        self.label = section  # its listener's name in /metrics (a data-plane one: its address)
+        self.where = f"[{section}].tls"
+        self.version = files_version(self.tls)
+        self.settings = self._read()
+        self.terminator = TlsTerminator(self.settings)
+
+    def _read(self) -> TlsSettings:
+        files = tuple(c.files for c in read_tls(self.tls, self.where))
+        return TlsSettings(files, self.tls.client_ca, self.version)
+
+    def refresh(self) -> None:
+        version = files_version(self.tls)
+        if version == self.version:
+            return
+        self.version = version  # a refused pair is said once, not at every look
+        try:
+            settings = self._read()
+        except ConfigError as error:
+            log.error("changed certificate files refused, the current ones stay: %s", error)
+            return
+        if self.terminator.reload(settings, self.where):
+            self.settings = settings
+            log.info("%s: new certificates for new handshakes", self.where)
+
+
+def serve_options(
+    listener: ApiConfig | DashboardConfig, section: str
+) -> tuple[dict[str, Any], AdminTls | None]:
+    """`web.server.serve`'s options for an admin listener (its caps, and its TLS context),
+    and its certificates to refresh (None without TLS)."""
     options: dict[str, Any] = {
         "max_connections": listener.max_connections,
         "max_per_client": listener.max_connections_per_client,
     }
-    if listener.tls is not None:
-        files = tuple(c.files for c in read_tls(listener.tls, f"[{section}].tls"))
-        options["tls"] = TlsTerminator(TlsSettings(files, listener.tls.client_ca)).context
-    return options
+    if listener.tls is None:
+        return options, None
+    tls = AdminTls(listener, section)
+    options["tls"] = tls.terminator.context
+    return options, tls

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from .admin import exposure, serve_options
+from .admin import AdminTls, exposure, serve_options
 from .config import Config, ConfigError, parse_hostport
 from .control.addresses import AddressPolicy
 from .control.certificates import check_certificates
@@ -92,7 +92,11 @@ class Balancer:
             statsd_prefix=config.stats.statsd_prefix,
         )
         self.telemetry.listeners_view = self.listeners_view
-        self.telemetry.certificates = lambda: certificate_expiry(self.listeners)
+        self.admin_tls: list[AdminTls] = []  # the API's and the dashboard's, when they have it
+        self.telemetry.certificates = lambda: certificate_expiry(
+            [(x.address, x.tls) for x in self.listeners]
+            + [(x.label, x.settings) for x in self.admin_tls]
+        )
         self.access_log: AccessLog | None = None
         self.token: Token | None = None
         self.failed_attempts = FailedAttempts(loop.time)  # wrong tokens: API and dashboard
@@ -196,6 +200,8 @@ class Balancer:
             for listener in [x for x in leaving if x in self.listeners]:
                 self._retire(listener)  # (after the new ones opened)
             problems += await remove_pools(registry, change.pools_removed)
+            for admin in self.admin_tls:
+                admin.refresh()  # (their files; a changed [api] or [dashboard] takes a restart)
             self.config = config
             await self.save_state()
             if self.workers is not None and not await self.workers.settle():
@@ -215,6 +221,8 @@ class Balancer:
             await asyncio.sleep(TLS_WATCH_EVERY)
             async with self._reloading:
                 changed = refresh_certificates(self.listeners, self.config)
+                for admin in self.admin_tls:
+                    admin.refresh()
             if changed and self.workers is not None:
                 self.workers.push()
 
@@ -257,7 +265,7 @@ class Balancer:
             await self.workers.start()
         await self._start_api()
         self.telemetry.start()
-        if any(listener.tls is not None for listener in self.listeners):
+        if self.admin_tls or any(listener.tls is not None for listener in self.listeners):
             self.registry.spawn(self._watch_certificates())
 
     def _listener_sockets(self) -> list[ListenerSockets]:
@@ -302,8 +310,10 @@ class Balancer:
             attempts=self.failed_attempts,
             reload=self.reload,
         )
+        options, tls = serve_options(api, "api")
+        self.admin_tls += [tls] if tls else []
         try:
-            self.api_server = await web_serve(self.api_app, host, port, **serve_options(api, "api"))
+            self.api_server = await web_serve(self.api_app, host, port, **options)
         except OSError as error:
             await self.close_listeners()
             raise StartupError(_bind_problem(f"{api.listen} (API)", error)) from None
@@ -335,10 +345,10 @@ class Balancer:
                 attempts=self.failed_attempts,
             )
         )
+        options, tls = serve_options(self.config.dashboard, "dashboard")
+        self.admin_tls += [tls] if tls else []
         try:
-            self.dashboard_server = await web_serve(
-                self.dashboard_app, host, port, **serve_options(self.config.dashboard, "dashboard")
-            )
+            self.dashboard_server = await web_serve(self.dashboard_app, host, port, **options)
         except OSError as error:
             await self.close_listeners()
             raise StartupError(_bind_problem(f"{listen} (dashboard)", error)) from None

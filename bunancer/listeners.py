@@ -206,7 +206,7 @@ def refresh_certificates(listeners: list[Listener], config: Config) -> bool:
         listener = next((x for x in listeners if (x.host, x.port) == address), None)
         if listener is None or listener.tls is None:
             continue
-        version = files_version(settings)
+        version = files_version(settings.tls)
         if version == listener.tls.version:
             continue
         try:
@@ -253,11 +253,14 @@ def listener_view(
     }
 
 
-def certificate_expiry(listeners: list[Listener]) -> list[tuple[dict[str, str], float]]:
-    """Each TLS listener's certificates, labelled, with when they expire (Unix time)."""
+def certificate_expiry(
+    listeners: list[tuple[str, TlsSettings | None]],
+) -> list[tuple[dict[str, str], float]]:
+    """Each TLS listener's certificates, labelled, with when they expire (Unix time);
+    `listeners`: each one's name and TLS (None: plain)."""
     return [
-        ({"listener": x.address, "certificate": c.cert, "names": ",".join(c.names)}, c.not_after)
-        for x in listeners
-        if x.tls is not None
-        for c in x.tls.certificates
+        ({"listener": name, "certificate": c.cert, "names": ",".join(c.names)}, c.not_after)
+        for name, tls in listeners
+        if tls is not None
+        for c in tls.certificates
     ]

@@ -117,13 +117,12 @@ def tls_settings(listener: ListenerConfig, index: int) -> TlsSettings | None:
     if listener.tls is None:
         return None
     certificates = tuple(c.files for c in read_listener(listener, index))
-    return TlsSettings(certificates, listener.tls.client_ca, files_version(listener))
+    return TlsSettings(certificates, listener.tls.client_ca, files_version(listener.tls))
 
 
-def files_version(listener: ListenerConfig) -> str:
-    """A digest of the tls files' identity (size, modification time, inode): it changes
-    when a file is rewritten or replaced."""
-    tls = listener.tls
+def files_version(tls: TlsConfig | None) -> str:
+    """A digest of the tls table's files' identity (size, modification time, inode): it
+    changes when a file is rewritten or replaced."""
     if tls is None:
         return ""
     digest = hashlib.sha256()

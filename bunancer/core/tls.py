@@ -71,11 +71,13 @@ class TlsTerminator:
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcard: dict[str, ssl.SSLContext] = {}  # by the parent domain of `*.parent`
         self._default: ssl.SSLContext
-        self.load(settings)  # raises on a bad certificate: a listener must not start without
         # The handshake starts on this context (its protocol settings, session cache and
-        # client verification) and takes a certificate's context in the callback.
+        # whether a client certificate is asked for) and takes a certificate's context, which
+        # verifies the client's against `client_ca`, in the callback (OpenSSL calls it when
+        # the client sent no name too).
         self.context = server_context(settings.certificates[0], settings.client_ca)
         self.context.sni_callback = self._choose
+        self.load(settings)  # raises on a bad certificate: a listener must not start without
 
     def load(self, settings: TlsSettings) -> None:
         """Build the contexts for `settings` and use them for new handshakes; raises
@@ -94,6 +96,7 @@ class TlsTerminator:
         if default is None:
             raise ValueError("a TLS listener needs a certificate")
         self._exact, self._wildcard, self._default = exact, wildcard, default
+        self.context.verify_mode = ssl.CERT_REQUIRED if settings.client_ca else ssl.CERT_NONE
         self.settings = settings
 
     def reload(self, settings: TlsSettings, where: str) -> bool:

@@ -163,6 +163,40 @@ def test_client_certificates_signed_by_the_ca_are_required(
             https(proxy, refused, "mtls.example").request("GET", "/")
 
 
+def test_a_reload_turns_client_certificates_on_and_off(
+    start_proxy: StartProxy, backends: list[Backend], ca: trustme.CA, tmp_path: Path
+) -> None:
+    table = write_pair(ca, tmp_path, "site", "mtls.example")
+    clients = trustme.CA()
+    clients.cert_pem.write_to_path(tmp_path / "clients.pem")
+    proxy = start_proxy([backends[0].url], listener=f"tls = {table}")
+    config = proxy.state_dir.parent / "bunancer.toml"
+    plain_tls = config.read_text()
+    good = client_context(ca)
+    clients.issue_cert("alice@example.org").configure_cert(good)
+
+    def answers(context: ssl.SSLContext) -> bool:
+        try:
+            return https(proxy, context, "mtls.example").request("GET", "/").status == 200
+        except (ssl.SSLError, ConnectionError):
+            return False
+
+    def reload() -> None:
+        api = f"http://127.0.0.1:{proxy.api_port}"
+        result = run_cli("reload", "--api", api, "--state-dir", str(proxy.state_dir))
+        assert result.returncode == 0, result.stderr
+
+    assert answers(client_context(ca))
+    client_ca = f'tls = {{ certificates = [{table}], client_ca = "{tmp_path / "clients.pem"}" }}'
+    config.write_text(plain_tls.replace(f"tls = {table}", client_ca))
+    reload()
+    assert not answers(client_context(ca))  # no certificate: refused now
+    assert answers(good)
+    config.write_text(plain_tls)
+    reload()
+    assert answers(client_context(ca))
+
+
 def test_a_plain_listener_can_send_everything_to_https(
     start_proxy: StartProxy, backends: list[Backend]
 ) -> None:
@@ -425,6 +459,20 @@ def test_the_api_and_dashboard_serve_https_and_the_cookie_is_secure(
     )
     cookie = str(dashboard.read_response().header("Set-Cookie"))
     assert cookie.endswith("; HttpOnly; SameSite=Strict; Secure")
+
+    # A renewed pair is taken without a restart, by both; /metrics shows it for each.
+    write_pair(ca, tmp_path, "admin", "127.0.0.1", "renewed.example")
+    for port in (proxy.api_port, proxy.dashboard_port):
+        wait_for(
+            lambda port=port: RawClient(port, tls=context).peer_names() == ["renewed.example"],
+            timeout=10,
+        )
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{proxy.api_port}/metrics", context=context
+    ) as answer:
+        metrics = answer.read().decode()
+    for section in ("api", "dashboard"):
+        assert f'listener="{section}",' in metrics
 
 
 def test_the_dashboard_shows_each_certificate_and_its_expiry(sni_proxy: Proxy) -> None:
