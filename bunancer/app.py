@@ -22,6 +22,7 @@ from .control.addresses import AddressPolicy
 from .control.certificates import check_certificates
 from .control.commands import Commands
 from .control.events import EventBus
+from .control.faults import FaultBook
 from .control.persistence import Persistence
 from .control.registry import PoolSettings, Registry
 from .control.reload import ReloadPlan, apply_to_pools, plan, protected_pools, remove_pools, running
@@ -113,6 +114,9 @@ class Balancer:
             else None
         )
         self.telemetry.workers = self.workers
+        self.faults = FaultBook(self.registry, self.bus, loop)  # the lab's rules, at run time
+        if self.workers is not None:
+            self.faults.settle = self.workers.settle  # an API answer: in effect everywhere
 
     def _add_configured_pools(self) -> None:
         config, registry = self.config, self.registry
@@ -309,6 +313,7 @@ class Balancer:
             host_check=host_check.refusal,
             attempts=self.failed_attempts,
             reload=self.reload,
+            faults=self.faults,
         )
         options, tls = serve_options(api, "api")
         self.admin_tls += [tls] if tls else []
@@ -332,6 +337,7 @@ class Balancer:
                 registry=self.registry,
                 telemetry=self.telemetry,
                 bus=self.bus,
+                faults=self.faults,
                 token=self.token.value,
                 state_dir=self.config.state_dir,
                 commands=self.commands,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -16,10 +15,12 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .client import ApiClient, ApiError, BalancerUnreachable, find_token
+from .apicli import api_options, call, client_for
+from .client import ApiError
 from .config import Config, ConfigError, parse_backend_url, parse_hostport
 from .configfile import apply_overrides, load_config
 from .console import STATE_STYLES
+from .faultcli import faults_group
 
 if TYPE_CHECKING:
     from .control.certificates import Certificate
@@ -236,52 +237,12 @@ def _load(path: str | None, **overrides: object) -> tuple[Config, list[tuple[str
 # -- talking to a running balancer --------------------------------------------------------
 
 
-def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--api, --token and --state-dir, shared by the commands that call the API."""
-    command = click.option(
-        "--state-dir",
-        metavar="DIR",
-        help="The balancer's state dir, to read its token (default ./.bunancer).",
-    )(command)
-    command = click.option(
-        "--token", envvar="BUNANCER_TOKEN", help="API token (default: the state dir's token)."
-    )(command)
-    command = click.option(
-        "--api",
-        "api_url",
-        default="http://127.0.0.1:8081",
-        envvar="BUNANCER_API",
-        show_default=True,
-        help="The balancer's API address.",
-    )(command)
-    return command
-
-
-def _client(api_url: str, token: str | None, state_dir: str | None) -> ApiClient:
-    return ApiClient(api_url, find_token(token, state_dir=state_dir))
-
-
-def _call(function: Callable[[], Any]) -> Any:
-    """Run an API call; turn failures into one clear line and exit code 1."""
-    try:
-        return function()
-    except BalancerUnreachable as error:
-        click.echo(f"bunancer: {error}", err=True)
-        sys.exit(1)
-    except ApiError as error:
-        hint = ""
-        if error.status == 401:
-            hint = " (pass --token, set BUNANCER_TOKEN, or --state-dir of the balancer)"
-        click.echo(f"bunancer: {error}{hint}", err=True)
-        sys.exit(1)
-
-
 @cli.command("reload")
 @api_options
 def reload_command(api_url: str, token: str | None, state_dir: str | None) -> None:
     """Re-read the running balancer's config file and apply it without a restart (as SIGHUP
     does). A file that does not load is refused and the running config stays."""
-    client = _client(api_url, token, state_dir)
+    client = client_for(api_url, token, state_dir)
     client.timeout = 60.0  # servers the file dropped drain first (up to timeouts.drain)
 
     def reload() -> dict[str, Any]:
@@ -292,7 +253,7 @@ def reload_command(api_url: str, token: str | None, state_dir: str | None) -> No
                 _fail(error.message)  # the file's problem, as `config check` says it (exit 2)
             raise
 
-    result = _call(reload)
+    result = call(reload)
     for line in result["changes"] or ["nothing changed"]:
         click.echo(line)
     for key in result["restart_needed"]:
@@ -306,7 +267,7 @@ def reload_command(api_url: str, token: str | None, state_dir: str | None) -> No
 @api_options
 def pools_command(api_url: str, token: str | None, state_dir: str | None) -> None:
     """Pools and their servers, from a running balancer."""
-    pools = _call(lambda: _client(api_url, token, state_dir).pools())
+    pools = call(lambda: client_for(api_url, token, state_dir).pools())
     console = Console(highlight=False)
     if not pools:
         console.print("no pools")
@@ -341,8 +302,8 @@ def status_command(api_url: str, token: str | None, state_dir: str | None) -> No
     """Pools and servers with state, reason, req/s, error rate, p99 and last check."""
     from .console import show_status
 
-    client = _client(api_url, token, state_dir)
-    _call(lambda: show_status(client, Console(highlight=False)))
+    client = client_for(api_url, token, state_dir)
+    call(lambda: show_status(client, Console(highlight=False)))
 
 
 @cli.command("top")
@@ -359,9 +320,9 @@ def top_command(
     """A live view of the balancer (q or Ctrl-C quits)."""
     from .console import run_top
 
-    client = _client(api_url, token, state_dir)
+    client = client_for(api_url, token, state_dir)
     try:
-        _call(lambda: run_top(client, Console(highlight=False), interval, frames))
+        call(lambda: run_top(client, Console(highlight=False), interval, frames))
     except KeyboardInterrupt:
         pass
 
@@ -401,8 +362,8 @@ def servers_add(
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="ADDRESS") from None
     health = {"path": health_path} if health_path else None
-    client = _client(api_url, token, state_dir)
-    server = _call(
+    client = client_for(api_url, token, state_dir)
+    server = call(
         lambda: client.register(pool, host, port, server_id=server_id, weight=weight, health=health)
     )
     _show(server, "added")
@@ -416,8 +377,8 @@ def servers_remove(
     server_id: str, pool: str, api_url: str, token: str | None, state_dir: str | None
 ) -> None:
     """Drain SERVER_ID (requests in flight finish), then remove it."""
-    client = _client(api_url, token, state_dir)
-    _call(lambda: client.deregister(pool, server_id))
+    client = client_for(api_url, token, state_dir)
+    call(lambda: client.deregister(pool, server_id))
     click.echo(f"removed {pool}/{server_id}")
 
 
@@ -429,8 +390,8 @@ def _admin_command(name: str, admin: str, done: str, help_text: str) -> None:
     def command(
         server_id: str, pool: str, api_url: str, token: str | None, state_dir: str | None
     ) -> None:
-        client = _client(api_url, token, state_dir)
-        _show(_call(lambda: client.update_server(pool, server_id, admin=admin)), done)
+        client = client_for(api_url, token, state_dir)
+        _show(call(lambda: client.update_server(pool, server_id, admin=admin)), done)
 
 
 _admin_command(
@@ -456,8 +417,8 @@ def servers_weight(
     state_dir: str | None,
 ) -> None:
     """Set the weight of SERVER_ID."""
-    client = _client(api_url, token, state_dir)
-    _show(_call(lambda: client.update_server(pool, server_id, weight=weight)), "weighted")
+    client = client_for(api_url, token, state_dir)
+    _show(call(lambda: client.update_server(pool, server_id, weight=weight)), "weighted")
 
 
 @cli.group()
@@ -488,6 +449,9 @@ def _add_stubs() -> None:
     from stubs.cli import stubs_group
 
     cli.add_command(stubs_group, "stubs")
+
+
+cli.add_command(faults_group, "faults")
 
 
 _add_stubs()

@@ -45,6 +45,7 @@ COMPILED = (
     "downstream",
     "errors",
     "exchange",
+    "faults",
     "framing",
     "headers",
     "listener",

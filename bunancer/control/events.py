@@ -28,9 +28,20 @@ POOL_ADDED = "pool.added"
 POOL_REMOVED = "pool.removed"
 POOL_UPDATED = "pool.updated"
 STATS_TICK = "stats.tick"
+FAULT_ADDED = "fault.added"  # a lab fault rule set (the API, the dashboard or the CLI)
+FAULT_REMOVED = "fault.removed"  # removed, or expired
 
 # What the activity feed keeps: changes, not the once-a-second figures.
-FEED_KINDS = (SERVER_ADDED, SERVER_REMOVED, SERVER_STATE, POOL_ADDED, POOL_REMOVED, POOL_UPDATED)
+FEED_KINDS = (
+    SERVER_ADDED,
+    SERVER_REMOVED,
+    SERVER_STATE,
+    POOL_ADDED,
+    POOL_REMOVED,
+    POOL_UPDATED,
+    FAULT_ADDED,
+    FAULT_REMOVED,
+)
 
 
 @dataclass(frozen=True, slots=True)

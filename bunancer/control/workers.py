@@ -35,7 +35,7 @@ from .. import native
 from ..config import Config
 from ..core.channel import Channel
 from ..core.listen import ListenGroup
-from ..core.snapshot import VERSION, add_stats, plain, server_entry, tls_entry
+from ..core.snapshot import VERSION, add_stats, fault_entries, plain, server_entry, tls_entry
 from ..core.stats import ServerStats
 from ..core.tls import TlsSettings
 from .events import (
@@ -212,6 +212,7 @@ class Workers:
                 "balancing": plain(pool.balancing),
                 "upstream": plain(registry.upstream_for(registry.settings[name])),
                 "servers": [server_entry(server) for server in pool.servers.values()],
+                "faults": fault_entries(pool.faults),
             }
             for name, pool in registry.pools.items()
         ]

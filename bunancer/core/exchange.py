@@ -16,6 +16,7 @@ from .algorithms import sticky_cookie
 from .body import RequestBody, replayable
 from .connections import ConnectionPool
 from .errors import STATUS_LINES, Overloaded, error_response, redirect_response
+from .faults import FaultRule, act
 from .framing import (
     BODY_CHUNKED,
     BODY_LENGTH,
@@ -63,6 +64,7 @@ class Exchange:
         "down",
         "early_data",
         "end_sent",
+        "fault",
         "head",
         "head_request",
         "http11",
@@ -124,6 +126,7 @@ class Exchange:
         self.set_sticky = False
         self.body: RequestBody | None = None  # made at the first body byte, if any
         self.local_status = 0
+        self.fault: FaultRule | None = None  # a lab rule hit it: delayed, aborted or reset
         self.location: bytes | None = None  # set: answered with a 308 to it (redirect_https)
         self.upgrade = False  # asked to switch protocols (WebSocket)
         self.early_data = b""  # client bytes after the upgrade request, held
@@ -143,7 +146,8 @@ class Exchange:
     def start(self) -> None:
         if self.done:
             return
-        self.started = perf_counter()
+        if not self.started:  # (a delayed start keeps it: the delay is the client's wait)
+            self.started = perf_counter()
         if self.local_status:
             self.fail(self.local_status, REJECTED)
             return
@@ -153,6 +157,11 @@ class Exchange:
         pool = self.pool
         if pool is None:
             self.fail(503, REJECTED)
+            return
+        fault = self.fault
+        if fault is not None:
+            self.fault = None
+            act(fault, self, self.down.ctx.loop, self.down.transport)
             return
         pool.earn_retry()
         server = pool.begin(self.key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from .algorithms import Selector, make_selector
+from .faults import FaultRule, PoolFaults
 from .server import OUT_OF_ROTATION, Server
 from .settings import BalancingSettings
 from .stats import ServerStats
@@ -29,12 +30,14 @@ RETRY_RESERVE: Final = 100.0
 class ServerPool:
     __slots__ = (
         "balancing",
+        "faults",
         "key_kind",
         "key_name",
         "max_pending",
         "name",
         "panic",
         "pending",
+        "per_request",
         "rejected",
         "retry_on",
         "retry_ratio",
@@ -54,6 +57,8 @@ class ServerPool:
         self.pending = 0  # requests waiting for an upstream connection (max_pending)
         self.retry_tokens = RETRY_RESERVE
         self.selector: Selector  # set by configure
+        self.faults: PoolFaults | None = None  # the lab's fault rules, when any are set
+        self.per_request = False  # a request needs `prepare`: a hash key, or fault rules
         self.configure(balancing or BalancingSettings())
 
     def configure(self, balancing: BalancingSettings) -> None:
@@ -76,7 +81,13 @@ class ServerPool:
             self.key_kind, self.key_name = kind, name.lower().encode()
         else:
             self.key_kind, self.key_name = "", b""
+        self.per_request = bool(self.key_kind) or self.faults is not None
         self.rebuild()
+
+    def set_faults(self, faults: PoolFaults | None) -> None:
+        """The lab's fault rules for the next requests (None: none)."""
+        self.faults = faults
+        self.per_request = bool(self.key_kind) or faults is not None
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -148,6 +159,15 @@ class ServerPool:
             selector.observe(server, us)
         if selector.tracks_load:
             selector.finished(server)
+
+    def prepare(
+        self, client_ip: str, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes | None, FaultRule | None]:
+        """What a request needs of the pool before it starts, when `per_request`: its key
+        for hash and sticky selection, and the fault rule that hits it."""
+        key = self.request_key(client_ip, target, headers) if self.key_kind else None
+        faults = self.faults
+        return key, faults.pick(target, headers) if faults is not None else None
 
     def request_key(
         self, client_ip: str, target: bytes, headers: list[tuple[bytes, bytes]]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .connections import ConnectionPool
+from .faults import FaultRule, PoolFaults
 from .headers import ForwardingOptions
 from .listener import ListenerContext
 from .pool import ServerPool
@@ -90,6 +91,11 @@ def server_entry(server: Server) -> ServerEntry:
     statuses = tuple(sorted(server.eject_statuses))
     return (server.id, server.host, server.port, server.weight, server.effective_weight,
             str(server.state), server.eject_after, statuses)  # fmt: skip
+
+
+def fault_entries(faults: PoolFaults | None) -> list[tuple[Any, ...]]:
+    """A pool's fault rules (the lab's) as plain tuples."""
+    return [dataclasses.astuple(rule) for rule in faults.rules] if faults is not None else []
 
 
 # -- a worker's side ------------------------------------------------------------------------------
@@ -184,6 +190,8 @@ class World:
             server.eject_after = eject_after
             server.eject_statuses = frozenset(eject_statuses)
         pool.rebuild()
+        rules = tuple(FaultRule(*values) for values in entry["faults"])
+        pool.set_faults(PoolFaults(rules) if rules else None)
 
     def _server(
         self, pool: ServerPool, server_id: str, host: str, port: int, upstream: UpstreamSettings

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import DEFAULT_ALGORITHM, NAME_PATTERN, WEIGHT_MAX, Algorithm, ConfigError, check_host
 from ..control.commands import Commands
+from ..control.faults import FaultBook
 from ..control.records import RegistryError
 from ..control.registry import Registry
 from ..control.reload import ReloadPlan
@@ -31,6 +32,7 @@ from .app import (
 )
 from .attempts import FailedAttempts
 from .auth import token_check
+from .faults import fault_routes
 from .router import Router
 
 Reload = Callable[[], Awaitable[tuple[ReloadPlan, list[str]]]]
@@ -98,12 +100,14 @@ def build_api(
     host_check: Admission | None = None,
     attempts: FailedAttempts | None = None,
     reload: Reload | None = None,
+    faults: FaultBook | None = None,
     extra_routes: Callable[[Router[Any]], None] | None = None,
 ) -> App:
     """The API's app: `public_reads` lets GETs through without the token; `host_check`
     refuses requests naming a Host it does not allow (`hosts.HostCheck.refusal`); `attempts`
     makes a client that sent wrong tokens wait (shared with the dashboard's login); `reload`
-    re-reads the config file (POST /api/reload)."""
+    re-reads the config file (POST /api/reload); `faults` keeps the lab's fault rules
+    (/api/faults)."""
     router: Router[Any] = Router()
 
     @router.get("/healthz")
@@ -116,6 +120,8 @@ def build_api(
     _server_routes(router, registry, commands)
     if reload is not None:
         _reload_route(router, reload)
+    if faults is not None:
+        fault_routes(router, faults)
     if extra_routes is not None:
         extra_routes(router)
     checks = [token_check(token, public_reads, attempts)]

@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ...control.commands import Commands
 from ...control.events import EventBus
+from ...control.faults import FaultBook
 from ...control.figures import STATES
 from ...control.registry import Registry
 from ...control.telemetry import Telemetry
@@ -44,6 +45,7 @@ class DashboardContext:
     token: str
     state_dir: str
     commands: Commands  # every change: validated, applied, saved
+    faults: FaultBook | None = None  # the lab's fault rules (the banner, the Faults page)
     api_url: str = ""  # the registry API, for stubs to register ("" = the SDK's default)
     routes: list[dict[str, Any]] = field(default_factory=list)  # in the order they are tried
     api_address: str = ""
@@ -121,6 +123,7 @@ class Dashboard:
             path=request.path,
             page=page,
             title=title,
+            faults=self.context.faults.views() if self.context.faults is not None else [],
         )
         if request.query.get("partial") == ["1"]:
             html = self.env.get_template(content).render(data)

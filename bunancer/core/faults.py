@@ -1,0 +1,99 @@
+"""Fault rules on real traffic (the lab): delay, abort with a status, or reset the
+connection, for a share of a pool's requests. Sans-I/O but for `act`.
+
+A pool without rules has `faults` None, and the request path pays no more than before: the
+check it made for hash keys became `ServerPool.per_request`, true with either. With rules,
+`PoolFaults.pick` finds the first rule whose filters (a path prefix, a header the request
+carries) match and whose dice say yes; `act` then does what it says to the exchange before
+it picks a server. Rules end by themselves: the control process removes each at its expiry
+(Envoy's fault filter, the anchor, has neither expiry nor rules set at run time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from .stats import REJECTED
+
+DELAY: Final = "delay"
+ABORT: Final = "abort"
+RESET: Final = "reset"
+KINDS: Final = (DELAY, ABORT, RESET)
+# SO_LINGER on with zero seconds: closing the socket sends a TCP reset, not a FIN.
+_RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRule:
+    """One rule of a pool: `percent` of the requests it matches are hit."""
+
+    rule_id: str
+    kind: str  # DELAY, ABORT or RESET
+    percent: float  # 0 < percent <= 100
+    delay_min: float = 0.0  # seconds (DELAY); fixed when delay_max equals it
+    delay_max: float = 0.0
+    status: int = 503  # the answer of an ABORT
+    header: bytes = b""  # lower case: only requests carrying this header ("": any)
+    path_prefix: bytes = b""  # only requests whose target starts with it ("": any)
+
+    def matches(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        if self.path_prefix and not target.startswith(self.path_prefix):
+            return False
+        if self.header:
+            return any(name.lower() == self.header for name, _ in headers)
+        return True
+
+    def delay_for(self, draw: float) -> float:
+        """The delay for a uniform `draw` in [0, 1)."""
+        return self.delay_min + (self.delay_max - self.delay_min) * draw
+
+
+class PoolFaults:
+    """A pool's rules, in the order they were set; the first that hits a request wins."""
+
+    def __init__(
+        self, rules: tuple[FaultRule, ...], draw: Callable[[], float] = random.random
+    ) -> None:
+        self.rules = rules
+        self.draw = draw  # uniform in [0, 1); tests pass their own
+
+    def pick(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> FaultRule | None:
+        for rule in self.rules:
+            if rule.matches(target, headers) and self.draw() * 100.0 < rule.percent:
+                return rule
+        return None
+
+
+class Faulted(Protocol):
+    """What `act` needs of an exchange."""
+
+    def start(self) -> None: ...
+
+    def fail(self, status: int, error: int) -> None: ...
+
+    def abort_client(self) -> None: ...
+
+
+def act(
+    rule: FaultRule,
+    exchange: Faulted,
+    loop: asyncio.AbstractEventLoop,
+    transport: asyncio.BaseTransport | None,
+) -> None:
+    """Do what `rule` says to `exchange`, instead of starting it now: start it after a
+    delay, answer the rule's status, or reset the client's connection."""
+    if rule.kind == DELAY:
+        loop.call_later(rule.delay_for(random.random()), exchange.start)
+    elif rule.kind == ABORT:
+        exchange.fail(rule.status, REJECTED)
+    else:
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        exchange.abort_client()
