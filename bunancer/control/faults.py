@@ -47,6 +47,7 @@ class ActiveFault:
             "created": self.created,
             "expires": self.expires,
             "seconds_left": round(max(0.0, self.expires - now), 1),
+            "summary": self.summary(),
         }
         if rule.kind == DELAY:
             view["delay_ms"] = round(rule.delay_min * 1000)
@@ -121,9 +122,9 @@ class FaultBook:
         return view
 
     def _said(self, fault: ActiveFault) -> dict[str, Any]:
-        """What an event adds: the rule in words, and how many are active now (the
-        dashboard's banner)."""
-        return {"summary": fault.summary(), "active": len(self.active)}
+        """What an event adds to the rule's view: how many are active now (the dashboard's
+        banner)."""
+        return {"active": len(self.active)}
 
     def _expire(self, rule_id: str) -> None:
         self._timers.pop(rule_id, None)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import NAME_PATTERN
 from ..control.commands import Invalid
 from ..control.faults import FaultBook
 from ..core.faults import FaultRule
-from .app import Request, Response, json_response
+from ..problems import describe_problem
+from .app import HTTPError, Request, Response, json_response
 from .router import Router
 
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"  # an HTTP token (RFC 9110 5.6.2)
@@ -56,6 +57,34 @@ class FaultCreate(BaseModel):
             (self.header or "").lower().encode(),
             (self.path_prefix or "").encode(),
         )
+
+
+# The dashboard form's number fields, and their types (a blank one is left out).
+FORM_NUMBERS = {"percent": float, "delay_ms": int, "delay_max_ms": int, "status": int,
+                "seconds": float}  # fmt: skip
+
+
+def fault_from_form(form: dict[str, str]) -> FaultCreate:
+    """The Faults page's form as the API's body (a 422 naming the field if it is not one)."""
+    values: dict[str, Any] = {key: form.get(key, "").strip() for key in ("pool", "kind")}
+    for key in ("header", "path_prefix"):
+        if form.get(key, "").strip():
+            values[key] = form[key].strip()
+    for key, kind in FORM_NUMBERS.items():
+        raw = form.get(key, "").strip()
+        if not raw:
+            continue
+        try:
+            values[key] = kind(raw)
+        except ValueError:
+            raise HTTPError(422, "validation failed", field=key, detail="not a number") from None
+    if values["kind"] != "abort":
+        values.pop("status", None)  # (the form always has one)
+    try:
+        return FaultCreate.model_validate(values)
+    except ValidationError as error:
+        field, message = describe_problem(error.errors()[0], unknown="unknown field")
+        raise HTTPError(422, "validation failed", field=field, detail=message) from None
 
 
 def fault_routes(router: Router[Any], faults: FaultBook) -> None:

@@ -198,6 +198,44 @@ def back_to_normal(walk: Walk, command: str) -> None:
     wait_for(lambda: walk.states()["s2"][0] == "healthy", 10)
 
 
+def abort_with_header(walk: Walk, command: str) -> None:
+    assert walk.shell(command).startswith("set f1: abort with 503 for 100% of pool default")
+    assert [(r["kind"], r["header"]) for r in walk.api("/api/faults")] == [("abort", "x-chaos")]
+
+
+def curl_chaos(walk: Walk, command: str) -> None:
+    assert walk.shell(command).strip() == "503 Service Unavailable"  # from the balancer
+
+
+def delay_the_others(walk: Walk, command: str) -> None:
+    walk.shell(command)
+    rules = walk.api("/api/faults")
+    assert [r["kind"] for r in rules] == ["abort", "delay"]
+    assert rules[1]["delay_ms"] == 200
+    assert 25 < rules[1]["seconds_left"] <= 30  # "for 30 s"
+
+
+def curl_delayed(walk: Walk, command: str) -> None:
+    took = float(walk.shell(command))
+    assert 0.2 <= took < 1.5, took  # "about 0.2"
+
+
+def faults_list(walk: Walk, command: str) -> None:
+    out = walk.shell(command)
+    assert "f1: abort with 503 for 100% of pool default, only with header x-chaos" in out
+    assert "f2: delay 200 ms for 100% of pool default; ends in" in out
+
+
+def faults_removed(walk: Walk, command: str) -> None:
+    assert walk.shell(command).split() == ["removed", "f1", "removed", "f2"]
+    assert walk.api("/api/faults") == []
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{walk.proxy_port}/", headers={"X-Chaos": "1"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200  # "untouched again": no abort for X-Chaos any more
+
+
 def dashboard_comment(walk: Walk, command: str) -> None:
     assert "http://127.0.0.1:8082/" in command
     url = command[command.index("http://") :].split()[0].replace("8082", str(walk.dashboard_port))
@@ -257,6 +295,12 @@ PROMISES: dict[str, Callable[[Walk, str], None]] = {
     "bunancer stubs set s2 --status 503 --health ok": only_traffic_fails,
     "for i in $(seq 60); do curl -s -o /dev/null localhost:8080/; done": traffic,
     "bunancer stubs set s2 --status 200 --health auto": back_to_normal,
+    "bunancer faults add abort --status 503 --header X-Chaos": abort_with_header,
+    "curl -s -H 'X-Chaos: 1' localhost:8080/": curl_chaos,
+    "bunancer faults add delay --delay 200 --for 30": delay_the_others,
+    "curl -s -o /dev/null -w '%{time_total}\\n' localhost:8080/": curl_delayed,
+    "bunancer faults list": faults_list,
+    "bunancer faults remove --all": faults_removed,
     "bunancer top": top,
     "bunancer stubs stop --all": stop_stubs,
     "kill %1": kill_balancer,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..api import refused
 from ..app import App, Handler, first_refusal, refusing
 from ..router import Router
-from .actions import Actions
+from .actions import Actions, FaultActions
 from .assets import security_headers
 from .format import fmt_duration, fmt_ms, fmt_pct, fmt_rps
 from .middleware import ErrorPages, Guard
@@ -38,13 +38,14 @@ __all__ = [
 def build_dashboard(context: DashboardContext) -> App:
     """The dashboard's app: its routes behind the security headers, error pages and guard."""
     dash = Dashboard(context)
-    pages, actions = Pages(dash), Actions(dash)
+    pages, actions, faults = Pages(dash), Actions(dash), FaultActions(dash)
     router: Router[Handler] = Router()
     for pattern, page in (
         ("/", pages.overview),
         ("/flow", pages.flow),
         ("/routing", pages.routing),
         ("/settings", pages.settings),
+        ("/faults", pages.faults),
         ("/servers/{pool}/{id}", pages.server),
         ("/panels/servers/{pool}/{id}", pages.server_panel),
         ("/panels/pools/{pool}", pages.pool_panel),
@@ -65,6 +66,8 @@ def build_dashboard(context: DashboardContext) -> App:
         ("/actions/pools/{pool}/stubs", actions.add_stub),
         ("/actions/stubs/{id}/behaviour", actions.stub_behaviour),
         ("/actions/stubs/{id}/stop", actions.stub_stop),
+        ("/actions/faults", faults.add),
+        ("/actions/faults/{id}/remove", faults.remove),
     ):
         router.add("POST", pattern, actions.handler(action))
     # The first runs outermost: error pages get the security headers too.

@@ -13,9 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ...control.faults import FaultBook
 from ...control.records import RegistryError
 from ..api import refusal_as_http
 from ..app import Handler, HTTPError, Request, Response, json_response
+from ..faults import fault_from_form
 from .forms import form_of, redirect, safe_path, wants_json
 from .state import Dashboard
 from .stubs import host_key
@@ -177,6 +179,29 @@ class Actions:
         await self.dash.stubs.run(self.dash.stubs.manager.stop, stub_id)
         self.dash.stubs.invalidate()
         return f"stub {stub_id} stopped"
+
+
+class FaultActions:
+    """The Faults page's forms: set a rule, end one (the API's rules, control/faults.py)."""
+
+    def __init__(self, dash: Dashboard) -> None:
+        self.faults = dash.context.faults
+
+    def book(self) -> FaultBook:
+        if self.faults is None:
+            raise HTTPError(404, "this balancer has no fault rules")
+        return self.faults
+
+    async def add(self, request: Request) -> str:
+        """POST /actions/faults."""
+        body = fault_from_form(form_of(request))
+        view = await self.book().add(body.pool, body.rule(), body.seconds)
+        return f"fault {view['id']} set for {body.seconds:g} s: {view['summary']}"
+
+    async def remove(self, request: Request) -> str:
+        """POST /actions/faults/{id}/remove."""
+        view = await self.book().remove(str(request.params["id"]))
+        return f"fault {view['id']} removed: {view['summary']}"
 
 
 def int_field(form: dict[str, str], key: str, low: int, high: int) -> int:

@@ -11,6 +11,8 @@ from typing import Any
 from urllib.parse import quote
 
 from ...control.events import (
+    FAULT_ADDED,
+    FAULT_REMOVED,
     POOL_ADDED,
     POOL_REMOVED,
     POOL_UPDATED,
@@ -100,6 +102,10 @@ def event_text(event: Event) -> str:
         return f"pool {data['name']} removed"
     if event.kind == POOL_UPDATED:
         return f"pool {data['name']} updated: {data['algorithm']}, {data['routable']} routable"
+    if event.kind == FAULT_ADDED:
+        return f"fault {data['id']} set: {data['summary']}"
+    if event.kind == FAULT_REMOVED:
+        return f"fault {data['id']} {data['why']}: {data['summary']}"
     return event.kind
 
 

@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import quote
 
 from ...control.events import (
+    FAULT_ADDED,
+    FAULT_REMOVED,
     POOL_ADDED,
     POOL_REMOVED,
     POOL_UPDATED,
@@ -46,6 +48,8 @@ LIVE_KINDS = (
     POOL_REMOVED,
     POOL_UPDATED,
     STATS_TICK,
+    FAULT_ADDED,
+    FAULT_REMOVED,
 )
 LIVE_PAGES = 64  # open /events streams (each holds a subscription's queue of 256 events)
 
@@ -118,6 +122,17 @@ class Pages:
             pools=sorted(self.registry.pools),
             api_address=self.context.api_address,
             boot={},
+        )
+
+    async def faults(self, request: Request) -> Response:
+        """GET /faults: the lab's fault rules in effect, and the form to set one."""
+        return self.dash.render(
+            request,
+            "faults.html",
+            title="Faults",
+            page="faults",
+            pools=sorted(self.registry.pools),
+            boot=self.dash.boot(),
         )
 
     async def settings(self, request: Request) -> Response:

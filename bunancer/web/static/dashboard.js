@@ -335,6 +335,10 @@
         return `pool ${d.name} removed`;
       case "pool.updated":
         return `pool ${d.name} updated: ${d.algorithm}, ${d.routable} routable`;
+      case "fault.added":
+        return `fault ${d.id} set: ${d.summary}`;
+      case "fault.removed":
+        return `fault ${d.id} ${d.why}: ${d.summary}`;
       default:
         return kind;
     }
@@ -365,6 +369,17 @@
       for (const element of $$(`[data-key="${CSS.escape(keyOf(d))}"] [data-field=weight]`)) setText(element, String(d.weight));
     }
     if (page !== "server" || keyOf(d) === data.key) scheduleRefresh();
+  }
+
+  // A fault rule set or ended: the banner every page has, and the Faults page's list.
+  function onFault(event) {
+    feed(event);
+    const element = $("#fault-banner");
+    if (element) {
+      element.hidden = !event.data.active;
+      setText($("[data-field=fault-count]", element), String(event.data.active));
+    }
+    if (page === "faults") scheduleRefresh();
   }
 
   function onTick(event) {
@@ -431,6 +446,8 @@
     on("stats.tick", onTick);
     on("server.checked", onChecked);
     on("resync", () => scheduleRefresh());
+    on("fault.added", onFault);
+    on("fault.removed", onFault);
     for (const kind of ["server.added", "server.removed", "server.updated", "pool.added", "pool.removed", "pool.updated"]) {
       on(kind, onStructure);
     }
@@ -472,7 +489,7 @@
 
   async function refresh() {
     refreshTimer = null;
-    if (!["overview", "flow", "settings", "server"].includes(page)) return;
+    if (!["overview", "flow", "settings", "server", "faults"].includes(page)) return;
     const ticket = (refreshSeq += 1);
     // The query is the page's view (filter, sort, expanded pools): the new content keeps it.
     const query = new URLSearchParams(location.search);
@@ -1126,7 +1143,7 @@
   for (const element of $$("#toasts .toast")) setTimeout(() => element.remove(), 6000);
   adoptPageData();
   initPage();
-  if (["overview", "flow", "settings", "server"].includes(page)) connect();
+  if (["overview", "flow", "settings", "server", "faults"].includes(page)) connect();
   setInterval(() => {
     if (page === "server") tickSince();
   }, 1000);
