@@ -24,7 +24,11 @@ def _describe(rule: dict[str, Any]) -> str:
         what = f"abort with {rule['status']}"
     only = "".join(
         f", only {label} {rule[key]}"
-        for key, label in (("path_prefix", "under"), ("header", "with header"))
+        for key, label in (
+            ("host", "for host"),
+            ("path_prefix", "under"),
+            ("header", "with header"),
+        )
         if rule.get(key)
     )
     return (
@@ -45,6 +49,7 @@ def _describe(rule: dict[str, Any]) -> str:
               help="The answer of an abort.")  # fmt: skip
 @click.option("--header", help="Only requests carrying this header.")
 @click.option("--path-prefix", help="Only requests whose path starts with this.")
+@click.option("--host", help="Only requests for this host (*.example.com: its subdomains).")
 @click.option("--for", "seconds", type=click.FloatRange(0, 3600, min_open=True), default=60.0,
               show_default=True, help="Seconds until the rule ends by itself.")  # fmt: skip
 @api_options
@@ -57,6 +62,7 @@ def faults_add(
     status: int,
     header: str | None,
     path_prefix: str | None,
+    host: str | None,
     seconds: float,
     api_url: str,
     token: str | None,
@@ -66,7 +72,7 @@ def faults_add(
     connection is reset)."""
     body: dict[str, Any] = {"pool": pool, "kind": kind, "percent": percent, "seconds": seconds}
     optional = {"delay_ms": delay_ms, "delay_max_ms": delay_max_ms, "header": header,
-                "path_prefix": path_prefix}  # fmt: skip
+                "path_prefix": path_prefix, "host": host}  # fmt: skip
     body.update({key: value for key, value in optional.items() if value is not None})
     if kind == "abort":
         body["status"] = status

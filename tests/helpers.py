@@ -399,8 +399,11 @@ class RawClient:
     def request(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
     ) -> Response:
-        head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n"
-        for name, value in (headers or {}).items():
+        headers = dict(headers or {})
+        if not any(name.lower() == "host" for name in headers):
+            headers["Host"] = "test"
+        head = f"{method} {path} HTTP/1.1\r\n"
+        for name, value in headers.items():
             head += f"{name}: {value}\r\n"
         if body or method in ("POST", "PUT"):
             head += f"Content-Length: {len(body)}\r\n"

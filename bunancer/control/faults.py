@@ -44,6 +44,7 @@ class ActiveFault:
             "percent": rule.percent,
             "header": rule.header.decode() or None,
             "path_prefix": rule.path_prefix.decode() or None,
+            "host": rule.host.decode() or None,
             "created": self.created,
             "expires": self.expires,
             "seconds_left": round(max(0.0, self.expires - now), 1),
@@ -66,7 +67,11 @@ class ActiveFault:
             what = f"abort with {rule.status}"
         only = "".join(
             f" {label} {value.decode()}"
-            for label, value in (("under", rule.path_prefix), ("with header", rule.header))
+            for label, value in (
+                ("for host", rule.host),
+                ("under", rule.path_prefix),
+                ("with header", rule.header),
+            )
             if value
         )
         return f"{what} for {rule.percent:g}% of pool {self.pool}'s requests{only}"

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from .routing import normalise_host
 from .stats import REJECTED
 
 DELAY: Final = "delay"
@@ -41,13 +42,25 @@ class FaultRule:
     status: int = 503  # the answer of an ABORT
     header: bytes = b""  # lower case: only requests carrying this header ("": any)
     path_prefix: bytes = b""  # only requests whose target starts with it ("": any)
+    # Only requests for this host, lower case ("*.parent": its subdomains; "": any). With the
+    # pool and the path prefix, a route's requests.
+    host: bytes = b""
 
     def matches(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
         if self.path_prefix and not target.startswith(self.path_prefix):
             return False
+        if self.host and not self._for_host(headers):
+            return False
         if self.header:
             return any(name.lower() == self.header for name, _ in headers)
         return True
+
+    def _for_host(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        value = next((v for name, v in headers if name.lower() == b"host"), None)
+        host = normalise_host(value)
+        if self.host.startswith(b"*."):
+            return host.endswith(self.host[1:])
+        return host == self.host
 
     def delay_for(self, draw: float) -> float:
         """The delay for a uniform `draw` in [0, 1)."""

@@ -16,6 +16,7 @@ from ..problems import describe_problem
 from .app import HTTPError, Request, Response, json_response
 from .router import Router
 
+HOST_NAME = r"^(\*\.)?[A-Za-z0-9.-]{1,253}$"  # a name, or `*.parent` (as a route's host)
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"  # an HTTP token (RFC 9110 5.6.2)
 MAX_DELAY_MS = 60_000
 MAX_SECONDS = 3600.0  # an experiment, not a setting: an hour at most
@@ -32,6 +33,7 @@ class FaultCreate(BaseModel):
     status: int = Field(default=503, ge=400, le=599)
     header: str | None = Field(default=None, pattern=HEADER_NAME)
     path_prefix: str | None = Field(default=None, pattern=r"^/\S*$", max_length=256)
+    host: str | None = Field(default=None, pattern=HOST_NAME)
     seconds: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
 
     def rule(self) -> FaultRule:
@@ -56,6 +58,7 @@ class FaultCreate(BaseModel):
             self.status,
             (self.header or "").lower().encode(),
             (self.path_prefix or "").encode(),
+            (self.host or "").lower().encode(),
         )
 
 
@@ -67,7 +70,7 @@ FORM_NUMBERS = {"percent": float, "delay_ms": int, "delay_max_ms": int, "status"
 def fault_from_form(form: dict[str, str]) -> FaultCreate:
     """The Faults page's form as the API's body (a 422 naming the field if it is not one)."""
     values: dict[str, Any] = {key: form.get(key, "").strip() for key in ("pool", "kind")}
-    for key in ("header", "path_prefix"):
+    for key in ("header", "path_prefix", "host"):
         if form.get(key, "").strip():
             values[key] = form[key].strip()
     for key, kind in FORM_NUMBERS.items():

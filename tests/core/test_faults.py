@@ -19,6 +19,16 @@ def test_a_rule_matches_its_path_prefix_and_header() -> None:
     assert FaultRule("f2", RESET, 100.0).matches(b"/anything", [])
 
 
+def test_a_rule_for_a_host_matches_it_without_port_or_case_and_its_subdomains() -> None:
+    exact = FaultRule("f1", ABORT, 100.0, host=b"shop.example")
+    assert exact.matches(b"/", [(b"HOST", b"Shop.Example:8080")])
+    assert not exact.matches(b"/", [(b"Host", b"api.shop.example")])
+    assert not exact.matches(b"/", [])  # no Host at all
+    wild = FaultRule("f2", ABORT, 100.0, host=b"*.shop.example")
+    assert wild.matches(b"/", [(b"Host", b"api.shop.example")])
+    assert not wild.matches(b"/", [(b"Host", b"shop.example")])
+
+
 def test_the_dice_decide_the_share_and_the_first_rule_that_hits_wins() -> None:
     draws = iter([0.30, 0.29, 0.10, 0.99, 0.60])
     slow = FaultRule("f1", DELAY, 30.0, 0.1, 0.1)

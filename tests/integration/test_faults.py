@@ -55,6 +55,13 @@ def test_a_rule_hits_only_requests_with_its_header_and_path(proxy: Proxy, api: A
     assert status_of(proxy, "/static/app.js", {"X-Chaos": "1"}) == 200  # another path
 
 
+def test_a_rule_for_a_host_leaves_other_hosts_alone(proxy: Proxy, api: ApiClient) -> None:
+    rule = add(api, kind="abort", status=502, host="Shop.Example")
+    assert rule["host"] == "shop.example"
+    assert status_of(proxy, "/", {"Host": "shop.example:8080"}) == 502
+    assert status_of(proxy, "/", {"Host": "blog.example"}) == 200
+
+
 def test_a_share_of_the_requests_is_hit(proxy: Proxy, api: ApiClient) -> None:
     add(api, kind="abort", status=500, percent=50)
     statuses = [status_of(proxy) for _ in range(200)]
@@ -101,6 +108,7 @@ def test_a_rule_ends_by_itself_at_its_expiry(proxy: Proxy, api: ApiClient) -> No
         ({"kind": "explode"}, 422, "kind"),
         ({"kind": "abort", "seconds": 7200}, 422, "seconds"),
         ({"kind": "abort", "header": "bad header"}, 422, "header"),
+        ({"kind": "abort", "host": "bad/host"}, 422, "host"),
         ({"kind": "abort", "pool": "nope"}, 404, None),
     ],
 )

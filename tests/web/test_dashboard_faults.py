@@ -15,7 +15,7 @@ from tests.web.test_dashboard import Client
 pytestmark = pytest.mark.slow
 
 RULE_FORM = {"pool": "default", "kind": "abort", "percent": "100", "delay_ms": "",
-             "delay_max_ms": "", "status": "503", "header": "", "path_prefix": "",
+             "delay_max_ms": "", "status": "503", "header": "", "path_prefix": "", "host": "",
              "seconds": "60"}  # fmt: skip
 PAGES = ("/", "/flow", "/routing", "/settings", "/faults")
 
