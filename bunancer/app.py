@@ -23,6 +23,7 @@ from .control.certificates import check_certificates
 from .control.commands import Commands
 from .control.events import EventBus
 from .control.faults import FaultBook
+from .control.lab import Lab
 from .control.persistence import Persistence
 from .control.registry import PoolSettings, Registry
 from .control.reload import ReloadPlan, apply_to_pools, plan, protected_pools, remove_pools, running
@@ -115,8 +116,10 @@ class Balancer:
         )
         self.telemetry.workers = self.workers
         self.faults = FaultBook(self.registry, self.bus, loop)  # the lab's rules, at run time
+        self.lab = Lab(self.registry, self.bus, loop)  # and its experiments
         if self.workers is not None:
             self.faults.settle = self.workers.settle  # an API answer: in effect everywhere
+            self.lab.refusal = "the lab's experiments run in one process (--workers 0) for now"
 
     def _add_configured_pools(self) -> None:
         config, registry = self.config, self.registry
@@ -314,6 +317,7 @@ class Balancer:
             attempts=self.failed_attempts,
             reload=self.reload,
             faults=self.faults,
+            lab=self.lab,
         )
         options, tls = serve_options(api, "api")
         self.admin_tls += [tls] if tls else []
@@ -338,6 +342,7 @@ class Balancer:
                 telemetry=self.telemetry,
                 bus=self.bus,
                 faults=self.faults,
+                lab=self.lab,
                 token=self.token.value,
                 state_dir=self.config.state_dir,
                 commands=self.commands,

@@ -21,6 +21,7 @@ from .config import Config, ConfigError, parse_backend_url, parse_hostport
 from .configfile import apply_overrides, load_config
 from .console import STATE_STYLES
 from .faultcli import faults_group
+from .labcli import lab_command
 
 if TYPE_CHECKING:
     from .control.certificates import Certificate
@@ -452,6 +453,7 @@ def _add_stubs() -> None:
 
 
 cli.add_command(faults_group, "faults")
+cli.add_command(lab_command, "lab")
 
 
 _add_stubs()

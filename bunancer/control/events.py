@@ -30,6 +30,9 @@ POOL_UPDATED = "pool.updated"
 STATS_TICK = "stats.tick"
 FAULT_ADDED = "fault.added"  # a lab fault rule set (the API, the dashboard or the CLI)
 FAULT_REMOVED = "fault.removed"  # removed, or expired
+LAB_STARTED = "lab.started"  # an experiment of the algorithm lab
+LAB_TICK = "lab.tick"  # its figures, once a second
+LAB_ENDED = "lab.ended"
 
 # What the activity feed keeps: changes, not the once-a-second figures.
 FEED_KINDS = (
@@ -41,6 +44,8 @@ FEED_KINDS = (
     POOL_UPDATED,
     FAULT_ADDED,
     FAULT_REMOVED,
+    LAB_STARTED,
+    LAB_ENDED,
 )
 
 

@@ -403,7 +403,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if settings.redirect_https:  # (a plain HTTP listener sending everything to https://)
             exchange.location = https_location(head.host, target)
         elif pool is not None and pool.per_request:  # a hash key, or the lab's fault rules
-            exchange.key, exchange.fault = pool.prepare(self.client_ip, target, self.headers)
+            pool.prepare(exchange, self.client_ip, target, self.headers)
         if upgrade:
             exchange.upgrade = True
             self.upgrading = exchange

@@ -188,7 +188,7 @@ class Exchange:
         if server is not None:
             self.server = None
             assert self.pool is not None  # a server only ever comes from its pool's begin
-            self.pool.end(server, us)
+            self.pool.end(server, us, self.status)
 
     def _retry(self, failed: Server, status: int, error: int) -> bool:
         """Send the request again, to another server when there is one (ServerPool.retry);

@@ -13,18 +13,28 @@ peak-ewma's latency) in step.
 
 from __future__ import annotations
 
-from typing import Any, Final
+import random
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
-from .algorithms import Selector, make_selector
+from .algorithms import Selector, _stable_hash, make_selector
 from .faults import FaultRule, PoolFaults
 from .server import OUT_OF_ROTATION, Server
 from .settings import BalancingSettings
-from .stats import ServerStats
+from .stats import UPSTREAM_5XX, ServerStats, error_class
 
 # Retries allowed in a burst beyond the budget's share: enough for every request in flight
 # on a server that dies at once (a few dozen at 20k req/s), small against a pool that fails
 # for good (then the share, retry_budget per request, is the limit).
 RETRY_RESERVE: Final = 100.0
+
+
+class Prepared(Protocol):
+    """What `ServerPool.prepare` sets on a request (an exchange)."""
+
+    pool: ServerPool | None
+    key: bytes | None
+    fault: FaultRule | None
 
 
 class ServerPool:
@@ -33,6 +43,7 @@ class ServerPool:
         "faults",
         "key_kind",
         "key_name",
+        "lab",
         "max_pending",
         "name",
         "panic",
@@ -58,7 +69,8 @@ class ServerPool:
         self.retry_tokens = RETRY_RESERVE
         self.selector: Selector  # set by configure
         self.faults: PoolFaults | None = None  # the lab's fault rules, when any are set
-        self.per_request = False  # a request needs `prepare`: a hash key, or fault rules
+        self.lab: Experiment | None = None  # the lab's experiment on this pool, while it runs
+        self.per_request = False  # a request needs `prepare`: a key, fault rules, a lab
         self.configure(balancing or BalancingSettings())
 
     def configure(self, balancing: BalancingSettings) -> None:
@@ -81,13 +93,23 @@ class ServerPool:
             self.key_kind, self.key_name = kind, name.lower().encode()
         else:
             self.key_kind, self.key_name = "", b""
-        self.per_request = bool(self.key_kind) or self.faults is not None
+        self._per_request()
         self.rebuild()
 
     def set_faults(self, faults: PoolFaults | None) -> None:
         """The lab's fault rules for the next requests (None: none)."""
         self.faults = faults
-        self.per_request = bool(self.key_kind) or faults is not None
+        self._per_request()
+
+    def set_lab(self, lab: Experiment | None) -> None:
+        """Split the next requests between an experiment's arms (None: select as usual)."""
+        self.lab = lab
+        self._per_request()
+        if lab is not None:
+            lab.follow(self.routable, self.panic)
+
+    def _per_request(self) -> None:
+        self.per_request = bool(self.key_kind) or self.faults is not None or self.lab is not None
 
     # -- membership ---------------------------------------------------------------------------
 
@@ -118,6 +140,8 @@ class ServerPool:
         self.panic = panic
         self.routable = healthy
         self.selector.update(healthy)
+        if self.lab is not None:
+            self.lab.follow(healthy, panic)
         return changed
 
     # -- the request path -----------------------------------------------------------------------
@@ -150,9 +174,10 @@ class ServerPool:
             selector.started(server)
         return server
 
-    def end(self, server: Server, us: int = -1) -> None:
+    def end(self, server: Server, us: int = -1, status: int = 0) -> None:
         """A use of `server` ended; `us` is how long its answer took, or -1 when it gave
-        none worth learning from (a failed attempt, a client that left, a tunnel)."""
+        none worth learning from (a failed attempt, a client that left, a tunnel); `status`:
+        what the client got, when this was its request's last try (an arm counts it)."""
         server.in_flight -= 1
         selector = self.selector
         if us >= 0 and selector.tracks_latency:
@@ -161,13 +186,22 @@ class ServerPool:
             selector.finished(server)
 
     def prepare(
-        self, client_ip: str, target: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[bytes | None, FaultRule | None]:
-        """What a request needs of the pool before it starts, when `per_request`: its key
-        for hash and sticky selection, and the fault rule that hits it."""
-        key = self.request_key(client_ip, target, headers) if self.key_kind else None
+        self,
+        request: Prepared,
+        client_ip: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """What a request needs of the pool before it starts, when `per_request`: the pool
+        that selects for it (an experiment's arm, while one runs), its key for hash and
+        sticky selection, and the fault rule that hits it."""
+        pool: ServerPool = self if self.lab is None else self.lab.arm_for(client_ip)
+        request.pool = pool
+        if pool.key_kind:
+            request.key = pool.request_key(client_ip, target, headers)
         faults = self.faults
-        return key, faults.pick(target, headers) if faults is not None else None
+        if faults is not None:
+            request.fault = faults.pick(target, headers)
 
     def request_key(
         self, client_ip: str, target: bytes, headers: list[tuple[bytes, bytes]]
@@ -234,3 +268,60 @@ class ServerPool:
             f"<ServerPool {self.name} servers={len(self.servers)} "
             f"routable={len(self.routable)}{panic}>"
         )
+
+
+# -- the lab: one pool's traffic split between algorithms ------------------------------------
+
+
+class Arm(ServerPool):
+    """One arm of an experiment: the pool's own servers (the same objects: their states,
+    connections and in-flight counts), selected by this arm's algorithm with its own
+    selector state; it counts, per server, what the requests it selected for got."""
+
+    __slots__ = ("label", "outcomes")
+
+    def __init__(self, parent: ServerPool, label: str, balancing: BalancingSettings) -> None:
+        super().__init__(parent.name, balancing)
+        self.label = label
+        self.servers = parent.servers
+        self.rejected = parent.rejected  # a request that reached no server: the pool's figure
+        self.outcomes: dict[str, ServerStats] = {}  # by server id
+
+    def follow(self, routable: tuple[Server, ...], panic: bool) -> None:
+        self.routable = routable
+        self.panic = panic
+        self.selector.update(routable)
+
+    def end(self, server: Server, us: int = -1, status: int = 0) -> None:
+        ServerPool.end(self, server, us, status)
+        if not status:
+            return  # an attempt tried again, or a tunnel: the request's last try counts
+        stats = self.outcomes.get(server.id)
+        if stats is None:
+            stats = self.outcomes[server.id] = ServerStats()
+        if us >= 0:
+            stats.record(status, us, 0, 0, error_class(status))
+        else:
+            stats.record(502, 0, 0, 0, UPSTREAM_5XX)  # the answer broke off
+
+
+class Experiment:
+    """A pool's arms, and which one a request goes to: at random, or by a hash of the
+    client's address (a client stays on its arm)."""
+
+    def __init__(
+        self, arms: list[Arm], by_client: bool, draw: Callable[[], float] = random.random
+    ) -> None:
+        self.arms = arms
+        self.by_client = by_client
+        self.draw = draw
+
+    def arm_for(self, client_ip: str) -> Arm:
+        arms = self.arms
+        if self.by_client:
+            return arms[_stable_hash(client_ip.encode()) % len(arms)]
+        return arms[int(self.draw() * len(arms))]
+
+    def follow(self, routable: tuple[Server, ...], panic: bool) -> None:
+        for arm in self.arms:
+            arm.follow(routable, panic)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..config import DEFAULT_ALGORITHM, NAME_PATTERN, WEIGHT_MAX, Algorithm, ConfigError, check_host
 from ..control.commands import Commands
 from ..control.faults import FaultBook
+from ..control.lab import Lab
 from ..control.records import RegistryError
 from ..control.registry import Registry
 from ..control.reload import ReloadPlan
@@ -33,6 +34,7 @@ from .app import (
 from .attempts import FailedAttempts
 from .auth import token_check
 from .faults import fault_routes
+from .lab import lab_routes
 from .router import Router
 
 Reload = Callable[[], Awaitable[tuple[ReloadPlan, list[str]]]]
@@ -101,13 +103,14 @@ def build_api(
     attempts: FailedAttempts | None = None,
     reload: Reload | None = None,
     faults: FaultBook | None = None,
+    lab: Lab | None = None,
     extra_routes: Callable[[Router[Any]], None] | None = None,
 ) -> App:
     """The API's app: `public_reads` lets GETs through without the token; `host_check`
     refuses requests naming a Host it does not allow (`hosts.HostCheck.refusal`); `attempts`
     makes a client that sent wrong tokens wait (shared with the dashboard's login); `reload`
     re-reads the config file (POST /api/reload); `faults` keeps the lab's fault rules
-    (/api/faults)."""
+    (/api/faults), `lab` its experiments (/api/lab)."""
     router: Router[Any] = Router()
 
     @router.get("/healthz")
@@ -122,6 +125,8 @@ def build_api(
         _reload_route(router, reload)
     if faults is not None:
         fault_routes(router, faults)
+    if lab is not None:
+        lab_routes(router, lab)
     if extra_routes is not None:
         extra_routes(router)
     checks = [token_check(token, public_reads, attempts)]

@@ -48,15 +48,32 @@ def test_a_delay_is_drawn_between_its_bounds() -> None:
     assert FaultRule("f2", DELAY, 100.0, 0.3, 0.3).delay_for(0.9) == 0.3
 
 
+class Request:
+    """What `prepare` fills in (an exchange, to the pool)."""
+
+    def __init__(self) -> None:
+        self.pool: ServerPool | None = None
+        self.key: bytes | None = None
+        self.fault: FaultRule | None = None
+
+
+def prepared(pool: ServerPool, client_ip: str = "10.0.0.1") -> Request:
+    request = Request()
+    pool.prepare(request, client_ip, b"/", [])
+    return request
+
+
 def test_a_pool_prepares_requests_only_while_it_has_a_key_or_rules() -> None:
     pool = ServerPool("p", BalancingSettings(algorithm="round-robin"))
     assert not pool.per_request  # the request path skips `prepare` altogether
     rule = FaultRule("f1", ABORT, 100.0)
     pool.set_faults(PoolFaults((rule,), draw=lambda: 0.0))
     assert pool.per_request
-    assert pool.prepare("10.0.0.1", b"/", []) == (None, rule)
+    request = prepared(pool)
+    assert (request.pool, request.key, request.fault) == (pool, None, rule)
     pool.configure(BalancingSettings(algorithm="hash", hash_key="client_ip"))
-    assert pool.prepare("10.0.0.1", b"/", []) == (b"10.0.0.1", rule)  # rules outlive it
+    request = prepared(pool)
+    assert (request.key, request.fault) == (b"10.0.0.1", rule)  # rules outlive a change
     pool.set_faults(None)
     assert pool.per_request  # the hash key still needs it
     pool.configure(BalancingSettings(algorithm="round-robin"))

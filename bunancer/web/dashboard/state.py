@@ -14,6 +14,7 @@ from ...control.commands import Commands
 from ...control.events import EventBus
 from ...control.faults import FaultBook
 from ...control.figures import STATES
+from ...control.lab import Lab
 from ...control.registry import Registry
 from ...control.telemetry import Telemetry
 from .. import sse
@@ -46,6 +47,7 @@ class DashboardContext:
     state_dir: str
     commands: Commands  # every change: validated, applied, saved
     faults: FaultBook | None = None  # the lab's fault rules (the banner, the Faults page)
+    lab: Lab | None = None  # the algorithm lab's experiments (the Lab page)
     api_url: str = ""  # the registry API, for stubs to register ("" = the SDK's default)
     routes: list[dict[str, Any]] = field(default_factory=list)  # in the order they are tried
     api_address: str = ""
