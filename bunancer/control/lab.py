@@ -196,6 +196,12 @@ class Lab:
         self.bus.publish(LAB_ENDED, {k: v for k, v in result.items() if k != "timeline"})
         return result
 
+    def note(self, text: str) -> None:
+        """A marker on the running experiment's timeline (a stub broken from the lab)."""
+        run = self.running
+        if run is not None:
+            run.markers.append({"t": round(self.clock() - run.started, 1), "text": text})
+
     def result(self, run_id: str) -> dict[str, Any] | None:
         return next((r for r in self.results if r["id"] == run_id), None)
 

@@ -21,6 +21,7 @@ from ..router import Router
 from .actions import Actions, FaultActions
 from .assets import security_headers
 from .format import fmt_duration, fmt_ms, fmt_pct, fmt_rps
+from .lab import LabPage
 from .middleware import ErrorPages, Guard
 from .pages import Pages
 from .state import Dashboard, DashboardContext
@@ -39,6 +40,7 @@ def build_dashboard(context: DashboardContext) -> App:
     """The dashboard's app: its routes behind the security headers, error pages and guard."""
     dash = Dashboard(context)
     pages, actions, faults = Pages(dash), Actions(dash), FaultActions(dash)
+    lab = LabPage(dash)
     router: Router[Handler] = Router()
     for pattern, page in (
         ("/", pages.overview),
@@ -46,6 +48,9 @@ def build_dashboard(context: DashboardContext) -> App:
         ("/routing", pages.routing),
         ("/settings", pages.settings),
         ("/faults", pages.faults),
+        ("/lab", lab.page),
+        ("/lab/results/{id}", lab.result_page),
+        ("/lab/results/{id}/json", lab.result_json),
         ("/servers/{pool}/{id}", pages.server),
         ("/panels/servers/{pool}/{id}", pages.server_panel),
         ("/panels/pools/{pool}", pages.pool_panel),
@@ -68,6 +73,9 @@ def build_dashboard(context: DashboardContext) -> App:
         ("/actions/stubs/{id}/stop", actions.stub_stop),
         ("/actions/faults", faults.add),
         ("/actions/faults/{id}/remove", faults.remove),
+        ("/actions/lab", lab.start),
+        ("/actions/lab/stop", lab.stop),
+        ("/actions/lab/stubs/{id}/{what}", lab.stub_fault),
     ):
         router.add("POST", pattern, actions.handler(action))
     # The first runs outermost: error pages get the security headers too.

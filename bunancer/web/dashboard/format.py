@@ -13,6 +13,8 @@ from urllib.parse import quote
 from ...control.events import (
     FAULT_ADDED,
     FAULT_REMOVED,
+    LAB_ENDED,
+    LAB_STARTED,
     POOL_ADDED,
     POOL_REMOVED,
     POOL_UPDATED,
@@ -106,6 +108,10 @@ def event_text(event: Event) -> str:
         return f"fault {data['id']} set: {data['summary']}"
     if event.kind == FAULT_REMOVED:
         return f"fault {data['id']} {data['why']}: {data['summary']}"
+    if event.kind in (LAB_STARTED, LAB_ENDED):
+        arms = " against ".join(arm["label"] for arm in data["arms"])
+        verb = "started" if event.kind == LAB_STARTED else data["why"]
+        return f"lab {data['id']} on pool {data['pool']} {verb}: {arms}"
     return event.kind
 
 

@@ -18,6 +18,9 @@ from urllib.parse import quote
 from ...control.events import (
     FAULT_ADDED,
     FAULT_REMOVED,
+    LAB_ENDED,
+    LAB_STARTED,
+    LAB_TICK,
     POOL_ADDED,
     POOL_REMOVED,
     POOL_UPDATED,
@@ -50,6 +53,9 @@ LIVE_KINDS = (
     STATS_TICK,
     FAULT_ADDED,
     FAULT_REMOVED,
+    LAB_STARTED,
+    LAB_TICK,
+    LAB_ENDED,
 )
 LIVE_PAGES = 64  # open /events streams (each holds a subscription's queue of 256 events)
 

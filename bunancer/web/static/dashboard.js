@@ -339,6 +339,11 @@
         return `fault ${d.id} set: ${d.summary}`;
       case "fault.removed":
         return `fault ${d.id} ${d.why}: ${d.summary}`;
+      case "lab.started":
+      case "lab.ended": {
+        const arms = d.arms.map((arm) => arm.label).join(" against ");
+        return `lab ${d.id} on pool ${d.pool} ${kind === "lab.started" ? "started" : d.why}: ${arms}`;
+      }
       default:
         return kind;
     }
@@ -381,6 +386,146 @@
     }
     if (page === "faults") scheduleRefresh();
   }
+
+  // -- the lab: a running experiment's arms and chart, live; a result's chart as PNG ------------
+
+  function onLabTick(event) {
+    const d = event.data;
+    const running = $("#lab-running");
+    if (!running || running.dataset.id !== d.id) {
+      scheduleRefresh(); // a page from before it started: fetch the experiment's markup
+      return;
+    }
+    setText($("[data-field=elapsed]", running), String(Math.round(d.elapsed)));
+    for (const arm of d.arms) {
+      const row = $(`tr[data-arm="${CSS.escape(arm.label)}"]`, running);
+      if (!row) continue;
+      setText($("[data-field=requests]", row), String(arm.requests));
+      setText($("[data-field=rps]", row), String(arm.rps));
+      setText($("[data-field=error_rate]", row), fmtPct(arm.error_rate));
+      for (const q of ["p50", "p90", "p99"]) setText($(`[data-field=${q}]`, row), fmtMs(arm[q]));
+      const shares = Object.entries(arm.shares).map(([id, share]) => `${id} ${Math.round(share * 100)}%`);
+      setText($("[data-field=shares]", row), shares.join(", "));
+    }
+    if (!data.timeline) data.timeline = [];
+    data.timeline.push(d.point);
+    drawLabChart(data.timeline, d.markers);
+    const list = $("#lab-markers");
+    if (list && d.markers.length && list.children.length !== d.markers.length) {
+      list.replaceChildren(
+        ...d.markers.map((m) => {
+          const item = document.createElement("li");
+          const time = document.createElement("time");
+          time.textContent = `${m.t} s`;
+          item.append(time, ` ${m.text}`);
+          return item;
+        }),
+      );
+    }
+  }
+
+  function drawLabChart(timeline, markers) {
+    const chart = $("#lab-chart");
+    if (!chart) return;
+    const svg = $("svg", chart);
+    const end = timeline.length ? timeline[timeline.length - 1].t : 1;
+    for (const line of $$("line.marker", svg)) line.remove();
+    for (const marker of markers) {
+      const line = document.createElementNS(SVG, "line");
+      const x = String((600 * marker.t) / end);
+      for (const [name, value] of [["class", "marker"], ["x1", x], ["x2", x], ["y1", "0"], ["y2", "160"], ["stroke", "#9ca3af"], ["stroke-dasharray", "4 4"]]) {
+        line.setAttribute(name, value);
+      }
+      svg.append(line);
+    }
+    const labels = JSON.parse(chart.dataset.labels);
+    const series = labels.map((label) => timeline.map((point) => point.arms[label]?.p99 ?? null));
+    const numbers = series.flat().filter((v) => v !== null);
+    const top = numbers.length ? Math.max(...numbers) : 0;
+    series.forEach((values, index) => drawLines($(`.series.arm-${index}`, chart), points(values, 600, 160, top || null)));
+    setText($("[data-ytop]", chart), top ? fmtMs(top) : "—");
+    setText($("[data-ymid]", chart), top ? fmtMs(top / 2) : "—");
+    setText($("[data-xend]", chart), `${timeline.length ? timeline[timeline.length - 1].t : 0} s`);
+  }
+
+  // The result as a PNG to keep: title, each arm's figures, its p99 per second, markers.
+  const ARM_COLOURS = ["#2f6fde", "#16a34a", "#c026d3", "#dc2626"];
+  function downloadPng(button) {
+    const result = data.result;
+    if (!result) return;
+    const canvas = document.createElement("canvas");
+    canvas.width = 1200;
+    canvas.height = 520;
+    const g = canvas.getContext("2d");
+    g.fillStyle = "#ffffff";
+    g.fillRect(0, 0, canvas.width, canvas.height);
+    g.fillStyle = "#111827";
+    g.font = "bold 20px sans-serif";
+    g.fillText(`bunancer lab ${result.id}: pool ${result.pool}, ${Math.round(result.elapsed)} s, split ${result.split}`, 40, 40);
+    g.font = "15px sans-serif";
+    result.arms.forEach((arm, index) => {
+      g.fillStyle = ARM_COLOURS[index];
+      g.fillRect(40, 62 + index * 24, 18, 4);
+      g.fillStyle = "#111827";
+      const figures = `p50 ${fmtMs(arm.p50)}, p90 ${fmtMs(arm.p90)}, p99 ${fmtMs(arm.p99)}, errors ${fmtPct(arm.error_rate)}, ${arm.requests} requests`;
+      g.fillText(`${arm.label}: ${figures}`, 66, 68 + index * 24);
+    });
+    const left = 110, top = 80 + result.arms.length * 24, width = 1050, height = 520 - top - 50;
+    const labels = result.arms.map((arm) => arm.label);
+    const series = labels.map((label) => result.timeline.map((point) => point.arms[label]?.p99 ?? null));
+    const highest = Math.max(0, ...series.flat().filter((v) => v !== null));
+    const end = result.timeline.length ? result.timeline[result.timeline.length - 1].t : 1;
+    g.strokeStyle = "#e5e7eb";
+    g.fillStyle = "#6b7280";
+    g.font = "13px sans-serif";
+    [0, 0.5, 1].forEach((share) => {
+      const y = top + height - share * height;
+      g.beginPath();
+      g.moveTo(left, y);
+      g.lineTo(left + width, y);
+      g.stroke();
+      g.fillText(highest ? fmtMs(highest * share) : "—", 40, y + 4);
+    });
+    g.fillText("0 s", left, top + height + 20);
+    g.fillText(`${end} s: p99 per second`, left + width - 150, top + height + 20);
+    for (const marker of result.markers) {
+      const x = left + (marker.t / end) * width;
+      g.strokeStyle = "#9ca3af";
+      g.setLineDash([4, 4]);
+      g.beginPath();
+      g.moveTo(x, top);
+      g.lineTo(x, top + height);
+      g.stroke();
+      g.setLineDash([]);
+    }
+    series.forEach((values, index) => {
+      g.strokeStyle = ARM_COLOURS[index];
+      g.lineWidth = 2;
+      g.beginPath();
+      let drawing = false;
+      values.forEach((value, at) => {
+        if (value === null) {
+          drawing = false;
+          return;
+        }
+        const x = left + (result.timeline[at].t / end) * width;
+        const y = top + height - (highest ? (value / highest) * height : 0);
+        if (drawing) g.lineTo(x, y);
+        else g.moveTo(x, y);
+        drawing = true;
+      });
+      g.stroke();
+      g.lineWidth = 1;
+    });
+    const link = document.createElement("a");
+    link.download = button.dataset.name;
+    link.href = canvas.toDataURL("image/png");
+    link.click();
+  }
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest?.("#lab-png");
+    if (button) downloadPng(button);
+  });
 
   function onTick(event) {
     for (const s of event.data.servers) {
@@ -448,6 +593,15 @@
     on("resync", () => scheduleRefresh());
     on("fault.added", onFault);
     on("fault.removed", onFault);
+    on("lab.tick", onLabTick);
+    on("lab.started", (event) => {
+      feed(event);
+      if (page === "lab") scheduleRefresh();
+    });
+    on("lab.ended", (event) => {
+      feed(event);
+      if (page === "lab") scheduleRefresh();
+    });
     for (const kind of ["server.added", "server.removed", "server.updated", "pool.added", "pool.removed", "pool.updated"]) {
       on(kind, onStructure);
     }
@@ -489,7 +643,7 @@
 
   async function refresh() {
     refreshTimer = null;
-    if (!["overview", "flow", "settings", "server", "faults"].includes(page)) return;
+    if (!["overview", "flow", "settings", "server", "faults", "lab"].includes(page)) return;
     const ticket = (refreshSeq += 1);
     // The query is the page's view (filter, sort, expanded pools): the new content keeps it.
     const query = new URLSearchParams(location.search);
@@ -1143,7 +1297,7 @@
   for (const element of $$("#toasts .toast")) setTimeout(() => element.remove(), 6000);
   adoptPageData();
   initPage();
-  if (["overview", "flow", "settings", "server", "faults"].includes(page)) connect();
+  if (["overview", "flow", "settings", "server", "faults", "lab"].includes(page)) connect();
   setInterval(() => {
     if (page === "server") tickSince();
   }, 1000);
