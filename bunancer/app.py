@@ -118,8 +118,8 @@ class Balancer:
         self.faults = FaultBook(self.registry, self.bus, loop)  # the lab's rules, at run time
         self.lab = Lab(self.registry, self.bus, loop)  # and its experiments
         if self.workers is not None:
-            self.faults.settle = self.workers.settle  # an API answer: in effect everywhere
-            self.lab.refusal = "the lab's experiments run in one process (--workers 0) for now"
+            self.faults.settle = self.lab.settle = self.workers.settle  # in effect everywhere
+            self.lab.experiments = self.workers.experiments
 
     def _add_configured_pools(self) -> None:
         config, registry = self.config, self.registry

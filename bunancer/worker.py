@@ -26,6 +26,7 @@ from .core.channel import Channel
 from .core.downstream import DownstreamProtocol
 from .core.listen import ListenGroup, drain, listen
 from .core.listener import ListenerContext
+from .core.pool import Experiment
 from .core.snapshot import World, take_stats
 from .core.stats import ServerStats
 from .core.tcp import TcpClientEnd
@@ -120,6 +121,8 @@ class Worker:
         if message.get("type") == "snapshot":
             self.world.apply(message)
             self._close_gone()  # before saying so: the address may be bound again at once
+            if self.world.ended_labs:
+                self._send_stats()  # their last counts, before the control process ends them
             if self.channel is not None:
                 self.channel.send({"type": "applied", "version": self.world.version})
             if not self.first.done():
@@ -196,7 +199,7 @@ class Worker:
     def _send_stats(self) -> None:
         if self.channel is None:
             return
-        servers, pools, listeners = [], [], []
+        servers, pools, listeners, experiments = [], [], [], []
         for pool in self.world.pools.values():
             for server in pool.servers.values():
                 delta = self._take(("server", pool.name, server.id), server.stats)
@@ -206,6 +209,13 @@ class Worker:
                 )
                 servers.append([pool.name, server.id, delta, server.in_flight, active, idle])
             pools.append([pool.name, self._take(("pool", pool.name), pool.rejected)])
+            if pool.lab is not None:
+                experiments += self._arm_counts(pool.name, pool.lab)
+        for pool_name, ended in self.world.ended_labs:
+            experiments += self._arm_counts(pool_name, ended)
+            for key in [k for k in self.marks if k[:3] == ("arm", pool_name, ended.name)]:
+                del self.marks[key]
+        self.world.ended_labs.clear()
         for key, ctx in self.world.listeners.items():
             open_ = len(ctx.connections) if isinstance(ctx, ListenerContext) else 0
             tunnels = list(ctx.tunnels)
@@ -213,8 +223,19 @@ class Worker:
                               len(tunnels), sum(t.bytes_in for t in tunnels),
                               sum(t.bytes_out for t in tunnels)])  # fmt: skip
         self.channel.send(
-            {"type": "stats", "servers": servers, "pools": pools, "listeners": listeners}
-        )
+            {"type": "stats", "servers": servers, "pools": pools, "listeners": listeners,
+             "lab": experiments}
+        )  # fmt: skip
+
+    def _arm_counts(self, pool_name: str, lab: Experiment) -> list[list[Any]]:
+        """What each arm of an experiment counted since the last report, per server."""
+        counts: list[list[Any]] = []
+        for arm in lab.arms:
+            for server_id, stats in arm.outcomes.items():
+                delta = self._take(("arm", pool_name, lab.name, arm.label, server_id), stats)
+                if delta is not None:
+                    counts.append([pool_name, lab.name, arm.label, server_id, delta])
+        return counts
 
     def _take(self, key: tuple[str, ...], stats: ServerStats) -> dict[str, Any] | None:
         return take_stats(stats, self.marks.setdefault(key, []))

@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
@@ -139,15 +139,18 @@ class Lab:
         self.clock = clock
         self.running: Run | None = None
         self.results: deque[dict[str, Any]] = deque(maxlen=KEPT)
-        self.refusal = ""  # set: why experiments cannot run here (with --workers, for now)
+        # With workers: the experiments they count for, by id (Workers reads it), and how to
+        # wait until they all applied a change (they report an ended one's last counts then).
+        self.experiments: dict[str, Experiment] = {}
+        self.settle: Callable[[], Awaitable[bool]] | None = None
         self._ids = itertools.count(1)
         self._ticker: asyncio.TimerHandle | None = None
+        self._ending: asyncio.Task[dict[str, Any]] | None = None  # (held: a task not kept can go)
 
-    def start(self, pool_name: str, algorithms: list[str], split: str, seconds: float) -> Run:
+    async def start(self, pool_name: str, algorithms: list[str], split: str, seconds: float) -> Run:
         """Split `pool_name`'s traffic between `algorithms` for `seconds` (a ValueError
-        names what is wrong with them; Conflict while another experiment runs)."""
-        if self.refusal:
-            raise Conflict(self.refusal)
+        names what is wrong with them; Conflict while another experiment runs); it is in
+        effect (in every worker) when this returns."""
         if self.running is not None:
             raise Conflict(f"experiment {self.running.run_id} is running on {self.running.pool}")
         pool = self.registry.pool(pool_name)  # NotFound: 404
@@ -165,8 +168,13 @@ class Lab:
         now = self.clock()
         run = Run(f"e{next(self._ids)}", pool_name, split, seconds, arms, now)
         run.last_event = self._newest_event()
-        pool.set_lab(Experiment(arms, by_client=split == "client"))
+        experiment = Experiment(arms, by_client=split == "client", name=run.run_id)
+        self.experiments[run.run_id] = experiment
+        pool.set_lab(experiment)
         self.running = run
+        if self.settle is not None:
+            await self.settle()
+        run.started = self.clock()  # (a worker's requests count from here, not before)
         self._ticker = self.loop.call_later(1.0, self._tick)
         what = ", ".join(arm.label for arm in arms)
         log.warning("lab: experiment %s on pool %s: %s for %gs", run.run_id, pool_name, what,
@@ -174,21 +182,26 @@ class Lab:
         self.bus.publish(LAB_STARTED, run.view(now))
         return run
 
-    def stop(self, why: str = "stopped") -> dict[str, Any]:
-        """End the running experiment now; its result."""
+    async def stop(self, why: str = "stopped") -> dict[str, Any]:
+        """End the running experiment now (with workers, once they all ended it and sent
+        their last counts); its result."""
         run = self.running
-        if run is None:
+        if run is None or run.why:
             raise Conflict("no experiment is running")
+        run.why = why  # (ending: the workers are told first; it is listed running until then)
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
         pool = self.registry.pools.get(run.pool)
         if pool is not None and pool.lab is not None:
             pool.set_lab(None)
+        if self.settle is not None:
+            await self.settle()
+        self.experiments.pop(run.run_id, None)
         for arm in run.arms:
             for stats in arm.outcomes.values():
                 stats.rotate()  # the last part-second counts too
-        run.ended, run.why = self.clock(), why
+        run.ended = self.clock()
         self.running = None
         result = {**run.view(run.ended), "timeline": run.timeline}
         self.results.appendleft(result)
@@ -220,7 +233,8 @@ class Lab:
         }
         run.timeline.append(point)
         if now - run.started >= run.seconds or run.pool not in self.registry.pools:
-            self.stop("finished" if run.pool in self.registry.pools else "its pool is gone")
+            why = "finished" if run.pool in self.registry.pools else "its pool is gone"
+            self._ending = self.loop.create_task(self.stop(why))
             return
         self.bus.publish(LAB_TICK, {**run.view(now), "point": point})
         self._ticker = self.loop.call_later(1.0, self._tick)

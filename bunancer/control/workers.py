@@ -35,7 +35,16 @@ from .. import native
 from ..config import Config
 from ..core.channel import Channel
 from ..core.listen import ListenGroup
-from ..core.snapshot import VERSION, add_stats, fault_entries, plain, server_entry, tls_entry
+from ..core.pool import Experiment
+from ..core.snapshot import (
+    VERSION,
+    add_stats,
+    fault_entries,
+    lab_entry,
+    plain,
+    server_entry,
+    tls_entry,
+)
 from ..core.stats import ServerStats
 from ..core.tls import TlsSettings
 from .events import (
@@ -112,6 +121,8 @@ class Workers:
         self._contents_sent: dict[str, Any] | None = None  # what the newest version holds
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events: Subscription | None = None
+        # The lab's experiments by id, until their end: the arms the workers' counts go to.
+        self.experiments: dict[str, Experiment] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -213,6 +224,7 @@ class Workers:
                 "upstream": plain(registry.upstream_for(registry.settings[name])),
                 "servers": [server_entry(server) for server in pool.servers.values()],
                 "faults": fault_entries(pool.faults),
+                "lab": lab_entry(pool.lab),
             }
             for name, pool in registry.pools.items()
         ]
@@ -310,6 +322,11 @@ class Workers:
         for pool_name, delta in message["pools"]:
             if delta is not None and pool_name in pools:
                 add_stats(pools[pool_name].rejected, delta)
+        for _, name, label, server_id, delta in message["lab"]:
+            lab = self.experiments.get(name)
+            arm = next((a for a in lab.arms if a.label == label), None) if lab else None
+            if arm is not None:
+                add_stats(arm.outcomes.setdefault(server_id, ServerStats()), delta)
         listeners = {x.key: x for x in self.listeners()}
         for key, delta, *open_ in message["listeners"]:
             if key in listeners:

@@ -310,11 +310,16 @@ class Experiment:
     client's address (a client stays on its arm)."""
 
     def __init__(
-        self, arms: list[Arm], by_client: bool, draw: Callable[[], float] = random.random
+        self,
+        arms: list[Arm],
+        by_client: bool,
+        draw: Callable[[], float] = random.random,
+        name: str = "",
     ) -> None:
         self.arms = arms
         self.by_client = by_client
         self.draw = draw
+        self.name = name  # the lab's id for it: a worker tells one experiment from the next
 
     def arm_for(self, client_ip: str) -> Arm:
         arms = self.arms

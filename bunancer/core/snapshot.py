@@ -25,7 +25,7 @@ from .connections import ConnectionPool
 from .faults import FaultRule, PoolFaults
 from .headers import ForwardingOptions
 from .listener import ListenerContext
-from .pool import ServerPool
+from .pool import Arm, Experiment, ServerPool
 from .routing import Route, RouteTable
 from .server import Server, State
 from .settings import BalancingSettings, ListenerSettings, TcpSettings, UpstreamSettings
@@ -93,6 +93,13 @@ def server_entry(server: Server) -> ServerEntry:
             str(server.state), server.eject_after, statuses)  # fmt: skip
 
 
+def lab_entry(lab: Experiment | None) -> tuple[str, bool, list[tuple[str, str]]] | None:
+    """A pool's experiment as a worker makes its own: its id, split and arms."""
+    if lab is None:
+        return None
+    return lab.name, lab.by_client, [(arm.label, arm.balancing.algorithm) for arm in lab.arms]
+
+
 def fault_entries(faults: PoolFaults | None) -> list[tuple[Any, ...]]:
     """A pool's fault rules (the lab's) as plain tuples."""
     return [dataclasses.astuple(rule) for rule in faults.rules] if faults is not None else []
@@ -118,6 +125,8 @@ class World:
         self.drain = 10.0  # seconds a stopping worker lets requests finish
         self.applied: dict[str, dict[str, Any]] = {}  # each pool's entry as last applied
         self.upstreams: dict[str, UpstreamSettings] = {}  # each pool's upstream settings
+        # Experiments this snapshot ended: their last counts are still to be reported.
+        self.ended_labs: list[tuple[str, Experiment]] = []
 
     def apply(self, snapshot: dict[str, Any]) -> None:
         if snapshot.get("format") != VERSION:
@@ -192,6 +201,22 @@ class World:
         pool.rebuild()
         rules = tuple(FaultRule(*values) for values in entry["faults"])
         pool.set_faults(PoolFaults(rules) if rules else None)
+        self._apply_lab(pool, entry["lab"])
+
+    def _apply_lab(self, pool: ServerPool, entry: Any) -> None:
+        """Start or end the pool's experiment as the control process did (arms of its own,
+        over this worker's servers; their counts go back in the stats reports)."""
+        ended = pool.lab
+        if ended is not None and (entry is None or ended.name != entry[0]):
+            self.ended_labs.append((pool.name, ended))
+            pool.set_lab(None)
+        if entry is None:
+            return
+        name, by_client, arms = entry
+        if pool.lab is None:
+            made = [Arm(pool, label, dataclasses.replace(pool.balancing, algorithm=algorithm))
+                    for label, algorithm in arms]  # fmt: skip
+            pool.set_lab(Experiment(made, by_client, name=name))
 
     def _server(
         self, pool: ServerPool, server_id: str, host: str, port: int, upstream: UpstreamSettings

@@ -27,10 +27,10 @@ class LabCreate(BaseModel):
     seconds: float = Field(default=60.0, ge=MIN_SECONDS, le=MAX_SECONDS)
 
 
-def start(lab: Lab, body: LabCreate) -> dict[str, Any]:
+async def start(lab: Lab, body: LabCreate) -> dict[str, Any]:
     """Start `body`'s experiment (Invalid names the field of a refused value); its view."""
     try:
-        run = lab.start(body.pool, list(body.algorithms), body.split, body.seconds)
+        run = await lab.start(body.pool, list(body.algorithms), body.split, body.seconds)
     except ValueError as error:
         field, _, detail = str(error).partition(": ")
         raise Invalid(field, detail) from None
@@ -41,7 +41,7 @@ def overview(lab: Lab) -> dict[str, Any]:
     """The running experiment (or None), and the results kept, without their timelines."""
     running = lab.running.view(lab.clock()) if lab.running is not None else None
     results = [{k: v for k, v in r.items() if k != "timeline"} for r in lab.results]
-    return {"running": running, "results": results, "refusal": lab.refusal or None}
+    return {"running": running, "results": results}
 
 
 def lab_routes(router: Router[Any], lab: Lab) -> None:
@@ -51,11 +51,11 @@ def lab_routes(router: Router[Any], lab: Lab) -> None:
 
     @router.post("/api/lab", body=LabCreate)
     async def lab_start(request: Request) -> Response:
-        return json_response(start(lab, request.data), 201)
+        return json_response(await start(lab, request.data), 201)
 
     @router.delete("/api/lab")
     async def lab_stop(request: Request) -> Response:
-        return json_response(lab.stop())
+        return json_response(await lab.stop())
 
     @router.get("/api/lab/results/{id}")
     async def lab_result(request: Request) -> Response:

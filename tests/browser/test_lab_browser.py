@@ -7,20 +7,13 @@ tests/artifacts/."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import threading
 
-import pytest
 from playwright.sync_api import Page, expect
 
 from bench.algorithms import drive
 from tests.browser.conftest import ARTIFACTS, Lab
-
-pytestmark = pytest.mark.skipif(
-    bool(os.environ.get("BUNANCER_TEST_WORKERS")),
-    reason="the lab's experiments run with --workers 0 for now",
-)
 
 SECONDS = 10
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -21,10 +20,6 @@ from tests.conftest import Proxy, StartProxy
 from tests.helpers import run_cli, wait_for
 
 pytestmark = pytest.mark.slow
-in_one_process = pytest.mark.skipif(
-    bool(os.environ.get("BUNANCER_TEST_WORKERS")),
-    reason="the lab's experiments run with --workers 0 for now (tested below: refused)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +60,6 @@ def concurrent_traffic(proxy: Proxy, seconds: float) -> Iterator[None]:
         thread.join(seconds + 10)
 
 
-@in_one_process
 def test_an_experiment_compares_algorithms_on_real_traffic_and_ends_by_itself(
     proxy: Proxy, api: ApiClient, stubs: list[str]
 ) -> None:
@@ -91,7 +85,6 @@ def test_an_experiment_compares_algorithms_on_real_traffic_and_ends_by_itself(
     assert rr["p99"] >= 0.018  # round-robin's tail is the slow stub's 20 ms
 
 
-@in_one_process
 def test_a_split_by_client_keeps_each_client_on_its_arm(proxy: Proxy, api: ApiClient) -> None:
     body = {"algorithms": ["round-robin", "least-connections", "p2c"], "split": "client",
             "seconds": 60}  # fmt: skip
@@ -114,7 +107,6 @@ def test_a_split_by_client_keeps_each_client_on_its_arm(proxy: Proxy, api: ApiCl
         ({"algorithms": ["p2c", "random"], "pool": "nope"}, 404, None),
     ],
 )
-@in_one_process
 def test_a_bad_experiment_is_refused_naming_the_field(
     api: ApiClient, body: dict[str, Any], status: int, field: str | None
 ) -> None:
@@ -124,7 +116,6 @@ def test_a_bad_experiment_is_refused_naming_the_field(
     assert api.request("GET", "/api/lab")["running"] is None
 
 
-@in_one_process
 def test_one_experiment_at_a_time_and_only_with_the_token(proxy: Proxy, api: ApiClient) -> None:
     anonymous = ApiClient(f"http://127.0.0.1:{proxy.api_port}", None)
     body = {"algorithms": ["p2c", "random"], "seconds": 30}
@@ -137,7 +128,6 @@ def test_one_experiment_at_a_time_and_only_with_the_token(proxy: Proxy, api: Api
     assert busy.value.status == 409
 
 
-@in_one_process
 def test_the_cli_runs_an_experiment_and_prints_each_arm(proxy: Proxy, api: ApiClient) -> None:
     where = ("--api", f"http://127.0.0.1:{proxy.api_port}", "--state-dir", str(proxy.state_dir))
     with concurrent_traffic(proxy, 6.0):
@@ -150,15 +140,3 @@ def test_the_cli_runs_an_experiment_and_prints_each_arm(proxy: Proxy, api: ApiCl
     ]
     assert len(rows) == 3  # a row of figures each, and the shares' heading
     assert all(" ms" in row for row in rows[:2])
-
-
-def test_with_workers_an_experiment_is_refused_saying_why(
-    start_proxy: StartProxy, stubs: list[str]
-) -> None:
-    proxy = start_proxy(stubs[:2], args=("--workers", "1"))
-    api = ApiClient(f"http://127.0.0.1:{proxy.api_port}", proxy.token)
-    with pytest.raises(ApiError) as refused:
-        api.request("POST", "/api/lab", {"algorithms": ["p2c", "random"]})
-    assert refused.value.status == 409
-    assert "--workers 0" in refused.value.message
-    assert api.request("GET", "/api/lab")["refusal"] is not None

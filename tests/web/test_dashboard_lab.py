@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -14,13 +13,7 @@ from stubs.sdk import StubManager
 from tests.conftest import Proxy, StartProxy
 from tests.web.test_dashboard import Client
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(os.environ.get("BUNANCER_TEST_WORKERS")),
-        reason="the lab's experiments run with --workers 0 for now",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 START = {"pool": "default", "arm1": "round-robin", "arm2": "peak-ewma", "arm3": "", "arm4": "",
          "split": "random", "seconds": "30"}  # fmt: skip

@@ -99,13 +99,13 @@ class LabPage:
             if isinstance(error, ValidationError):
                 field, message = describe_problem(error.errors()[0], unknown="unknown field")
             raise HTTPError(422, "validation failed", field=field, detail=message) from None
-        view = start(self.book(), body)
+        view = await start(self.book(), body)
         arms = " against ".join(arm["label"] for arm in view["arms"])
         return f"experiment {view['id']} started on pool {view['pool']}: {arms}"
 
     async def stop(self, request: Request) -> str:
         """POST /actions/lab/stop"""
-        result = self.book().stop()
+        result = await self.book().stop()
         return f"experiment {result['id']} stopped"
 
     async def stub_fault(self, request: Request) -> str:
