@@ -43,7 +43,8 @@ from bunancer.core.server import Server
 from bunancer.core.settings import BalancingSettings, ListenerSettings, UpstreamSettings
 from bunancer.core.upstream import UpstreamProtocol
 
-# Feature switches for cost measurements: HOTPATH_STATS=0, HOTPATH_ACCESS_LOG=1.
+# Feature switches for cost measurements: HOTPATH_STATS=0, HOTPATH_ACCESS_LOG=1,
+# HOTPATH_DECISION_SAMPLE=N (1 in N selections recorded; 0: none).
 STATS = os.environ.get("HOTPATH_STATS", "1") == "1"
 ACCESS_LOG = os.environ.get("HOTPATH_ACCESS_LOG", "0") == "1"
 REQUEST = (
@@ -95,7 +96,9 @@ def build(
     loop: asyncio.AbstractEventLoop,
 ) -> tuple[DownstreamProtocol, FakeTransport, UpstreamProtocol, FakeTransport]:
     algorithm = os.environ.get("HOTPATH_ALGORITHM", "peak-ewma")
-    pool = ServerPool("default", BalancingSettings(algorithm=algorithm))
+    # 1 in N selections recorded (why this server); the product's default unless set.
+    sample = int(os.environ.get("HOTPATH_DECISION_SAMPLE", BalancingSettings.decision_sample))
+    pool = ServerPool("default", BalancingSettings(algorithm=algorithm, decision_sample=sample))
     server = Server("s1", "127.0.0.1", 9001)
     connections = ConnectionPool(server.host, server.port, UpstreamSettings(), loop)
     server.connections = connections

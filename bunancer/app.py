@@ -120,6 +120,7 @@ class Balancer:
         if self.workers is not None:
             self.faults.settle = self.lab.settle = self.workers.settle  # in effect everywhere
             self.lab.experiments = self.workers.experiments
+            self.workers.decisions = self.telemetry.decisions
 
     def _add_configured_pools(self) -> None:
         config, registry = self.config, self.registry

@@ -221,6 +221,8 @@ class BalancingConfig(_Section):
     max_pending: int = Field(default=0, ge=0)  # requests waiting for a connection; 0 = no cap
     max_connections: int | None = Field(default=None, ge=0)  # per server; None: [upstream]
     panic_threshold: float = Field(default=0.0, ge=0.0, le=1.0)  # 0 = off
+    # 1 in N requests has its selection recorded ("why this server"); 0 = none.
+    decision_sample: int = Field(default=1000, ge=0, le=1_000_000)
 
     @field_validator("hash_key")
     @classmethod

@@ -42,6 +42,7 @@ COMPILED = (
     "body",
     "connections",
     "deadline",
+    "decisions",
     "downstream",
     "errors",
     "exchange",

@@ -199,7 +199,7 @@ class Worker:
     def _send_stats(self) -> None:
         if self.channel is None:
             return
-        servers, pools, listeners, experiments = [], [], [], []
+        servers, pools, listeners, experiments, decisions = [], [], [], [], []
         for pool in self.world.pools.values():
             for server in pool.servers.values():
                 delta = self._take(("server", pool.name, server.id), server.stats)
@@ -209,6 +209,8 @@ class Worker:
                 )
                 servers.append([pool.name, server.id, delta, server.in_flight, active, idle])
             pools.append([pool.name, self._take(("pool", pool.name), pool.rejected)])
+            while pool.decisions:
+                decisions.append(pool.decisions.popleft().as_dict())
             if pool.lab is not None:
                 experiments += self._arm_counts(pool.name, pool.lab)
         for pool_name, ended in self.world.ended_labs:
@@ -224,7 +226,7 @@ class Worker:
                               sum(t.bytes_out for t in tunnels)])  # fmt: skip
         self.channel.send(
             {"type": "stats", "servers": servers, "pools": pools, "listeners": listeners,
-             "lab": experiments}
+             "lab": experiments, "decisions": decisions}
         )  # fmt: skip
 
     def _arm_counts(self, pool_name: str, lab: Experiment) -> list[list[Any]]:

@@ -78,6 +78,7 @@ class PoolSettings:
             retry_body_max=b.retry_body_max,
             max_pending=b.max_pending,
             panic_threshold=b.panic_threshold,
+            decision_sample=b.decision_sample,
         )
 
 

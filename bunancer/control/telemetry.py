@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..core.stats import ServerStats, merge
+from .decisions import DecisionLog
 from .events import STATS_TICK, EventBus
 from .exposition import WorkerFigures, p99_of_last_second, prometheus_text, statsd_packets
 from .figures import STATES, Window, pool_figures, round_or_none, summary
@@ -48,6 +49,7 @@ class Telemetry:
         # The TLS listeners' certificates: labels and expiry (Unix time), for /metrics.
         self.certificates: Callable[[], list[tuple[dict[str, str], float]]] = list
         self.workers: WorkerFigures | None = None  # set by the app with --workers
+        self.decisions = DecisionLog(registry)  # why this server: the recorded selections
         self.started_at = time.time()
         self._handle: asyncio.TimerHandle | None = None
         self._last: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -84,6 +86,7 @@ class Telemetry:
             log.exception("stats tick failed")
 
     def _rotate_all(self) -> None:
+        self.decisions.collect(self.registry.pools.values())
         for pool in self.registry.pools.values():
             pool.rejected.rotate()
             for server in pool.servers.values():

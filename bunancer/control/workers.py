@@ -47,6 +47,7 @@ from ..core.snapshot import (
 )
 from ..core.stats import ServerStats
 from ..core.tls import TlsSettings
+from .decisions import DecisionLog
 from .events import (
     POOL_ADDED,
     POOL_REMOVED,
@@ -123,6 +124,7 @@ class Workers:
         self._events: Subscription | None = None
         # The lab's experiments by id, until their end: the arms the workers' counts go to.
         self.experiments: dict[str, Experiment] = {}
+        self.decisions: DecisionLog | None = None  # where the workers' recorded selections go
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -322,6 +324,9 @@ class Workers:
         for pool_name, delta in message["pools"]:
             if delta is not None and pool_name in pools:
                 add_stats(pools[pool_name].rejected, delta)
+        if self.decisions is not None:
+            for decision in message["decisions"]:
+                self.decisions.add(decision)
         for _, name, label, server_id, delta in message["lab"]:
             lab = self.experiments.get(name)
             arm = next((a for a in lab.arms if a.label == label), None) if lab else None

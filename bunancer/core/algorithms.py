@@ -67,6 +67,11 @@ class Selector:
     def observe(self, server: Server, us: int) -> None:
         pass
 
+    def estimate(self, server: Server) -> float | None:
+        """The number this algorithm compares servers by, lower first (None: it compares
+        none: round-robin, random, hash). For the lab's "why this server": never per request."""
+        return None
+
 
 class RoundRobin(Selector):
     """Each routable server in turn."""
@@ -177,6 +182,9 @@ class LeastConnections(Selector):
     def finished(self, server: Server) -> None:
         self._push(server)
 
+    def estimate(self, server: Server) -> float | None:
+        return (server.in_flight + 1) / server.effective_weight
+
     def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
         heap = self._heap
         version = self._version
@@ -224,6 +232,9 @@ class PowerOfTwoChoices(Selector):
 
     def _cost(self, server: Server) -> float:
         return (server.in_flight + 1) / server.effective_weight
+
+    def estimate(self, server: Server) -> float | None:
+        return self._cost(server)
 
     def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
         count = len(servers)
@@ -281,6 +292,11 @@ class PeakEwma(PowerOfTwoChoices):
             # and sent traffic to the slow server meanwhile: bench/algorithms.py).
             server.latency_ewma = estimate + (us - estimate) * self.ALPHA
         server.latency_at = now
+
+    def estimate(self, server: Server) -> float | None:
+        """Its cost as `pick` weighs it: latency estimate (µs) x (in flight + 1) / weight."""
+        latency = self._decayed(server, self._clock()) or 1.0
+        return latency * (server.in_flight + 1) / server.effective_weight
 
     def _decayed(self, server: Server, now: float) -> float:
         age = now - server.latency_at
@@ -422,6 +438,9 @@ class Sticky(Selector):
 
     def observe(self, server: Server, us: int) -> None:
         self.fallback.observe(server, us)
+
+    def estimate(self, server: Server) -> float | None:
+        return self.fallback.estimate(server)
 
 
 ALGORITHMS: dict[str, type[Selector]] = {

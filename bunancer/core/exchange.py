@@ -163,7 +163,7 @@ class Exchange:
             self.fault = None
             act(fault, self, self.down.ctx.loop, self.down.transport)
             return
-        pool.earn_retry()
+        pool.admit()
         server = pool.begin(self.key)
         if server is None:
             self.fail(503, REJECTED)

@@ -14,10 +14,12 @@ peak-ewma's latency) in step.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from .algorithms import Selector, _stable_hash, make_selector
+from .decisions import KEPT, Decision, Recorder
 from .faults import FaultRule, PoolFaults
 from .server import OUT_OF_ROTATION, Server
 from .settings import BalancingSettings
@@ -40,10 +42,12 @@ class Prepared(Protocol):
 class ServerPool:
     __slots__ = (
         "balancing",
+        "decisions",
         "faults",
         "key_kind",
         "key_name",
         "lab",
+        "label",
         "max_pending",
         "name",
         "panic",
@@ -54,6 +58,7 @@ class ServerPool:
         "retry_ratio",
         "retry_tokens",
         "routable",
+        "sample_in",
         "selector",
         "servers",
         "sticky",
@@ -71,6 +76,9 @@ class ServerPool:
         self.faults: PoolFaults | None = None  # the lab's fault rules, when any are set
         self.lab: Experiment | None = None  # the lab's experiment on this pool, while it runs
         self.per_request = False  # a request needs `prepare`: a key, fault rules, a lab
+        self.label = ""  # an experiment's arm: its name
+        self.decisions: deque[Decision] = deque(maxlen=KEPT)  # recorded, not yet collected
+        self.sample_in = 0  # requests until the next recorded selection (set by configure)
         self.configure(balancing or BalancingSettings())
 
     def configure(self, balancing: BalancingSettings) -> None:
@@ -84,6 +92,7 @@ class ServerPool:
         self.retry_on = balancing.retry_on
         self.retry_ratio = balancing.retry_budget
         self.max_pending = balancing.max_pending
+        self.sample_in = balancing.decision_sample  # (0: never: the countdown goes below 0)
         # Only the sticky algorithm sets a cookie (hash on a cookie only reads the client's).
         self.sticky = algorithm == "sticky"
         if algorithm == "sticky":
@@ -228,11 +237,17 @@ class ServerPool:
             return None
         return None
 
-    def earn_retry(self) -> None:
-        """A new request adds `retry_budget` to the budget (up to the reserve)."""
+    def admit(self) -> None:
+        """A new request: it adds `retry_budget` to the budget (up to the reserve), and 1 in
+        `decision_sample` has its selection recorded (the next pick; see core/decisions.py)."""
         tokens = self.retry_tokens + self.retry_ratio
         if tokens <= RETRY_RESERVE:
             self.retry_tokens = tokens
+        countdown = self.sample_in - 1
+        self.sample_in = countdown
+        if countdown == 0:
+            self.sample_in = self.balancing.decision_sample
+            self.selector = Recorder(self, self.selector)
 
     def may_retry(self, tries: int) -> bool:
         """Whether a request tried `tries` times may go again: tries and budget left."""
@@ -278,12 +293,13 @@ class Arm(ServerPool):
     connections and in-flight counts), selected by this arm's algorithm with its own
     selector state; it counts, per server, what the requests it selected for got."""
 
-    __slots__ = ("label", "outcomes")
+    __slots__ = ("outcomes",)
 
     def __init__(self, parent: ServerPool, label: str, balancing: BalancingSettings) -> None:
         super().__init__(parent.name, balancing)
         self.label = label
         self.servers = parent.servers
+        self.decisions = parent.decisions  # its recorded selections are the pool's
         self.rejected = parent.rejected  # a request that reached no server: the pool's figure
         self.outcomes: dict[str, ServerStats] = {}  # by server id
 

@@ -78,3 +78,4 @@ class BalancingSettings:
     retry_body_max: int = 64 * 1024
     max_pending: int = 0
     panic_threshold: float = 0.0
+    decision_sample: int = 1000  # 1 in N requests has its selection recorded (0: none)

@@ -156,6 +156,16 @@ def _stats_routes(router: Router[Any], telemetry: Telemetry) -> None:
     async def stats(request: Request) -> Response:
         return json_response(telemetry.snapshot())
 
+    @router.get("/api/decisions")
+    async def decisions(request: Request) -> Response:
+        """Recorded selections, newest first (?pool=P&server=ID&limit=N)."""
+        query = {key: values[0] for key, values in request.query.items()}
+        limit = query.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 200:
+            raise HTTPError(422, "validation failed", field="limit", detail="1 to 200")
+        found = telemetry.decisions.recent(query.get("pool"), query.get("server"), int(limit))
+        return json_response(found)
+
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
         return Response(

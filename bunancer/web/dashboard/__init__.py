@@ -48,6 +48,7 @@ def build_dashboard(context: DashboardContext) -> App:
         ("/routing", pages.routing),
         ("/settings", pages.settings),
         ("/faults", pages.faults),
+        ("/decisions", pages.decisions),
         ("/lab", lab.page),
         ("/lab/results/{id}", lab.result_page),
         ("/lab/results/{id}/json", lab.result_json),

@@ -57,6 +57,14 @@ LIVE_KINDS = (
     LAB_TICK,
     LAB_ENDED,
 )
+# What each algorithm's estimate is (the decisions page says it under each decision).
+ESTIMATES = {
+    "peak-ewma": "Estimate: the server's latency estimate in µs x (in flight + 1) / weight, "
+    "for two servers drawn at random; costs within 25% or 1 ms of each other count as "
+    "equal, and the first drawn is taken.",
+    "p2c": "Estimate: (in flight + 1) / weight, for two servers drawn at random; the lower wins.",
+    "least-connections": "Estimate: (in flight + 1) / weight; the lowest wins, ties in turn.",
+}
 LIVE_PAGES = 64  # open /events streams (each holds a subscription's queue of 256 events)
 
 
@@ -139,6 +147,24 @@ class Pages:
             page="faults",
             pools=sorted(self.registry.pools),
             boot=self.dash.boot(),
+        )
+
+    async def decisions(self, request: Request) -> Response:
+        """GET /decisions[?pool=P&server=ID]: the recorded selections, newest first."""
+        query = {key: values[0] for key, values in request.query.items()}
+        log = self.context.telemetry.decisions
+        pool, server = query.get("pool") or None, query.get("server") or None
+        return self.dash.render(
+            request,
+            "decisions.html",
+            title="Why this server",
+            page="decisions",
+            decisions=log.recent(pool, server, 50),
+            recorded=log.recorded,
+            pool=pool,
+            server=server,
+            estimates=ESTIMATES,
+            boot={},
         )
 
     async def settings(self, request: Request) -> Response:

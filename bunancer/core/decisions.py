@@ -1,0 +1,111 @@
+"""Why this server: one selection, recorded with what it was made from (the lab).
+
+A pool records the selection of 1 in `decision_sample` requests. The request path pays a
+countdown for it (`ServerPool.admit`); the chosen request's pick goes through a `Recorder`
+that the pool puts in front of its selector for that one pick and that puts the selector
+back: the candidates (the routable servers, each with the algorithm's estimate, its
+requests in flight and its weight), the servers left out and their state, panic mode, and
+the one chosen. Sans-I/O: the clock is given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .algorithms import Selector
+from .server import Server
+
+KEPT = 50  # recorded decisions a pool keeps until they are collected
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    server_id: str
+    estimate: float | None  # the algorithm's number, lower first (None: it compares none)
+    in_flight: int
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    at: float  # wall clock
+    pool: str
+    arm: str  # the lab's arm that selected, "" outside an experiment
+    algorithm: str
+    chosen: str | None  # its server id (None: no server was routable)
+    candidates: tuple[Candidate, ...]
+    left_out: tuple[tuple[str, str], ...]  # (server id, state)
+    panic: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "pool": self.pool,
+            "arm": self.arm or None,
+            "algorithm": self.algorithm,
+            "chosen": self.chosen,
+            "candidates": [
+                {
+                    "id": c.server_id,
+                    "estimate": c.estimate,
+                    "in_flight": c.in_flight,
+                    "weight": c.weight,
+                }
+                for c in self.candidates
+            ],
+            "left_out": [{"id": sid, "state": state} for sid, state in self.left_out],
+            "panic": self.panic,
+        }
+
+
+class Recorded(Protocol):
+    """What a recorder needs of its pool (core/pool.py's ServerPool)."""
+
+    name: str
+    label: str
+    routable: tuple[Server, ...]
+    servers: dict[str, Server]
+    panic: bool
+    selector: Selector
+    decisions: deque[Decision]
+
+
+def explain(pool: Recorded, selector: Selector, chosen: Server | None, at: float) -> Decision:
+    """The decision `selector` just made for `pool` (before its books count the request)."""
+    routable = pool.routable
+    candidates = tuple(
+        Candidate(s.id, selector.estimate(s), s.in_flight, s.effective_weight) for s in routable
+    )
+    left_out = tuple((s.id, str(s.state)) for s in pool.servers.values() if s not in routable)
+    return Decision(at, pool.name, pool.label, selector.name, chosen.id if chosen else None,
+                    candidates, left_out, pool.panic)  # fmt: skip
+
+
+class Recorder(Selector):
+    """The pool's selector for one pick, recorded; then the pool has its own back."""
+
+    def __init__(
+        self, pool: Recorded, inner: Selector, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.pool = pool
+        self.inner = inner
+        self.clock = clock
+        self.tracks_load = inner.tracks_load
+        self.tracks_latency = inner.tracks_latency
+
+    def pick(self, servers: Sequence[Server], key: bytes | None = None) -> Server | None:
+        pool, inner = self.pool, self.inner
+        pool.selector = inner  # this pick only (a retry's second pick goes unrecorded)
+        server = inner.pick(servers, key)
+        pool.decisions.append(explain(pool, inner, server, self.clock()))
+        return server
+
+    def update(self, servers: Sequence[Server]) -> None:
+        self.inner.update(servers)
+
+    def knows(self, key: bytes | None) -> bool:
+        return self.inner.knows(key)

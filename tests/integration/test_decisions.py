@@ -1,0 +1,82 @@
+"""Why this server, through a real `bunancer serve`: with every selection recorded
+(`decision_sample = 1`), the API lists each with its candidates, their estimates and the
+servers left out with the reason; with the default, 1 in 1,000."""
+
+from __future__ import annotations
+
+import html
+import socket
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from bunancer.client import ApiClient, ApiError
+from tests.conftest import Backend, Proxy, StartProxy
+from tests.helpers import FAST_CHECKS, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dead_port() -> Iterator[int]:
+    with socket.socket() as probe:  # bound, never listening: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        yield probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def proxy(start_proxy: StartProxy, backends: list[Backend], dead_port: int) -> Proxy:
+    extra = FAST_CHECKS + "\n[pools.default.balancing]\ndecision_sample = 1\n"
+    servers = [b.url for b in backends] + [f"http://127.0.0.1:{dead_port}"]
+    return start_proxy(servers, extra, algorithm="least-connections")
+
+
+def test_every_selection_is_recorded_with_what_it_was_made_from(
+    proxy: Proxy, backends: list[Backend], dead_port: int
+) -> None:
+    api = ApiClient(f"http://127.0.0.1:{proxy.api_port}", proxy.token)
+    dead = f"127.0.0.1:{dead_port}"
+    wait_for(lambda: api.request("GET", f"/api/pools/default/servers/{dead}")["state"] != "pending")
+    with proxy.client() as client:
+        for _ in range(5):
+            assert client.request("GET", "/").status == 200
+    wait_for(lambda: len(api.request("GET", "/api/decisions?pool=default")) >= 5)
+    decision = api.request("GET", "/api/decisions?pool=default")[0]  # the newest
+    assert decision["algorithm"] == "least-connections"
+    live = {f"127.0.0.1:{b.port}" for b in backends}
+    assert decision["chosen"] in live
+    assert {c["id"] for c in decision["candidates"]} == live
+    assert all(c["estimate"] == 1.0 and c["in_flight"] == 0 for c in decision["candidates"])
+    assert [s["id"] for s in decision["left_out"]] == [dead]
+    assert decision["left_out"][0]["state"] in ("unhealthy", "dead")
+    assert "connect refused" in decision["left_out"][0]["reason"]
+    about = api.request("GET", f"/api/decisions?server={dead}&limit=2")
+    assert len(about) == 2  # it is left out of every one
+    assert api.request("GET", "/api/decisions?pool=elsewhere") == []
+    with pytest.raises(ApiError) as refused:
+        api.request("GET", "/api/decisions?limit=0")
+    assert refused.value.field == "limit"
+
+    # The dashboard's page: the newest open, its candidates, the dead one and its reason.
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.dashboard_port}/decisions") as page:
+        text = html.unescape(page.read().decode())
+    assert "least-connections chose" in text
+    assert f'>{dead}</a></td><td colspan="3">' in text  # left out
+    assert "connect refused" in text
+    url = f"http://127.0.0.1:{proxy.dashboard_port}/decisions?server={decision['chosen']}"
+    with urllib.request.urlopen(url) as page:
+        assert f"about <code>{decision['chosen']}</code>" in page.read().decode()
+
+
+def test_by_default_one_selection_in_a_thousand_is_recorded(
+    start_proxy: StartProxy, backends: list[Backend]
+) -> None:
+    proxy = start_proxy([b.url for b in backends])
+    api = ApiClient(f"http://127.0.0.1:{proxy.api_port}", proxy.token)
+    with proxy.client() as client:
+        for _ in range(999):
+            client.request("GET", "/")
+        assert api.request("GET", "/api/decisions") == []
+        client.request("GET", "/")  # the 1,000th
+    wait_for(lambda: len(api.request("GET", "/api/decisions")) == 1)
