@@ -97,7 +97,7 @@ def build(
 ) -> tuple[DownstreamProtocol, FakeTransport, UpstreamProtocol, FakeTransport]:
     algorithm = os.environ.get("HOTPATH_ALGORITHM", "peak-ewma")
     # 1 in N selections recorded (why this server); the product's default unless set.
-    sample = int(os.environ.get("HOTPATH_DECISION_SAMPLE", BalancingSettings.decision_sample))
+    sample = int(os.environ.get("HOTPATH_DECISION_SAMPLE", BalancingSettings().decision_sample))
     pool = ServerPool("default", BalancingSettings(algorithm=algorithm, decision_sample=sample))
     server = Server("s1", "127.0.0.1", 9001)
     connections = ConnectionPool(server.host, server.port, UpstreamSettings(), loop)

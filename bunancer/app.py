@@ -33,6 +33,7 @@ from .control.workers import ListenerSockets, Workers
 from .core.accesslog import AccessLog
 from .core.listen import ListenGroup, drain, listen
 from .core.listener import ListenerContext
+from .core.pool import DEBUG_TOKEN
 from .core.tls import TlsTerminator
 from .listeners import (
     Listener,
@@ -306,6 +307,7 @@ class Balancer:
         except TokenError as error:
             await self.close_listeners()
             raise StartupError(str(error)) from None
+        DEBUG_TOKEN[0] = self.token.value.encode()  # who may ask why (X-Bunancer-Debug)
         host, port = parse_hostport(api.listen)
         public_reads, host_check = exposure(api, "api", host)
         self.api_app = build_api(

@@ -33,7 +33,7 @@ REQUEST_GROUP = frozenset(
 # The one module over "about 500" lines: a request's whole life is one compiled class whose
 # request and response halves call each other per request; splitting it further would put
 # an indirection on the hot path for the sake of a line count.
-LONGER = {"bunancer.core.exchange": 590}
+LONGER = {"bunancer.core.exchange": 600}
 DATA_PLANE_MAY_NOT_IMPORT = ("bunancer.control", "bunancer.web", "bunancer.config", "pydantic")
 
 

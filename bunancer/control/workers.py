@@ -35,7 +35,7 @@ from .. import native
 from ..config import Config
 from ..core.channel import Channel
 from ..core.listen import ListenGroup
-from ..core.pool import Experiment
+from ..core.pool import DEBUG_TOKEN, Experiment
 from ..core.snapshot import (
     VERSION,
     add_stats,
@@ -240,7 +240,7 @@ class Workers:
             for x in self.listeners()
         ]  # fmt: skip
         return {"drain": config.timeouts.drain, "pools": pools, "routes": routes,
-                "listeners": listeners}  # fmt: skip
+                "listeners": listeners, "debug_token": DEBUG_TOKEN[0]}  # fmt: skip
 
     def push(self) -> None:
         """Send every worker the current snapshot (several changes in one loop turn: one)."""

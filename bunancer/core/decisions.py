@@ -85,15 +85,47 @@ def explain(pool: Recorded, selector: Selector, chosen: Server | None, at: float
                     candidates, left_out, pool.panic)  # fmt: skip
 
 
+class Traced(Protocol):
+    """A request that asked why (X-Bunancer-Debug): its response's header line."""
+
+    trace: bytes
+
+
+def header_line(decision: Decision) -> bytes:
+    """The X-Bunancer-Decision response header: the decision on one line, ASCII."""
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    candidates = ", ".join(
+        f"{c.server_id} estimate={number(c.estimate)} in_flight={c.in_flight} "
+        f"weight={number(c.weight)}"
+        for c in decision.candidates
+    )
+    left_out = ", ".join(f"{sid} {state}" for sid, state in decision.left_out)
+    arm = f"; arm={decision.arm}" if decision.arm else ""
+    text = (
+        f"pool={decision.pool}{arm}; algorithm={decision.algorithm}; "
+        f"chosen={decision.chosen or '-'}; candidates={candidates or '-'}; "
+        f"left_out={left_out or '-'}; panic={'yes' if decision.panic else 'no'}"
+    )
+    return b"X-Bunancer-Decision: " + text.encode("ascii", "replace") + b"\r\n"
+
+
 class Recorder(Selector):
     """The pool's selector for one pick, recorded; then the pool has its own back."""
 
     def __init__(
-        self, pool: Recorded, inner: Selector, clock: Callable[[], float] = time.time
+        self,
+        pool: Recorded,
+        inner: Selector,
+        clock: Callable[[], float] = time.time,
+        traced: Traced | None = None,
     ) -> None:
         self.pool = pool
         self.inner = inner
         self.clock = clock
+        self.traced = traced
         self.tracks_load = inner.tracks_load
         self.tracks_latency = inner.tracks_latency
 
@@ -101,7 +133,10 @@ class Recorder(Selector):
         pool, inner = self.pool, self.inner
         pool.selector = inner  # this pick only (a retry's second pick goes unrecorded)
         server = inner.pick(servers, key)
-        pool.decisions.append(explain(pool, inner, server, self.clock()))
+        decision = explain(pool, inner, server, self.clock())
+        pool.decisions.append(decision)
+        if self.traced is not None:
+            self.traced.trace = header_line(decision)
         return server
 
     def update(self, servers: Sequence[Server]) -> None:

@@ -402,8 +402,8 @@ class DownstreamProtocol(asyncio.Protocol):
         exchange = Exchange(self, pool, method, request_head, http11, keep_alive, chunked)
         if settings.redirect_https:  # (a plain HTTP listener sending everything to https://)
             exchange.location = https_location(head.host, target)
-        elif pool is not None and pool.per_request:  # a hash key, or the lab's fault rules
-            pool.prepare(exchange, self.client_ip, target, self.headers)
+        elif pool is not None and (pool.per_request or head.debug is not None):  # (rare)
+            pool.prepare(exchange, self.client_ip, target, self.headers, head.debug)
         if upgrade:
             exchange.upgrade = True
             self.upgrading = exchange

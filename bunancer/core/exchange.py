@@ -85,6 +85,7 @@ class Exchange:
         "started",
         "status",
         "target",
+        "trace",
         "tries",
         "tunnelled_in",
         "up",
@@ -127,6 +128,7 @@ class Exchange:
         self.body: RequestBody | None = None  # made at the first body byte, if any
         self.local_status = 0
         self.fault: FaultRule | None = None  # a lab rule hit it: delayed, aborted or reset
+        self.trace = b""  # asked why (X-Bunancer-Debug): the X-Bunancer-Decision line
         self.location: bytes | None = None  # set: answered with a 308 to it (redirect_https)
         self.upgrade = False  # asked to switch protocols (WebSocket)
         self.early_data = b""  # client bytes after the upgrade request, held
@@ -161,8 +163,8 @@ class Exchange:
         fault = self.fault
         if fault is not None:
             self.fault = None
-            act(fault, self, self.down.ctx.loop, self.down.transport)
-            return
+            if act(fault, self, self.down.ctx.loop, self.down.transport):
+                return
         pool.admit()
         server = pool.begin(self.key)
         if server is None:
@@ -337,9 +339,9 @@ class Exchange:
             and not down.client_eof
         )
         self.keep_alive = keep
-        cookie = b""
+        cookie = self.trace
         if self.set_sticky and server is not None and self.pool is not None:
-            cookie = sticky_cookie(self.pool.balancing.sticky_cookie, server)
+            cookie += sticky_cookie(self.pool.balancing.sticky_cookie, server)
         parts = client_response_head(
             head,
             STATUS_LINES[status],

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from .decisions import Recorded, Recorder
 from .routing import normalise_host
 from .stats import REJECTED
 
 DELAY: Final = "delay"
 ABORT: Final = "abort"
 RESET: Final = "reset"
+TRACE: Final = "trace"  # not a fault: a request asking why this server (X-Bunancer-Debug)
 KINDS: Final = (DELAY, ABORT, RESET)
 # SO_LINGER on with zero seconds: closing the socket sends a TCP reset, not a FIN.
 _RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)
@@ -86,6 +88,11 @@ class PoolFaults:
 class Faulted(Protocol):
     """What `act` needs of an exchange."""
 
+    trace: bytes
+
+    @property
+    def pool(self) -> Recorded | None: ...
+
     def start(self) -> None: ...
 
     def fail(self, status: int, error: int) -> None: ...
@@ -98,9 +105,15 @@ def act(
     exchange: Faulted,
     loop: asyncio.AbstractEventLoop,
     transport: asyncio.BaseTransport | None,
-) -> None:
-    """Do what `rule` says to `exchange`, instead of starting it now: start it after a
-    delay, answer the rule's status, or reset the client's connection."""
+) -> bool:
+    """Do what `rule` says to `exchange`: start it after a delay, answer the rule's status,
+    or reset the client's connection (True: it does not start now); or, for TRACE, have
+    its selection recorded and told in its response (False: it starts now)."""
+    if rule.kind == TRACE:
+        pool = exchange.pool
+        if pool is not None:
+            pool.selector = Recorder(pool, pool.selector, traced=exchange)
+        return False
     if rule.kind == DELAY:
         loop.call_later(rule.delay_for(random.random()), exchange.start)
     elif rule.kind == ABORT:
@@ -110,3 +123,4 @@ def act(
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
         exchange.abort_client()
+    return True

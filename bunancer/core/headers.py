@@ -31,7 +31,7 @@ _REQUEST_SPECIAL: Final = (
     HOP_BY_HOP
     | _FRAMING
     | _REQUEST_REPLACED
-    | {b"host", b"x-forwarded-for", b"forwarded", b"expect"}
+    | {b"host", b"x-forwarded-for", b"forwarded", b"expect", b"x-bunancer-debug"}
 )
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | _FRAMING
 
@@ -124,6 +124,7 @@ class RequestHead:
     __slots__ = (
         "connection_header",
         "content_length",
+        "debug",
         "expect_continue",
         "forwarded",
         "host",
@@ -149,6 +150,8 @@ class RequestHead:
         # A Connection or Proxy-Connection header is present: llhttp's keep-alive answer
         # then depends on its value, not only on the HTTP version.
         self.connection_header = False
+        # X-Bunancer-Debug: the API token asking why this server (never sent upstream).
+        self.debug: bytes | None = None
 
 
 def _add(lines: list[bytes], name: bytes, value: bytes) -> None:
@@ -211,6 +214,8 @@ def scan_request_headers(headers: list[tuple[bytes, bytes]], drop: bytes = b"") 
             if value.lower() == b"100-continue":
                 head.expect_continue = True
             _add(lines, name, value)
+        elif lowered == b"x-bunancer-debug":
+            head.debug = value
         # Hop-by-hop, framing and replaced X-Forwarded-* headers are dropped here.
     if named:
         # Rare: Connection names end-to-end-looking headers; they go in a second pass

@@ -14,13 +14,14 @@ peak-ewma's latency) in step.
 from __future__ import annotations
 
 import random
+from _operator import _compare_digest as compare_digest  # (hmac's would load hashlib)
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from .algorithms import Selector, _stable_hash, make_selector
 from .decisions import KEPT, Decision, Recorder
-from .faults import FaultRule, PoolFaults
+from .faults import TRACE, FaultRule, PoolFaults
 from .server import OUT_OF_ROTATION, Server
 from .settings import BalancingSettings
 from .stats import UPSTREAM_5XX, ServerStats, error_class
@@ -37,6 +38,19 @@ class Prepared(Protocol):
     pool: ServerPool | None
     key: bytes | None
     fault: FaultRule | None
+
+
+# A request asking why this server (X-Bunancer-Debug with the API token) has this "rule":
+# its selection is recorded and told in its response.
+TRACED: Final = FaultRule("trace", TRACE, 100.0)
+# The API token, for X-Bunancer-Debug (set once known; b"": nobody may ask).
+DEBUG_TOKEN: list[bytes] = [b""]
+
+
+def may_ask(value: bytes) -> bool:
+    """Whether an X-Bunancer-Debug value is the API token (constant time)."""
+    token = DEBUG_TOKEN[0]
+    return bool(token) and compare_digest(value, token)
 
 
 class ServerPool:
@@ -200,16 +214,20 @@ class ServerPool:
         client_ip: str,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
+        debug: bytes | None = None,
     ) -> None:
-        """What a request needs of the pool before it starts, when `per_request`: the pool
-        that selects for it (an experiment's arm, while one runs), its key for hash and
-        sticky selection, and the fault rule that hits it."""
+        """What a request needs of the pool before it starts, when `per_request` or when it
+        asks why (`debug`: its X-Bunancer-Debug): the pool that selects for it (an
+        experiment's arm, while one runs), its key for hash and sticky selection, and the
+        fault rule that hits it (a request allowed to ask why gets none: TRACED)."""
         pool: ServerPool = self if self.lab is None else self.lab.arm_for(client_ip)
         request.pool = pool
         if pool.key_kind:
             request.key = pool.request_key(client_ip, target, headers)
         faults = self.faults
-        if faults is not None:
+        if debug is not None and may_ask(debug):
+            request.fault = TRACED
+        elif faults is not None:
             request.fault = faults.pick(target, headers)
 
     def request_key(

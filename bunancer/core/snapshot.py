@@ -25,7 +25,7 @@ from .connections import ConnectionPool
 from .faults import FaultRule, PoolFaults
 from .headers import ForwardingOptions
 from .listener import ListenerContext
-from .pool import Arm, Experiment, ServerPool
+from .pool import DEBUG_TOKEN, Arm, Experiment, ServerPool
 from .routing import Route, RouteTable
 from .server import Server, State
 from .settings import BalancingSettings, ListenerSettings, TcpSettings, UpstreamSettings
@@ -156,6 +156,7 @@ class World:
             self.retired.append(self.listeners.pop(key))
             self.tls.pop(key, None)
         self.drain = snapshot["drain"]
+        DEBUG_TOKEN[0] = snapshot["debug_token"]  # who may ask why this server
         self.version = snapshot["version"]
 
     def _apply_pool(self, entry: dict[str, Any], last: dict[str, Any] | None) -> None:

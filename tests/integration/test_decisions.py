@@ -5,6 +5,7 @@ servers left out with the reason; with the default, 1 in 1,000."""
 from __future__ import annotations
 
 import html
+import json
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -80,3 +81,38 @@ def test_by_default_one_selection_in_a_thousand_is_recorded(
         assert api.request("GET", "/api/decisions") == []
         client.request("GET", "/")  # the 1,000th
     wait_for(lambda: len(api.request("GET", "/api/decisions")) == 1)
+
+
+def test_a_request_with_the_token_in_x_bunancer_debug_is_told_why(
+    start_proxy: StartProxy, backends: list[Backend], dead_port: int
+) -> None:
+    servers = [b.url for b in backends] + [f"http://127.0.0.1:{dead_port}"]
+    proxy = start_proxy(servers, FAST_CHECKS, algorithm="least-connections")
+    api = ApiClient(f"http://127.0.0.1:{proxy.api_port}", proxy.token)
+    dead = f"127.0.0.1:{dead_port}"
+    wait_for(lambda: api.request("GET", f"/api/pools/default/servers/{dead}")["state"] != "pending")
+
+    def ask(value: str | None) -> tuple[str | None, dict[str, str]]:
+        """The X-Bunancer-Decision answered, and the headers the backend saw."""
+        headers = {} if value is None else {"X-Bunancer-Debug": value}
+        with proxy.client() as client:
+            answer = client.request("GET", "/echo-headers", headers=headers)
+        seen = {name.lower(): v for name, v in json.loads(answer.body)["headers"]}
+        return answer.header("X-Bunancer-Decision"), seen
+
+    def told() -> str | None:  # (a worker learns the token with a snapshot, within a second)
+        return ask(proxy.token)[0]
+
+    decision = wait_for(told)
+    assert decision.startswith("pool=default; algorithm=least-connections; chosen=127.0.0.1:")
+    for backend in backends:
+        assert f"127.0.0.1:{backend.port} estimate=1 in_flight=0 weight=1" in decision
+    assert f"left_out={dead} " in decision
+    _, seen = ask(proxy.token)
+    assert "x-bunancer-debug" not in seen  # the token never goes upstream
+    for refused in (None, "not-the-token", proxy.token[:-1]):
+        header, seen = ask(refused)
+        assert header is None
+        assert "x-bunancer-debug" not in seen
+    # Sampling is 1 in 1,000: those recorded were the asked ones (collected once a second).
+    wait_for(lambda: len(api.request("GET", "/api/decisions")) >= 2)
