@@ -112,6 +112,13 @@ def header_line(decision: Decision) -> bytes:
     return b"X-Bunancer-Decision: " + text.encode("ascii", "replace") + b"\r\n"
 
 
+def retry_line(failed: str, status: int, chosen: str) -> bytes:
+    """An X-Bunancer-Decision line for a retry: after which server, why, and to which."""
+    why = f"status {status}" if status else "no answer"
+    text = f"retry after {failed} ({why}): chosen={chosen}"
+    return b"X-Bunancer-Decision: " + text.encode("ascii", "replace") + b"\r\n"
+
+
 class Recorder(Selector):
     """The pool's selector for one pick, recorded; then the pool has its own back."""
 
@@ -136,7 +143,7 @@ class Recorder(Selector):
         decision = explain(pool, inner, server, self.clock())
         pool.decisions.append(decision)
         if self.traced is not None:
-            self.traced.trace = header_line(decision)
+            self.traced.trace += header_line(decision)
         return server
 
     def update(self, servers: Sequence[Server]) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .algorithms import sticky_cookie
 from .body import RequestBody, replayable
 from .connections import ConnectionPool
+from .decisions import retry_line
 from .errors import STATUS_LINES, Overloaded, error_response, redirect_response
 from .faults import FaultRule, act
 from .framing import (
@@ -202,6 +203,8 @@ class Exchange:
         other = pool.retry(failed, self.tries, self.key, status, error, count)
         if other is None:
             return False
+        if self.trace:  # it asked why: its retries are told too
+            self.trace += retry_line(failed.id, status, other.id)
         self.server = None  # (its use ended in `retry`)
         self._use(other)
         return True

@@ -114,5 +114,17 @@ def test_a_request_with_the_token_in_x_bunancer_debug_is_told_why(
         header, seen = ask(refused)
         assert header is None
         assert "x-bunancer-debug" not in seen
+    # A retry is told too: the first backend fails this path with a 503, the other answers.
+    first, second = (f"127.0.0.1:{b.port}" for b in backends)
+    lines: list[str] = []
+    for _ in range(3):  # (least-connections, in turn: one of three goes to the first first)
+        with proxy.client() as client:
+            answer = client.request(
+                "GET", f"/fail-on/{backends[0].port}/503", headers={"X-Bunancer-Debug": proxy.token}
+            )
+        assert answer.status == 200
+        lines += answer.header_all("X-Bunancer-Decision")
+    assert f"retry after {first} (status 503): chosen={second}" in lines
+
     # Sampling is 1 in 1,000: those recorded were the asked ones (collected once a second).
     wait_for(lambda: len(api.request("GET", "/api/decisions")) >= 2)
