@@ -9,6 +9,12 @@ It is the one owner of selection accounting: every use of a server (a request, e
 attempt of it, a TCP or upgraded tunnel) begins with `begin` and ends with one `end`, which
 keep its count in flight, its peak, and the selector's own books (least-connections' load,
 peak-ewma's latency) in step.
+
+The lab's three parts meet here, on the one path a request with a hash key already took
+(`per_request` and `prepare`): fault rules (core/faults.py), an experiment splitting the
+pool's requests between arms (`Experiment`, `Arm`, below), and a request asking why this
+server (X-Bunancer-Debug); 1 in `decision_sample` selections is recorded (`admit`,
+core/decisions.py).
 """
 
 from __future__ import annotations
