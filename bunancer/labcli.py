@@ -55,7 +55,12 @@ def arms_table(view: dict[str, Any]) -> Group:
 
 @click.command("lab")
 @click.option("--pool", default="default", show_default=True)
-@click.option("--algorithms", required=True, help="Two to four, comma-separated.")
+@click.option(
+    "--algorithms",
+    required=True,
+    help="Two to four, comma-separated; an option after a colon: hash:header:X-User "
+    "(the hash key), sticky:p2c (the fallback).",
+)
 @click.option("--duration", type=click.FloatRange(5, 3600), default=60.0, show_default=True,
               help="Seconds; the experiment ends by itself.")  # fmt: skip
 @click.option("--split", type=click.Choice(["random", "client"]), default="random",

@@ -24,8 +24,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
-from ..config import Algorithm
+from pydantic import ValidationError
+
+from ..config import Algorithm, BalancingConfig
 from ..core.pool import Arm, Experiment
+from ..core.settings import BalancingSettings
 from ..core.stats import ServerStats, merge, percentile
 from .events import (
     FAULT_ADDED,
@@ -156,14 +159,12 @@ class Lab:
         pool = self.registry.pool(pool_name)  # NotFound: 404
         if not 2 <= len(algorithms) <= 4:
             raise ValueError("algorithms: two to four")
-        unknown = [a for a in algorithms if a not in ALGORITHMS]
-        if unknown:
-            raise ValueError(f"algorithms: unknown {', '.join(unknown)}")
         if split not in SPLITS:
             raise ValueError(f"split: {' or '.join(SPLITS)}")
+        settings = [arm_settings(spec, pool.balancing) for spec in algorithms]
         arms = [
-            Arm(pool, _label(name, algorithms[:index]), replace(pool.balancing, algorithm=name))
-            for index, name in enumerate(algorithms)
+            Arm(pool, _label(spec, algorithms[:index]), settings[index])
+            for index, spec in enumerate(algorithms)
         ]
         now = self.clock()
         run = Run(f"e{next(self._ids)}", pool_name, split, seconds, arms, now)
@@ -250,6 +251,26 @@ class Lab:
     def _newest_event(self) -> int:
         newest = self.bus.recent(None, limit=1)
         return newest[-1].id if newest else 0
+
+
+def arm_settings(spec: str, base: BalancingSettings) -> BalancingSettings:
+    """An arm's settings from its spec: an algorithm, with its option after a colon
+    (`hash:header:X-User`: the hash key; `sticky:least-connections`: the fallback); the
+    pool's for the rest. A ValueError names what is wrong."""
+    name, _, option = spec.partition(":")
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithms: unknown {name or spec!r}")
+    if not option:
+        return replace(base, algorithm=name)
+    if name not in ("hash", "sticky"):
+        raise ValueError(f"algorithms: {name} takes no option (hash and sticky do)")
+    key = "hash_key" if name == "hash" else "sticky_fallback"
+    try:
+        BalancingConfig.model_validate({key: option})
+    except ValidationError as error:
+        problem = error.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ValueError(f"algorithms: {spec}: {problem}") from None
+    return replace(base, algorithm=name, **{key: option})
 
 
 def _label(name: str, before: list[str]) -> str:

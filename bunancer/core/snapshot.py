@@ -93,11 +93,14 @@ def server_entry(server: Server) -> ServerEntry:
             str(server.state), server.eject_after, statuses)  # fmt: skip
 
 
-def lab_entry(lab: Experiment | None) -> tuple[str, bool, list[tuple[str, str]]] | None:
-    """A pool's experiment as a worker makes its own: its id, split and arms."""
+def lab_entry(lab: Experiment | None) -> tuple[str, bool, list[tuple[str, ...]]] | None:
+    """A pool's experiment as a worker makes its own: its id, split and arms (each its
+    label, algorithm and the options an arm may set)."""
     if lab is None:
         return None
-    return lab.name, lab.by_client, [(arm.label, arm.balancing.algorithm) for arm in lab.arms]
+    arms = [(arm.label, arm.balancing.algorithm, arm.balancing.hash_key,
+             arm.balancing.sticky_fallback) for arm in lab.arms]  # fmt: skip
+    return lab.name, lab.by_client, arms
 
 
 def fault_entries(faults: PoolFaults | None) -> list[tuple[Any, ...]]:
@@ -215,8 +218,11 @@ class World:
             return
         name, by_client, arms = entry
         if pool.lab is None:
-            made = [Arm(pool, label, dataclasses.replace(pool.balancing, algorithm=algorithm))
-                    for label, algorithm in arms]  # fmt: skip
+            made = [
+                Arm(pool, label, dataclasses.replace(
+                    pool.balancing, algorithm=algorithm, hash_key=key, sticky_fallback=fallback))
+                for label, algorithm, key, fallback in arms
+            ]  # fmt: skip
             pool.set_lab(Experiment(made, by_client, name=name))
 
     def _server(

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import NAME_PATTERN, Algorithm
+from ..config import NAME_PATTERN
 from ..control.commands import Invalid
 from ..control.lab import Lab
 from ..control.records import NotFound
@@ -22,7 +22,8 @@ class LabCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     pool: str = Field(default="default", pattern=NAME_PATTERN)
-    algorithms: list[Algorithm] = Field(min_length=2, max_length=4)
+    # Each an algorithm, with its option after a colon: hash:header:X-User, sticky:p2c.
+    algorithms: list[str] = Field(min_length=2, max_length=4)
     split: Literal["random", "client"] = "random"
     seconds: float = Field(default=60.0, ge=MIN_SECONDS, le=MAX_SECONDS)
 

@@ -59,7 +59,8 @@ async def test_a_bad_experiment_names_what_is_wrong() -> None:
     lab, _, _ = lab_with_pool()
     for algorithms, split, said in (
         (["p2c"], "random", "algorithms: two to four"),
-        (["p2c", "psychic"], "random", "algorithms: unknown psychic"),
+        (["p2c", "psychic"], "random", "algorithms: unknown .psychic."),
+        (["p2c", "hash:cookie:"], "random", "algorithms: hash:cookie:: use client_ip"),
         (["p2c", "random"], "hash", "split: random or client"),
     ):
         with pytest.raises(ValueError, match=said):

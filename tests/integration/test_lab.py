@@ -97,11 +97,27 @@ def test_a_split_by_client_keeps_each_client_on_its_arm(proxy: Proxy, api: ApiCl
     assert max(answered) > 50
 
 
+def test_an_arm_takes_its_algorithms_option(proxy: Proxy, api: ApiClient) -> None:
+    body = {"algorithms": ["hash:header:X-User", "round-robin"], "seconds": 60}
+    started = api.request("POST", "/api/lab", body)
+    assert [arm["label"] for arm in started["arms"]] == ["hash:header:X-User", "round-robin"]
+    with proxy.client() as client:
+        for _ in range(60):
+            assert client.request("GET", "/", headers={"X-User": "alice"}).status == 200
+    stopped = api.request("DELETE", "/api/lab")
+    hashed, rotated = stopped["arms"]
+    assert hashed["algorithm"] == "hash"
+    assert list(hashed["shares"].values()) == [1.0]  # alice: one server, every time
+    assert len(rotated["shares"]) == 3  # round-robin: all three
+
+
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [
         ({"algorithms": ["round-robin"]}, 422, "algorithms"),
-        ({"algorithms": ["round-robin", "psychic"]}, 422, "algorithms[1]"),
+        ({"algorithms": ["round-robin", "psychic"]}, 422, "algorithms"),
+        ({"algorithms": ["round-robin", "hash:header:"]}, 422, "algorithms"),
+        ({"algorithms": ["round-robin", "p2c:fast"]}, 422, "algorithms"),
         ({"algorithms": ["p2c", "random"], "seconds": 1}, 422, "seconds"),
         ({"algorithms": ["p2c", "random"], "split": "hash"}, 422, "split"),
         ({"algorithms": ["p2c", "random"], "pool": "nope"}, 404, None),

@@ -79,7 +79,8 @@ def test_an_experiment_runs_from_the_lab_page_and_its_result_can_be_downloaded(
     ("change", "said"),
     [
         ({"arm2": ""}, "algorithms: "),
-        ({"arm2": "psychic"}, "algorithms[1]: "),
+        ({"arm2": "psychic"}, "algorithms: unknown 'psychic'"),
+        ({"arm2_option": "fast"}, "algorithms: peak-ewma takes no option"),
         ({"seconds": "2"}, "seconds: "),
         ({"seconds": "soon"}, "seconds: not a number"),
         ({"pool": "nope"}, "no pool 'nope'"),

@@ -88,7 +88,11 @@ class LabPage:
     async def start(self, request: Request) -> str:
         """POST /actions/lab"""
         form = form_of(request)
-        names = [form[f"arm{i}"] for i in range(1, ARMS + 1) if form.get(f"arm{i}", "").strip()]
+        names = [
+            ":".join(filter(None, (form[f"arm{i}"], form.get(f"arm{i}_option", "").strip())))
+            for i in range(1, ARMS + 1)
+            if form.get(f"arm{i}", "").strip()
+        ]  # an algorithm, and its option after a colon (hash:header:X-User)
         values: dict[str, Any] = {"pool": form.get("pool", ""), "algorithms": names,
                                   "split": form.get("split", "random")}  # fmt: skip
         try:
