@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .algorithms import Selector
@@ -30,7 +30,7 @@ class Candidate:
     weight: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     at: float  # wall clock
     pool: str
@@ -40,6 +40,14 @@ class Decision:
     candidates: tuple[Candidate, ...]
     left_out: tuple[tuple[str, str], ...]  # (server id, state)
     panic: bool
+    # The request's retries, as they come: (after which server, its status or 0, to which).
+    retries: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def retried(self, failed: str, status: int, chosen: str, told: bool) -> bytes:
+        """A retry of the request this decision is of; its X-Bunancer-Decision line when
+        the request asked why (`told`), else b""."""
+        self.retries.append((failed, status, chosen))
+        return retry_line(failed, status, chosen) if told else b""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +67,10 @@ class Decision:
             ],
             "left_out": [{"id": sid, "state": state} for sid, state in self.left_out],
             "panic": self.panic,
+            "retries": [
+                {"after": failed, "status": status or None, "chosen": chosen}
+                for failed, status, chosen in self.retries
+            ],
         }
 
 
@@ -86,9 +98,11 @@ def explain(pool: Recorded, selector: Selector, chosen: Server | None, at: float
 
 
 class Traced(Protocol):
-    """A request that asked why (X-Bunancer-Debug): its response's header line."""
+    """A request whose selection is recorded: its decision (for its retries), and, when it
+    asked why (X-Bunancer-Debug), its response's header lines."""
 
     trace: bytes
+    decision: Decision | None
 
 
 def header_line(decision: Decision) -> bytes:
@@ -126,13 +140,15 @@ class Recorder(Selector):
         self,
         pool: Recorded,
         inner: Selector,
+        traced: Traced,
+        told: bool = False,
         clock: Callable[[], float] = time.time,
-        traced: Traced | None = None,
     ) -> None:
         self.pool = pool
         self.inner = inner
-        self.clock = clock
         self.traced = traced
+        self.told = told  # it asked why: its response says
+        self.clock = clock
         self.tracks_load = inner.tracks_load
         self.tracks_latency = inner.tracks_latency
 
@@ -142,7 +158,8 @@ class Recorder(Selector):
         server = inner.pick(servers, key)
         decision = explain(pool, inner, server, self.clock())
         pool.decisions.append(decision)
-        if self.traced is not None:
+        self.traced.decision = decision
+        if self.told:
             self.traced.trace += header_line(decision)
         return server
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .algorithms import sticky_cookie
 from .body import RequestBody, replayable
 from .connections import ConnectionPool
-from .decisions import retry_line
+from .decisions import Decision
 from .errors import STATUS_LINES, Overloaded, error_response, redirect_response
 from .faults import FaultRule, act
 from .framing import (
@@ -61,6 +61,7 @@ class Exchange:
         "body",
         "bytes_out",
         "chunked_request",
+        "decision",
         "done",
         "down",
         "early_data",
@@ -129,7 +130,8 @@ class Exchange:
         self.body: RequestBody | None = None  # made at the first body byte, if any
         self.local_status = 0
         self.fault: FaultRule | None = None  # a lab rule hit it: delayed, aborted or reset
-        self.trace = b""  # asked why (X-Bunancer-Debug): the X-Bunancer-Decision line
+        self.trace = b""  # asked why (X-Bunancer-Debug): the X-Bunancer-Decision lines
+        self.decision: Decision | None = None  # its selection, when recorded
         self.location: bytes | None = None  # set: answered with a 308 to it (redirect_https)
         self.upgrade = False  # asked to switch protocols (WebSocket)
         self.early_data = b""  # client bytes after the upgrade request, held
@@ -166,7 +168,7 @@ class Exchange:
             self.fault = None
             if act(fault, self, self.down.ctx.loop, self.down.transport):
                 return
-        pool.admit()
+        pool.admit(self)
         server = pool.begin(self.key)
         if server is None:
             self.fail(503, REJECTED)
@@ -203,8 +205,9 @@ class Exchange:
         other = pool.retry(failed, self.tries, self.key, status, error, count)
         if other is None:
             return False
-        if self.trace:  # it asked why: its retries are told too
-            self.trace += retry_line(failed.id, status, other.id)
+        decision = self.decision
+        if decision is not None:  # its selection was recorded: its retries are too
+            self.trace += decision.retried(failed.id, status, other.id, self.trace != b"")
         self.server = None  # (its use ended in `retry`)
         self._use(other)
         return True

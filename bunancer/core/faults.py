@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from .decisions import Recorded, Recorder
+from .decisions import Decision, Recorded, Recorder
 from .routing import normalise_host
 from .stats import REJECTED
 
@@ -89,6 +89,7 @@ class Faulted(Protocol):
     """What `act` needs of an exchange."""
 
     trace: bytes
+    decision: Decision | None
 
     @property
     def pool(self) -> Recorded | None: ...
@@ -112,7 +113,7 @@ def act(
     if rule.kind == TRACE:
         pool = exchange.pool
         if pool is not None:
-            pool.selector = Recorder(pool, pool.selector, traced=exchange)
+            pool.selector = Recorder(pool, pool.selector, exchange, told=True)
         return False
     if rule.kind == DELAY:
         loop.call_later(rule.delay_for(random.random()), exchange.start)

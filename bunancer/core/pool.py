@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from .algorithms import Selector, _stable_hash, make_selector
-from .decisions import KEPT, Decision, Recorder
+from .decisions import KEPT, Decision, Recorder, Traced
 from .faults import TRACE, FaultRule, PoolFaults
 from .server import OUT_OF_ROTATION, Server
 from .settings import BalancingSettings
@@ -261,7 +261,7 @@ class ServerPool:
             return None
         return None
 
-    def admit(self) -> None:
+    def admit(self, request: Traced) -> None:
         """A new request: it adds `retry_budget` to the budget (up to the reserve), and 1 in
         `decision_sample` has its selection recorded (the next pick; see core/decisions.py)."""
         tokens = self.retry_tokens + self.retry_ratio
@@ -271,7 +271,7 @@ class ServerPool:
         self.sample_in = countdown
         if countdown == 0:
             self.sample_in = self.balancing.decision_sample
-            self.selector = Recorder(self, self.selector)
+            self.selector = Recorder(self, self.selector, request)
 
     def may_retry(self, tries: int) -> bool:
         """Whether a request tried `tries` times may go again: tries and budget left."""

@@ -9,6 +9,7 @@ import json
 import socket
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -39,11 +40,17 @@ def test_every_selection_is_recorded_with_what_it_was_made_from(
     api = ApiClient(f"http://127.0.0.1:{proxy.api_port}", proxy.token)
     dead = f"127.0.0.1:{dead_port}"
     wait_for(lambda: api.request("GET", f"/api/pools/default/servers/{dead}")["state"] != "pending")
-    with proxy.client() as client:
-        for _ in range(5):
+
+    def newest_after_a_request() -> dict[str, Any] | None:
+        """The newest decision once it saw the dead server out (with --workers, a worker
+        learns the state from its next snapshot)."""
+        with proxy.client() as client:
             assert client.request("GET", "/").status == 200
-    wait_for(lambda: len(api.request("GET", "/api/decisions?pool=default")) >= 5)
-    decision = api.request("GET", "/api/decisions?pool=default")[0]  # the newest
+        found = api.request("GET", "/api/decisions?pool=default")
+        out = found and found[0]["left_out"] and found[0]["left_out"][0]["state"] != "pending"
+        return found[0] if out else None
+
+    decision = wait_for(newest_after_a_request)
     assert decision["algorithm"] == "least-connections"
     live = {f"127.0.0.1:{b.port}" for b in backends}
     assert decision["chosen"] in live
@@ -125,6 +132,10 @@ def test_a_request_with_the_token_in_x_bunancer_debug_is_told_why(
         assert answer.status == 200
         lines += answer.header_all("X-Bunancer-Decision")
     assert f"retry after {first} (status 503): chosen={second}" in lines
+    retried = wait_for(
+        lambda: [d for d in api.request("GET", "/api/decisions") if d["retries"]], timeout=5
+    )
+    assert retried[0]["retries"] == [{"after": first, "status": 503, "chosen": second}]
 
     # Sampling is 1 in 1,000: those recorded were the asked ones (collected once a second).
     wait_for(lambda: len(api.request("GET", "/api/decisions")) >= 2)
