@@ -136,6 +136,9 @@ def test_a_request_with_the_token_in_x_bunancer_debug_is_told_why(
         lambda: [d for d in api.request("GET", "/api/decisions") if d["retries"]], timeout=5
     )
     assert retried[0]["retries"] == [{"after": first, "status": 503, "chosen": second}]
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.dashboard_port}/decisions") as page:
+        text = page.read().decode()
+    assert f"Retried: after <code>{first}</code> (status 503) to <code>{second}</code>" in text
 
     # Sampling is 1 in 1,000: those recorded were the asked ones (collected once a second).
     wait_for(lambda: len(api.request("GET", "/api/decisions")) >= 2)
