@@ -61,6 +61,13 @@ def test_an_experiment_runs_from_the_lab_page_and_its_result_can_be_downloaded(
     assert restored.status == 200, restored.text
     assert str(stubs.behaviour("s1").latency) == "2ms"
     assert admin.post("/actions/lab", START).status == 409  # one at a time
+    killed = admin.post("/actions/lab/stubs/s2/kill")
+    assert killed.json["message"] == "stub s2 killed"
+    assert [stub.id for stub in stubs.list()] == ["s1"]
+    assert 'id="lab-add-stub"' in admin.get("/lab").text
+    added = admin.post("/actions/pools/default/stubs", {"latency": "2ms"})
+    assert added.status == 200, added.text
+    assert len(stubs.list()) == 2  # another in its place
 
     assert admin.post("/actions/lab/stop").json["message"] == "experiment e1 stopped"
     listed = admin.get("/lab").text
