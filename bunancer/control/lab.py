@@ -180,7 +180,7 @@ class Lab:
         what = ", ".join(arm.label for arm in arms)
         log.warning("lab: experiment %s on pool %s: %s for %gs", run.run_id, pool_name, what,
                     seconds)  # fmt: skip
-        self.bus.publish(LAB_STARTED, run.view(now))
+        self.bus.publish(LAB_STARTED, run.view(run.started))
         return run
 
     async def stop(self, why: str = "stopped") -> dict[str, Any]:
