@@ -172,6 +172,10 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # Queued as the listening socket closed (with --workers, the last process holding
+        # it lets go a moment later): not accepted, and the next try is refused.
+        return False
     return False
 
 
