@@ -16,25 +16,7 @@ def faults_group() -> None:
 
 
 def _describe(rule: dict[str, Any]) -> str:
-    what = rule["kind"]
-    if what == "delay":
-        low, high = rule["delay_ms"], rule["delay_max_ms"]
-        what = f"delay {low} ms" if low == high else f"delay {low}-{high} ms"
-    elif what == "abort":
-        what = f"abort with {rule['status']}"
-    only = "".join(
-        f", only {label} {rule[key]}"
-        for key, label in (
-            ("host", "for host"),
-            ("path_prefix", "under"),
-            ("header", "with header"),
-        )
-        if rule.get(key)
-    )
-    return (
-        f"{rule['id']}: {what} for {rule['percent']:g}% of pool {rule['pool']}{only}; "
-        f"ends in {rule['seconds_left']:.0f}s"
-    )
+    return f"{rule['id']}: {rule['summary']}; ends in {rule['seconds_left']:.0f}s"
 
 
 @faults_group.command("add")

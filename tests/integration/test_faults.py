@@ -135,7 +135,7 @@ def test_the_cli_sets_lists_and_removes_rules(proxy: Proxy, api: ApiClient) -> N
     added = run_cli("faults", "add", "abort", "--status", "502", "--percent", "100",
                     "--header", "X-Lab", "--for", "30", *where)  # fmt: skip
     assert added.returncode == 0, added.stderr
-    assert "abort with 502 for 100% of pool default, only with header x-lab" in added.stdout
+    assert "abort with 502 for 100% of pool default's requests with header x-lab" in added.stdout
     assert status_of(proxy, "/", {"X-Lab": "yes"}) == 502
     listed = run_cli("faults", "list", *where)
     assert "abort with 502" in listed.stdout

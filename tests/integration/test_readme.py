@@ -222,8 +222,8 @@ def curl_delayed(walk: Walk, command: str) -> None:
 
 def faults_list(walk: Walk, command: str) -> None:
     out = walk.shell(command)
-    assert "f1: abort with 503 for 100% of pool default, only with header x-chaos" in out
-    assert "f2: delay 200 ms for 100% of pool default; ends in" in out
+    assert "f1: abort with 503 for 100% of pool default's requests with header x-chaos" in out
+    assert "f2: delay 200 ms for 100% of pool default's requests; ends in" in out
 
 
 def faults_removed(walk: Walk, command: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ...control.lab import Lab
 from ...problems import describe_problem
 from ..app import JSON, HTTPError, Request, Response
 from ..lab import LabCreate, overview, start
@@ -33,7 +34,7 @@ class LabPage:
         self.lab = dash.context.lab
         self.restore: dict[str, dict[str, str]] = {}  # stub id: what "restore" sets back
 
-    def book(self) -> Any:
+    def book(self) -> Lab:
         if self.lab is None:
             raise HTTPError(404, "this balancer has no lab")
         return self.lab
