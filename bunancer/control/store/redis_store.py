@@ -121,6 +121,9 @@ class RedisStore:
         self._script: AsyncScript = self._client.register_script(_SAVE_SCRIPT)
         self._closed = asyncio.Event()
         self._known: bytes | None = None  # digest of the state last loaded, saved or yielded
+        # Digest of the state a save in flight is writing: a fetch the watch makes meanwhile
+        # (for another instance's earlier message) may already read it, and must not yield it.
+        self._saving: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.description} instance={self.instance_id}>"
@@ -166,6 +169,8 @@ class RedisStore:
         revision = state.revision + 1
         data = dataclasses.replace(state, revision=revision).to_json()
         message = orjson.dumps({"instance": self.instance_id, "revision": revision})
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        self._saving = digest
         try:
             status, stored = await self._script(
                 keys=[self.state_key], args=[state.revision, data, self.channel, message]
@@ -174,6 +179,8 @@ class RedisStore:
             raise self._unavailable(error) from error
         except self._response_error as error:
             raise StoreError(f"{self.description}: save failed: {error}") from error
+        finally:
+            self._saving = None
         if status == -1:
             raise StoreCorrupt(f"{self.description}: the stored value has no valid revision")
         if status == 0:
@@ -182,7 +189,7 @@ class RedisStore:
                 f"on revision {state.revision}: reload and retry"
             )
         state.revision = revision
-        self._known = hashlib.blake2b(data, digest_size=16).digest()
+        self._known = digest
 
     async def watch(self) -> AsyncIterator[SavedState]:
         client = self._connect(retries=0)  # errors reach the loop below at once
@@ -226,7 +233,7 @@ class RedisStore:
         except StoreCorrupt as error:
             log.error("%s", error)  # keep watching: the next valid save is still wanted
             return None
-        if state is None or digest == self._known or self._closed.is_set():
+        if state is None or digest in (self._known, self._saving) or self._closed.is_set():
             return None
         self._known = digest
         return state
