@@ -403,7 +403,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if settings.redirect_https:  # (a plain HTTP listener sending everything to https://)
             exchange.location = https_location(head.host, target)
         elif pool is not None and (pool.per_request or head.debug is not None):  # (rare)
-            pool.prepare(exchange, self.client_ip, target, self.headers, head.debug)
+            pool.prepare(exchange, self.client_ip, target, self.headers, head)
         if upgrade:
             exchange.upgrade = True
             self.upgrading = exchange

@@ -3,8 +3,8 @@ connection, for a share of a pool's requests. Sans-I/O but for `act`.
 
 A pool without rules has `faults` None, and the request path pays no more than before: the
 check it made for hash keys became `ServerPool.per_request`, true with either. With rules,
-`PoolFaults.pick` finds the first rule whose filters (a path prefix, a header the request
-carries) match and whose dice say yes; `act` then does what it says to the exchange before
+`PoolFaults.pick` finds the first rule whose filters (a path prefix, a host, a header the
+request carries) match and whose dice say yes; `act` then does what it says to the exchange before
 it picks a server. Rules end by themselves: the control process removes each at its expiry
 (Envoy's fault filter, the anchor, has neither expiry nor rules set at run time).
 """
@@ -27,7 +27,6 @@ DELAY: Final = "delay"
 ABORT: Final = "abort"
 RESET: Final = "reset"
 TRACE: Final = "trace"  # not a fault: a request asking why this server (X-Bunancer-Debug)
-KINDS: Final = (DELAY, ABORT, RESET)
 # SO_LINGER on with zero seconds: closing the socket sends a TCP reset, not a FIN.
 _RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)
 
@@ -48,18 +47,20 @@ class FaultRule:
     # pool and the path prefix, a route's requests.
     host: bytes = b""
 
-    def matches(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    def matches(
+        self, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """Whether a request (its target, its Host as the head has it, its headers) is one
+        of this rule's."""
         if self.path_prefix and not target.startswith(self.path_prefix):
             return False
-        if self.host and not self._for_host(headers):
+        if self.host and not self._for_host(normalise_host(host)):
             return False
         if self.header:
             return any(name.lower() == self.header for name, _ in headers)
         return True
 
-    def _for_host(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        value = next((v for name, v in headers if name.lower() == b"host"), None)
-        host = normalise_host(value)
+    def _for_host(self, host: bytes) -> bool:
         if self.host.startswith(b"*."):
             return host.endswith(self.host[1:])
         return host == self.host
@@ -78,9 +79,11 @@ class PoolFaults:
         self.rules = rules
         self.draw = draw  # uniform in [0, 1); tests pass their own
 
-    def pick(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> FaultRule | None:
+    def pick(
+        self, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]]
+    ) -> FaultRule | None:
         for rule in self.rules:
-            if rule.matches(target, headers) and self.draw() * 100.0 < rule.percent:
+            if rule.matches(target, host, headers) and self.draw() * 100.0 < rule.percent:
                 return rule
         return None
 

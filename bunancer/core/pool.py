@@ -28,6 +28,7 @@ from typing import Any, Final, Protocol
 from .algorithms import Selector, _stable_hash, make_selector
 from .decisions import KEPT, Decision, Recorder, Traced
 from .faults import TRACE, FaultRule, PoolFaults
+from .headers import RequestHead
 from .server import OUT_OF_ROTATION, Server
 from .settings import BalancingSettings
 from .stats import UPSTREAM_5XX, ServerStats, error_class
@@ -220,10 +221,10 @@ class ServerPool:
         client_ip: str,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
-        debug: bytes | None = None,
+        head: RequestHead,
     ) -> None:
         """What a request needs of the pool before it starts, when `per_request` or when it
-        asks why (`debug`: its X-Bunancer-Debug): the pool that selects for it (an
+        asks why (its X-Bunancer-Debug, in `head`): the pool that selects for it (an
         experiment's arm, while one runs), its key for hash and sticky selection, and the
         fault rule that hits it (a request allowed to ask why gets none: TRACED)."""
         pool: ServerPool = self if self.lab is None else self.lab.arm_for(client_ip)
@@ -231,10 +232,10 @@ class ServerPool:
         if pool.key_kind:
             request.key = pool.request_key(client_ip, target, headers)
         faults = self.faults
-        if debug is not None and may_ask(debug):
+        if head.debug is not None and may_ask(head.debug):
             request.fault = TRACED
         elif faults is not None:
-            request.fault = faults.pick(target, headers)
+            request.fault = faults.pick(target, head.host, headers)
 
     def request_key(
         self, client_ip: str, target: bytes, headers: list[tuple[bytes, bytes]]
