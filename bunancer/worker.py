@@ -23,6 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .core.channel import Channel
+from .core.decisions import taken
 from .core.downstream import DownstreamProtocol
 from .core.listen import ListenGroup, drain, listen
 from .core.listener import ListenerContext
@@ -209,8 +210,7 @@ class Worker:
                 )
                 servers.append([pool.name, server.id, delta, server.in_flight, active, idle])
             pools.append([pool.name, self._take(("pool", pool.name), pool.rejected)])
-            while pool.decisions:
-                decisions.append(pool.decisions.popleft().as_dict())
+            decisions += taken(pool.decisions)
             if pool.lab is not None:
                 experiments += self._arm_counts(pool.name, pool.lab)
         for pool_name, ended in self.world.ended_labs:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from ..core.decisions import taken
 from ..core.pool import ServerPool
 from .registry import Registry
 
@@ -27,9 +28,8 @@ class DecisionLog:
     def collect(self, pools: Iterable[ServerPool]) -> None:
         """This process's pools' recorded selections (a worker sends its own)."""
         for pool in pools:
-            decisions = pool.decisions
-            while decisions:
-                self.add(decisions.popleft().as_dict())
+            for decision in taken(pool.decisions):
+                self.add(decision)
 
     def add(self, decision: dict[str, Any]) -> None:
         records = self.registry.records

@@ -74,6 +74,13 @@ class Decision:
         }
 
 
+def taken(decisions: deque[Decision]) -> list[dict[str, Any]]:
+    """A pool's recorded decisions, handed over as plain values (and gone from the pool)."""
+    handed = [decision.as_dict() for decision in decisions]
+    decisions.clear()
+    return handed
+
+
 class Recorded(Protocol):
     """What a recorder needs of its pool (core/pool.py's ServerPool)."""
 
