@@ -8,7 +8,7 @@ configfile.py's.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -199,6 +199,7 @@ Algorithm = Literal[
     "hash",
     "sticky",
 ]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)  # the names, for checks and menus
 # peak-ewma, not p2c: with one backend 10x slower, p2c still sends it ~7% of requests (in
 # flight counts equalise) and p99 stays at its latency; peak-ewma does not (bench/algorithms.py).
 DEFAULT_ALGORITHM = "peak-ewma"

@@ -110,8 +110,9 @@ class FaultBook:
         self._timers[rule_id] = self.loop.call_later(seconds, self._expire, rule_id)
         await self._apply(pool)
         log.warning("fault %s set for %gs: %s", rule_id, seconds, fault.summary())
-        self.bus.publish(FAULT_ADDED, {**fault.view(now), **self._said(fault)})
-        return fault.view(now)
+        view = fault.view(now)
+        self.bus.publish(FAULT_ADDED, {**view, "active": len(self.active)})
+        return view
 
     async def remove(self, rule_id: str, why: str = "removed") -> dict[str, Any]:
         fault = self.active.pop(rule_id, None)
@@ -123,13 +124,9 @@ class FaultBook:
         await self._apply(fault.pool)
         log.warning("fault %s %s: %s", rule_id, why, fault.summary())
         view = fault.view(self.clock())
-        self.bus.publish(FAULT_REMOVED, {**view, **self._said(fault), "why": why})
+        # (`active`: how many are in effect now, for the dashboard's banner)
+        self.bus.publish(FAULT_REMOVED, {**view, "active": len(self.active), "why": why})
         return view
-
-    def _said(self, fault: ActiveFault) -> dict[str, Any]:
-        """What an event adds to the rule's view: how many are active now (the dashboard's
-        banner)."""
-        return {"active": len(self.active)}
 
     def _expire(self, rule_id: str) -> None:
         self._timers.pop(rule_id, None)

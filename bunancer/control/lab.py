@@ -22,11 +22,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, get_args
+from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import Algorithm, BalancingConfig
+from ..config import ALGORITHMS, BalancingConfig
 from ..core.pool import Arm, Experiment
 from ..core.settings import BalancingSettings
 from ..core.stats import ServerStats, merge, percentile
@@ -47,7 +47,6 @@ from .registry import Registry
 
 log = logging.getLogger("bunancer")
 
-ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 KEPT = 10  # finished experiments whose results stay listed
 SPLITS = ("random", "client")
 MARKED = (SERVER_STATE, SERVER_ADDED, SERVER_REMOVED, FAULT_ADDED, FAULT_REMOVED)

@@ -119,7 +119,7 @@ class Request:
             # models still take ISO datetimes and UUIDs as strings).
             return model.model_validate_json(self.body)
         except ValidationError as error:
-            raise _validation_error(error) from None
+            raise validation_error(error) from None
 
 
 def _parse_cookies(header: str) -> dict[str, str]:
@@ -142,7 +142,9 @@ def _field(loc: tuple[int | str, ...]) -> str | None:
     return field_path(loc) or None
 
 
-def _validation_error(error: ValidationError) -> HTTPError:
+def validation_error(error: ValidationError) -> HTTPError:
+    """A body the model refused, as the answer: 422 naming the (first) field, or 400 for
+    JSON that does not parse (a dashboard form read into the same model gets the same)."""
     items = error.errors(include_url=False)
     if items and items[0]["type"] == "json_invalid":
         return HTTPError(400, "invalid JSON", detail=items[0]["msg"])

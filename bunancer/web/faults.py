@@ -12,8 +12,7 @@ from ..config import NAME_PATTERN
 from ..control.commands import Invalid
 from ..control.faults import FaultBook
 from ..core.faults import FaultRule
-from ..problems import describe_problem
-from .app import HTTPError, Request, Response, json_response
+from .app import HTTPError, Request, Response, json_response, validation_error
 from .router import Router
 
 HOST_NAME = r"^(\*\.)?[A-Za-z0-9.-]{1,253}$"  # a name, or `*.parent` (as a route's host)
@@ -86,8 +85,7 @@ def fault_from_form(form: dict[str, str]) -> FaultCreate:
     try:
         return FaultCreate.model_validate(values)
     except ValidationError as error:
-        field, message = describe_problem(error.errors()[0], unknown="unknown field")
-        raise HTTPError(422, "validation failed", field=field, detail=message) from None
+        raise validation_error(error) from None
 
 
 def fault_routes(router: Router[Any], faults: FaultBook) -> None:

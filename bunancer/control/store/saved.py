@@ -9,15 +9,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
 from ...config import (
+    ALGORITHMS,
     NAME_PATTERN,
     WEIGHT_MAX,
-    Algorithm,
     BalancingConfig,
     HealthConfig,
     OutlierConfig,
@@ -29,7 +29,6 @@ from .errors import StoreCorrupt
 FORMAT = 1  # bumped when the saved shape changes incompatibly
 ADMIN_STATES = ("enabled", "disabled", "draining")
 SOURCES = ("config", "api")
-ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 _NAME = re.compile(NAME_PATTERN)
 # A server id is a chosen name, or the address it was registered under: HOST:PORT, [V6]:PORT.
 _ADDRESS_ID = re.compile(r"^(\[[0-9A-Fa-f:.%a-z]+\]|[^:\[\]]+):[0-9]{1,5}$")

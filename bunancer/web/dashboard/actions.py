@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ...config import ALGORITHMS
 from ...control.faults import FaultBook
 from ...control.records import RegistryError
 from ..api import refusal_as_http
@@ -20,8 +21,7 @@ from ..app import Handler, HTTPError, Request, Response, json_response
 from ..faults import fault_from_form
 from .forms import form_of, redirect, safe_path, wants_json
 from .state import Dashboard
-from .stubs import host_key
-from .views import ALGORITHMS
+from .stubs import recheck_servers_of
 
 log = logging.getLogger("bunancer.dashboard")
 
@@ -163,14 +163,7 @@ class Actions:
         stubs = self.dash.stubs
         behaviour = await stubs.run(stubs.manager.set, stub_id, **changes)
         stubs.invalidate()
-        # Its servers are checked now, not at their next check (10 s away once dead): what
-        # the user just changed shows at once.
-        stub = await stubs.run(stubs.manager.get, stub_id)
-        address = (host_key(stub.host), stub.port)
-        for record in self.registry.all_records():
-            server = record.server
-            if (host_key(server.host), server.port) == address:
-                self.registry.recheck(record)
+        recheck_servers_of(self.registry, await stubs.run(stubs.manager.get, stub_id))
         return f"stub {stub_id}: {behaviour.describe()}"
 
     async def stub_stop(self, request: Request) -> str:

@@ -12,14 +12,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ...config import ALGORITHMS
 from ...control.lab import Lab
-from ...problems import describe_problem
-from ..app import JSON, HTTPError, Request, Response
+from ..app import JSON, HTTPError, Request, Response, validation_error
 from ..lab import LabCreate, overview, start
 from .forms import form_of
 from .state import Dashboard
-from .stubs import host_key
-from .views import ALGORITHMS
+from .stubs import recheck_servers_of
 
 ARMS = 4  # the form's algorithm fields: arm1 .. arm4
 SLOWER = 10  # "slow" makes a stub this many times slower
@@ -43,6 +42,7 @@ class LabPage:
         """GET /lab"""
         lab = self.book()
         state = overview(lab)
+        timeline = lab.running.timeline if lab.running is not None else []
         running = state["running"]
         servers: list[dict[str, Any]] = []
         if running is not None and running["pool"] in self.dash.registry.pools:
@@ -55,12 +55,12 @@ class LabPage:
             page="lab",
             lab=state,
             running=running,
-            timeline=lab.running.timeline if lab.running is not None else [],
+            timeline=timeline,
             servers=servers,
             pools=sorted(self.dash.registry.pools),
             algorithms=ALGORITHMS,
             # The script adds each second's point to the chart drawn from these.
-            boot=self.dash.boot({"timeline": lab.running.timeline if lab.running else []}),
+            boot=self.dash.boot({"timeline": timeline}),
         )
 
     async def result_page(self, request: Request) -> Response:
@@ -98,12 +98,14 @@ class LabPage:
                                   "split": form.get("split", "random")}  # fmt: skip
         try:
             values["seconds"] = float(form.get("seconds", "60"))
+        except ValueError:
+            raise HTTPError(
+                422, "validation failed", field="seconds", detail="not a number"
+            ) from None
+        try:
             body = LabCreate.model_validate(values)
-        except ValueError as error:
-            field, message = "seconds", "not a number"
-            if isinstance(error, ValidationError):
-                field, message = describe_problem(error.errors()[0], unknown="unknown field")
-            raise HTTPError(422, "validation failed", field=field, detail=message) from None
+        except ValidationError as error:
+            raise validation_error(error) from None
         view = await start(self.book(), body)
         arms = " against ".join(arm["label"] for arm in view["arms"])
         return f"experiment {view['id']} started on pool {view['pool']}: {arms}"
@@ -135,7 +137,7 @@ class LabPage:
             raise HTTPError(404, f"no stub action {what!r}")
         changed = await stubs.run(stubs.manager.set, stub_id, **changes)
         stubs.invalidate()
-        self._recheck(stub_id, await stubs.run(stubs.manager.get, stub_id))
+        recheck_servers_of(self.dash.registry, await stubs.run(stubs.manager.get, stub_id))
         return self._marked(f"stub {stub_id}: {changed.describe()}")
 
     def _marked(self, said: str) -> str:
@@ -143,11 +145,3 @@ class LabPage:
         if self.lab is not None:
             self.lab.note(said)
         return said
-
-    def _recheck(self, stub_id: str, stub: Any) -> None:
-        """Its servers are checked now: what was just broken or mended shows at once."""
-        registry = self.dash.registry
-        for record in registry.all_records():
-            server = record.server
-            if (host_key(server.host), server.port) == (host_key(stub.host), stub.port):
-                registry.recheck(record)

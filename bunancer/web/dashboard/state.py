@@ -10,6 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from ...config import ALGORITHMS
 from ...control.commands import Commands
 from ...control.events import EventBus
 from ...control.faults import FaultBook
@@ -33,7 +34,7 @@ from .format import (
     url_segment,
 )
 from .stubs import StubDirectory
-from .views import ALGORITHMS, Summaries, Views
+from .views import Summaries, Views
 
 
 @dataclass

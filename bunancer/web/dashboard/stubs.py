@@ -13,7 +13,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stubs.sdk import Stub
+
+    from ...control.registry import Registry
 
 log = logging.getLogger("bunancer.dashboard")
 
@@ -81,6 +86,16 @@ class StubDirectory:
 def host_key(host: str) -> str:
     """The host as addresses are matched: "localhost" and "127.0.0.1" are one."""
     return "127.0.0.1" if host in ("localhost", "127.0.0.1") else host
+
+
+def recheck_servers_of(registry: Registry, stub: Stub) -> None:
+    """Check the stub's servers now, not at their next check (10 s away once dead): what
+    the user just changed on it shows at once."""
+    address = (host_key(stub.host), stub.port)
+    for record in registry.all_records():
+        server = record.server
+        if (host_key(server.host), server.port) == address:
+            registry.recheck(record)
 
 
 async def follow_log(

@@ -12,12 +12,11 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 
-from ...config import Algorithm
 from ...control.events import FEED_KINDS, SERVER_UPDATED, EventBus
 from ...control.figures import STATES, pool_figures, server_figures
 from ...control.records import PoolSettings, RegistryError
@@ -28,7 +27,6 @@ from ..app import HTTPError
 from .format import check_schedule, event_text
 from .stubs import StubDirectory, StubsByAddress, host_key
 
-ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 # What changes the picture outside the one-second rotation (the summary is computed again).
 CHANGE_KINDS = (*FEED_KINDS, SERVER_UPDATED)
 FEED = 30  # changes the overview's activity feed shows (the script keeps as many)
