@@ -9,6 +9,7 @@ import re
 from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.browser.conftest import Lab, Traffic
+from tests.browser.test_lab_buttons_browser import api_get
 from tests.helpers import wait_for
 
 SET = re.compile(r"^fault f1 set for 60 s: abort with 503 for 50% of pool default's requests$")
@@ -34,6 +35,13 @@ def test_a_rule_set_from_the_faults_page_shows_everywhere_and_ends(
         page.click("#new-fault button[type=submit]")
         expect(page.locator("#toasts .toast.ok").last).to_have_text(SET)
         expect(page.locator("tr[data-fault=f1]")).to_contain_text("abort with 503 for 50%")
+        (rule,) = api_get(lab, "/api/faults")  # what the form set, as the API has it
+        assert (rule["id"], rule["kind"], rule["status"], rule["percent"]) == (
+            "f1",
+            "abort",
+            503,
+            50.0,
+        )
         expect(banner).to_be_visible(timeout=2_000)  # live: no reload of the watcher
         expect(banner).to_contain_text("1 rule(s) in effect")
         expect(watcher.locator("#feed")).to_contain_text("fault f1 set: abort with 503")
@@ -46,5 +54,6 @@ def test_a_rule_set_from_the_faults_page_shows_everywhere_and_ends(
         expect(banner).to_be_hidden(timeout=2_000)
         expect(watcher.locator("#feed")).to_contain_text("fault f1 removed: abort with 503")
         expect(page.locator("#main")).to_contain_text("No fault rules")
+        assert api_get(lab, "/api/faults") == []
     assert page.errors == []  # type: ignore[attr-defined]
     assert watcher.url == f"{lab.url}/"  # never reloaded
